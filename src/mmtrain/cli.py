@@ -1,0 +1,132 @@
+"""``mmtrain``: train | eval | predict | export | list. Thin: parsing here, work in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+# Errors that describe bad input; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmtrain.config.compose import compose_config
+    from mmtrain.training.run import train
+
+    cfg = compose_config(args.overrides, config_dir=args.config_dir)
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        console.print(OmegaConf.to_yaml(cfg))
+        return 0
+    metrics = train(cfg)
+    _print_metrics(metrics)
+    console.print(f"run directory: {metrics['run_dir']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mmtrain.training.evaluate import evaluate
+
+    metrics = evaluate(args.path, split=args.split, overrides=args.overrides)
+    _print_metrics(metrics)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mmtrain.training.predict import predict
+
+    result = predict(args.export_dir, video=args.video, audio=args.audio, image=args.image, text=args.text)
+    console.print_json(json.dumps(result))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mmtrain.training.evaluate import export_checkpoint
+
+    folder = export_checkpoint(args.checkpoint, args.out)
+    console.print(f"exported to {folder}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from mmtrain.config.compose import group_options
+
+    groups = ["experiment", "data", "model/encoders/video", "model/encoders/audio", "model/encoders/image",
+              "model/encoders/text", "model/fusion", "model/head", "task", "trainer", "callbacks", "logger"]
+    table = Table(title="mmtrain components and experiments (choose with group=option)")
+    table.add_column("group")
+    table.add_column("options")
+    for group in groups:
+        table.add_row(group, ", ".join(group_options(group)) or "-")
+    console.print(table)
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    table = Table(title="metrics")
+    table.add_column("split")
+    for column in ("acc", "macro_f1"):
+        table.add_column(column, justify="right")
+    for split in ("val", "test"):
+        if split in metrics:
+            table.add_row(split, f"{metrics[split]['acc']:.4f}", f"{metrics[split]['macro_f1']:.4f}")
+    console.print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmtrain", description="Train multimodal models from YAML.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="compose a config and train", description=(
+        "Compose the training config and train. Overrides are Hydra syntax: experiment=demo, "
+        "model/fusion=gated, model/encoders/video=conv1d, ~model/encoders/audio, trainer.max_epochs=2."))
+    train.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option, ~group)")
+    train.add_argument("--config-dir", help="extra folder with your own config groups (e.g. experiment/)")
+    train.add_argument("--print-config", action="store_true", help="print the composed config and stop")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a run or export folder on a data split")
+    evaluate.add_argument("path", help="a run directory or its export/ folder")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("overrides", nargs="*", help="overrides of the stored data config, e.g. data.batch_size=8")
+    evaluate.set_defaults(func=_eval)
+
+    predict = sub.add_parser("predict", help="classify one sample with an exported model")
+    predict.add_argument("export_dir", help="an export/ folder (save_pretrained)")
+    predict.add_argument("--video", help="video file (frames sampled uniformly)")
+    predict.add_argument("--audio", help="audio or video file (resampled to 16 kHz mono)")
+    predict.add_argument("--image", help="image file")
+    predict.add_argument("--text", help="text")
+    predict.set_defaults(func=_predict)
+
+    export = sub.add_parser("export", help="write a save_pretrained folder from a training checkpoint")
+    export.add_argument("checkpoint", help="a .ckpt file written by mmtrain train")
+    export.add_argument("--out", help="output folder (default: <run dir>/export-<checkpoint name>)")
+    export.set_defaults(func=_export)
+
+    listing = sub.add_parser("list", help="list components and experiments")
+    listing.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mmtrain`` command; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

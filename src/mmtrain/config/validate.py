@@ -1,0 +1,88 @@
+"""Check a composed config before anything is built: targets allowed, arguments bind."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mmtrain.config.compose import ConfigError
+from mmtrain.config.targets import check_targets, locate_allowed
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+#: Arguments the builders pass in code, by config key; never written in YAML.
+INJECTED: dict[str, frozenset[str]] = {
+    "model": frozenset({"id2label", "allowed_target_prefixes"}),
+    "model.fusion": frozenset({"input_dims"}),
+    "model.head": frozenset({"input_dim", "num_labels"}),
+    "task": frozenset({"model", "label_names"}),
+}
+
+
+def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Yield ``(key, node)`` for every config node that has a ``_target_``."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path or "<root>", node
+        for key in node.keys():
+            value = node._get_node(key)  # no interpolation resolution needed to walk
+            yield from target_nodes(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            yield from target_nodes(node._get_node(index), f"{path}[{index}]")
+
+
+def check_signature(key: str, node: DictConfig, target: Any, injected: frozenset[str]) -> None:
+    """Every argument in ``node`` exists on ``target``; every required one is given or injected."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = {str(k) for k in node.keys()} - HYDRA_KEYS
+    name = getattr(target, "__qualname__", str(target))
+    if not takes_any:
+        unknown = sorted(given - set(params))
+        if unknown:
+            accepted = sorted(n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            raise ConfigError(
+                f"config key '{key}.{unknown[0]}': {name} has no argument '{unknown[0]}'. "
+                f"Its arguments: {accepted}."
+            )
+    if node.get("_partial_", False):
+        return
+    required = {
+        n for n, p in params.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"
+    }
+    missing = sorted(required - given - injected)
+    if missing:
+        raise ConfigError(f"config key '{key}': {name} needs argument(s) {missing}, which the config does not set.")
+
+
+def validate_config(cfg: DictConfig, prefixes: Sequence[str], sections: Sequence[str] | None = None) -> None:
+    """Allowlist every ``_target_`` (before importing any), then bind every node's arguments.
+
+    Args:
+        cfg: a composed config.
+        prefixes: the allowed ``_target_`` prefixes.
+        sections: top-level keys to check (default: all).
+    """
+    keys = list(sections) if sections is not None else [str(k) for k in cfg.keys()]
+    for section in keys:
+        if section in cfg and cfg[section] is not None:
+            check_targets(cfg._get_node(section), prefixes, section)
+    for section in keys:
+        if section not in cfg:
+            continue
+        for key, node in target_nodes(cfg._get_node(section), section):
+            target = locate_allowed(str(node._get_node("_target_")._value()), prefixes, key)
+            check_signature(key, node, target, INJECTED.get(key, frozenset()))
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as err:  # interpolation or missing value: name it
+        raise ConfigError(f"config does not resolve: {err}") from err

@@ -1,0 +1,64 @@
+"""``MultimodalConfig``: the component specs of a model, in Hugging Face config form."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES
+
+PRETRAINED_KEY = "pretrained_path"
+
+
+def strip_pretrained_paths(spec: Any) -> Any:
+    """Copy of ``spec`` with every ``pretrained_path`` set to ``None``.
+
+    An exported model carries each tower's full config in its spec and all weights in one
+    safetensors file, so it must never reach back to the folders it was trained from.
+    """
+    if isinstance(spec, dict):
+        return {
+            key: (None if key == PRETRAINED_KEY else strip_pretrained_paths(value))
+            for key, value in spec.items()
+        }
+    if isinstance(spec, list):
+        return [strip_pretrained_paths(value) for value in spec]
+    return spec
+
+
+class MultimodalConfig(PretrainedConfig):
+    """Specs (``_target_`` + keyword arguments) of the encoders, fusion and head of a model.
+
+    Args:
+        encoders: modality name -> encoder spec.
+        fusion: fusion spec; ``input_dims`` is filled in by the model from the encoders.
+        head: head spec; ``input_dim`` and ``num_labels`` are filled in by the model.
+        trainable: component name (``"video"``, ``"fusion"``, ``"head"``...) -> bool.
+        allowed_target_prefixes: the import allowlist the specs were written for.
+    """
+
+    model_type = "mmtrain_multimodal"
+
+    encoders: dict[str, Any] | None = None
+    fusion: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
+    trainable: dict[str, bool] | None = None
+    allowed_target_prefixes: list[str] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.encoders = copy.deepcopy(self.encoders) or {}
+        self.trainable = dict(self.trainable or {})
+        if self.allowed_target_prefixes is None:
+            self.allowed_target_prefixes = list(DEFAULT_ALLOWED_PREFIXES)
+        super().__post_init__(**kwargs)
+        if self.id2label and not self.label2id:
+            self.label2id = {label: int(index) for index, label in self.id2label.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialisable dict; pretrained folder paths are dropped (see :func:`strip_pretrained_paths`)."""
+        output = super().to_dict()
+        for key in ("encoders", "fusion", "head"):
+            output[key] = strip_pretrained_paths(output.get(key))
+        return output

@@ -1,0 +1,162 @@
+"""``MultimodalModel``: encoders -> fusion -> head, built from a :class:`MultimodalConfig`."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from mmtrain.config.targets import narrow_prefixes, runtime_prefixes, safe_instantiate
+from mmtrain.encoders.base import EncoderOutput
+from mmtrain.hf.configuration import MultimodalConfig
+
+#: Batch keys each modality's encoder may take (Hugging Face names).
+MODALITY_INPUTS: dict[str, tuple[str, ...]] = {
+    "image": ("pixel_values",),
+    "video": ("pixel_values_videos", "video_attention_mask"),
+    "audio": ("input_features", "input_values", "audio_attention_mask"),
+    "text": ("input_ids", "attention_mask", "token_type_ids"),
+}
+
+
+def modality_of(name: str) -> str:
+    """Modality of an encoder slot: its name, or the part before ``_`` (``image_2`` -> ``image``)."""
+    if name in MODALITY_INPUTS:
+        return name
+    base = name.split("_")[0]
+    if base in MODALITY_INPUTS:
+        return base
+    raise ValueError(
+        f"encoder slot '{name}' names no known modality; use one of {sorted(MODALITY_INPUTS)} "
+        "(optionally with a suffix such as 'image_2')."
+    )
+
+
+class MultimodalModel(PreTrainedModel):
+    """A multimodal classifier assembled from component specs.
+
+    Forward takes the processor's batch (any subset of ``pixel_values`` [B,C,H,W],
+    ``pixel_values_videos`` [B,T,C,H,W], ``input_features`` [B,F,T] / ``input_values`` [B,L],
+    ``input_ids`` [B,L] with their masks, and ``<modality>_present`` [B] bool) and returns
+    ``logits`` [B, num_labels] (plus ``loss`` when ``labels`` [B] are given).
+    """
+
+    config_class = MultimodalConfig
+    base_model_prefix = "mmtrain"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: MultimodalConfig) -> None:
+        super().__init__(config)
+        if not config.encoders or not config.fusion or not config.head:
+            raise ValueError("MultimodalConfig needs 'encoders', 'fusion' and 'head' specs.")
+        prefixes = narrow_prefixes(runtime_prefixes(), config.allowed_target_prefixes)
+        self.encoders = nn.ModuleDict()
+        self._accepts: dict[str, tuple[str, ...]] = {}
+        for name, spec in config.encoders.items():
+            encoder = safe_instantiate(spec, prefixes)
+            accepted = inspect.signature(encoder.forward).parameters
+            self._accepts[name] = tuple(k for k in MODALITY_INPUTS[modality_of(name)] if k in accepted)
+            self.encoders[name] = encoder
+        input_dims = {name: int(encoder.output_dim) for name, encoder in self.encoders.items()}
+        self.fusion = safe_instantiate(config.fusion, prefixes, input_dims=input_dims)
+        self.head = safe_instantiate(
+            config.head, prefixes, input_dim=int(self.fusion.output_dim), num_labels=config.num_labels
+        )
+        self.post_init()
+        self.apply_trainable(config.trainable or {})
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *model_args: Any,
+        config: MultimodalConfig | None = None,
+        **kwargs: Any,
+    ) -> "MultimodalModel":
+        """Load an exported folder: build the model on CPU from its config, then load the weights.
+
+        Building for real (not on the meta device, as transformers 5 does by default) keeps the
+        buffers that components compute in ``__init__``; every weight must then be present in the
+        folder's safetensors, so a partial export fails loudly instead of loading random weights.
+        Hub arguments that ``AutoModel`` passes along are ignored; no network is used.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} is not an exported mmtrain model (no config.json); pass the export/ folder "
+                "of a run, or run `mmtrain export <checkpoint>` first."
+            )
+        if config is None:
+            config = MultimodalConfig.from_pretrained(folder)
+        model = cls(config)
+        missing, unexpected = model.load_state_dict(_read_weights(folder), strict=False)
+        if missing or unexpected:
+            raise RuntimeError(
+                f"weights in {folder} do not match the model its config.json describes: "
+                f"missing {missing[:10]}, unexpected {unexpected[:10]}."
+            )
+        dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+        if isinstance(dtype, torch.dtype):
+            model = model.to(dtype)
+        return model.eval()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Components initialise themselves when built; nothing to redo here."""
+
+    def apply_trainable(self, trainable: dict[str, bool]) -> None:
+        """Freeze or unfreeze components by name (encoder slot, ``fusion`` or ``head``)."""
+        parts: dict[str, nn.Module] = {**dict(self.encoders.items()), "fusion": self.fusion, "head": self.head}
+        unknown = sorted(set(trainable) - set(parts))
+        if unknown:
+            raise ValueError(f"model.trainable names unknown components {unknown}; known: {sorted(parts)}")
+        for name, flag in trainable.items():
+            parts[name].requires_grad_(bool(flag))
+
+    def expected_inputs(self) -> set[str]:
+        """Batch keys the encoders take (e.g. ``input_features`` for log-mel audio)."""
+        return {key for keys in self._accepts.values() for key in keys}
+
+    def encode(self, **batch: Any) -> dict[str, EncoderOutput]:
+        """Run every encoder whose inputs are in ``batch``; absent samples are masked out."""
+        outputs: dict[str, EncoderOutput] = {}
+        for name, encoder in self.encoders.items():
+            modality = modality_of(name)
+            kwargs = {k: batch[k] for k in self._accepts[name] if batch.get(k) is not None}
+            if not kwargs:
+                raise ValueError(
+                    f"batch has no input for encoder '{name}' (expects one of "
+                    f"{list(self._accepts[name])}); got keys {sorted(k for k, v in batch.items() if v is not None)}."
+                )
+            present = batch.get(f"{name}_present", batch.get(f"{modality}_present"))
+            outputs[name] = encoder(**kwargs).with_presence(present)
+        return outputs
+
+    def forward(self, labels: torch.Tensor | None = None, **batch: Any) -> SequenceClassifierOutput:
+        fused = self.fusion(self.encode(**batch))
+        logits = self.head(fused)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an export, single-file or sharded (``model.safetensors.index.json``)."""
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return load_file(single)
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}.")
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    weights: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        weights.update(load_file(folder / shard))
+    return weights

@@ -1,0 +1,187 @@
+"""``MultimodalProcessor``: raw samples -> the batch ``MultimodalModel`` takes (and back to labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, ProcessorMixin, WhisperFeatureExtractor
+
+from mmtrain.data.transforms import CLIP_MEAN, CLIP_STD, pil_to_frames, resize_normalize, to_float_frames, uniform_indices
+from mmtrain.paths import resolve_local_path
+
+MODALITIES = ("video", "image", "audio", "text")
+SAMPLING_RATE = 16000
+HOP_LENGTH = 160
+
+
+class MultimodalProcessor(ProcessorMixin):
+    """Turns raw samples (see DESIGN.md) into a padded batch with masks.
+
+    Produces, for the modalities in ``modalities``: ``pixel_values_videos`` [B,T,3,S,S] with
+    ``video_attention_mask`` [B,T]; ``pixel_values`` [B,3,S,S]; ``input_features`` [B,F,audio_frames]
+    (log-mel) with ``audio_attention_mask`` [B,audio_frames], or ``input_values`` [B,L] (waveform)
+    with ``audio_attention_mask`` [B,L]; ``input_ids``/``attention_mask`` [B,L]; ``<m>_present``
+    [B] bool; ``labels`` [B] when every sample has one.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        feature_extractor: Any,
+        # Not keyword-only: ProcessorMixin.from_pretrained passes only positional-or-keyword args.
+        modalities: Sequence[str] = MODALITIES,
+        image_size: int = 32,
+        num_frames: int = 4,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        audio_format: str = "log_mel",
+        max_text_length: int = 64,
+    ) -> None:
+        unknown = sorted(set(modalities) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"processor modalities {unknown} unknown; choose from {list(MODALITIES)}")
+        if audio_format not in ("log_mel", "waveform"):
+            raise ValueError(f"audio_format must be 'log_mel' or 'waveform', got '{audio_format}'")
+        self.modalities = list(modalities)
+        self.image_size = int(image_size)
+        self.num_frames = int(num_frames)
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.audio_format = audio_format
+        self.max_text_length = int(max_text_length)
+        super().__init__(tokenizer, feature_extractor)
+
+    @property
+    def audio_frames(self) -> int:
+        """Log-mel frames per sample (fixed window)."""
+        return int(self.feature_extractor.nb_max_frames)
+
+    def __call__(self, samples: list[dict[str, Any]] | None = None, **modal: Any) -> dict[str, Any]:
+        """Collate raw samples, or keyword lists ``videos=``, ``images=``, ``audio=``, ``text=``."""
+        if samples is None:
+            samples = _samples_from_keywords(modal)
+        return self.collate(samples)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch raw samples; ``labels`` only when every sample has an int ``label``."""
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        batch: dict[str, Any] = {"ids": [str(s.get("id", i)) for i, s in enumerate(samples)]}
+        for modality in self.modalities:
+            batch.update(getattr(self, f"_collate_{modality}")(samples))
+            batch[f"{modality}_present"] = torch.tensor(
+                [s.get(modality) is not None for s in samples], dtype=torch.bool
+            )
+        labels = [s.get("label") for s in samples]
+        if all(isinstance(label, (int, np.integer)) for label in labels):
+            batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
+        return batch
+
+    def _frames(self, frames: Any) -> torch.Tensor:
+        tensor = to_float_frames(frames)
+        if tensor.shape[0] != self.num_frames:
+            tensor = tensor[uniform_indices(tensor.shape[0], self.num_frames)]
+        return resize_normalize(tensor, self.image_size, self.image_mean, self.image_std)
+
+    def _collate_video(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        shape = (self.num_frames, 3, self.image_size, self.image_size)
+        clips = [self._frames(s["video"]) if s.get("video") is not None else torch.zeros(shape) for s in samples]
+        return {
+            "pixel_values_videos": torch.stack(clips),
+            "video_attention_mask": torch.ones(len(samples), self.num_frames, dtype=torch.long),
+        }
+
+    def _collate_image(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        shape = (3, self.image_size, self.image_size)
+        images = []
+        for sample in samples:
+            image = sample.get("image")
+            if image is None:
+                images.append(torch.zeros(shape))
+                continue
+            frames = pil_to_frames(image) if hasattr(image, "convert") else to_float_frames(image)
+            images.append(resize_normalize(frames, self.image_size, self.image_mean, self.image_std)[0])
+        return {"pixel_values": torch.stack(images)}
+
+    def _collate_audio(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        waves = [
+            np.asarray(s["audio"], dtype=np.float32) if s.get("audio") is not None else np.zeros(HOP_LENGTH, np.float32)
+            for s in samples
+        ]
+        if self.audio_format == "waveform":
+            return _pad_waveforms(waves)
+        features = self.feature_extractor(
+            waves, sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=True
+        )
+        return {
+            "input_features": features["input_features"],
+            "audio_attention_mask": features["attention_mask"].long(),
+        }
+
+    def _collate_text(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [str(s.get("text") or "") for s in samples]
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def decode_labels(self, logits: torch.Tensor, id2label: dict[int, str]) -> list[str]:
+        """Arg-max class names for ``logits`` [B, C]."""
+        return [id2label[int(i)] for i in logits.argmax(dim=-1)]
+
+
+def _pad_waveforms(waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Zero-mean unit-variance waveforms padded to the longest: ``input_values`` [B,L] + mask."""
+    longest = max(len(w) for w in waves)
+    values = torch.zeros(len(waves), longest)
+    mask = torch.zeros(len(waves), longest, dtype=torch.long)
+    for row, wave in enumerate(waves):
+        tensor = torch.from_numpy(wave)
+        tensor = (tensor - tensor.mean()) / (tensor.std(unbiased=False) + 1e-7)
+        values[row, : len(wave)] = tensor
+        mask[row, : len(wave)] = 1
+    return {"input_values": values, "audio_attention_mask": mask}
+
+
+def _samples_from_keywords(modal: dict[str, Any]) -> list[dict[str, Any]]:
+    names = {"videos": "video", "images": "image", "audio": "audio", "text": "text"}
+    unknown = sorted(set(modal) - set(names))
+    if unknown:
+        raise TypeError(f"unexpected processor inputs {unknown}; use {sorted(names)}")
+    lengths = {len(v) for v in modal.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"processor inputs must have the same length, got { {k: len(v) for k, v in modal.items()} }")
+    count = lengths.pop()
+    return [{names[k]: v[i] for k, v in modal.items()} | {"id": str(i)} for i in range(count)]
+
+
+def build_processor(
+    *,
+    tokenizer: str,
+    modalities: Sequence[str] = MODALITIES,
+    image_size: int = 32,
+    num_frames: int = 4,
+    num_mel_bins: int = 80,
+    audio_frames: int = 100,
+    audio_format: str = "log_mel",
+    max_text_length: int = 64,
+) -> MultimodalProcessor:
+    """Build the processor from config values (a tokenizer folder or ``pkg:<module>``).
+
+    ``audio_frames`` is the fixed log-mel window: a multiple of 100 (whole seconds at 16 kHz, hop 160).
+    """
+    if audio_frames <= 0 or audio_frames % 100:
+        raise ValueError(f"data.processor.audio_frames must be a positive multiple of 100, got {audio_frames}")
+    folder = resolve_local_path(tokenizer, what="data.processor.tokenizer")
+    extractor = WhisperFeatureExtractor(
+        feature_size=num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH,
+        chunk_length=audio_frames // 100,
+    )
+    return MultimodalProcessor(
+        AutoTokenizer.from_pretrained(str(folder)), extractor, modalities=list(modalities),
+        image_size=image_size, num_frames=num_frames, audio_format=audio_format,
+        max_text_length=max_text_length,
+    )

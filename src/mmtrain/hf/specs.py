@@ -1,0 +1,69 @@
+"""From config nodes to a :class:`MultimodalModel`: pretrained towers made self-contained first."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
+
+from mmtrain.hf.configuration import PRETRAINED_KEY, MultimodalConfig
+from mmtrain.hf.modeling import MultimodalModel
+from mmtrain.paths import resolve_local_path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def embed_pretrained_configs(spec: Any, key: str = "model") -> Any:
+    """Copy of ``spec`` where each node with a ``pretrained_path`` also holds that folder's full config.
+
+    The folder's ``config.json`` (read by ``AutoConfig``, no code imported) is merged under the
+    node's own ``config`` overrides, so the spec alone can rebuild the architecture after export.
+    """
+    if isinstance(spec, Mapping):
+        node = {k: embed_pretrained_configs(v, f"{key}.{k}") for k, v in spec.items()}
+        path = node.get(PRETRAINED_KEY)
+        if path and "config" in node:
+            folder = resolve_local_path(path, what=f"{key}.{PRETRAINED_KEY}")
+            full = AutoConfig.from_pretrained(str(folder)).to_dict()
+            full.update(node.get("config") or {})
+            node["config"] = full
+        return node
+    if isinstance(spec, list):
+        return [embed_pretrained_configs(v, f"{key}[{i}]") for i, v in enumerate(spec)]
+    return spec
+
+
+def build_multimodal_model(
+    *,
+    encoders: Mapping[str, Any],
+    fusion: Mapping[str, Any],
+    head: Mapping[str, Any],
+    id2label: Mapping[int, str],
+    allowed_target_prefixes: Sequence[str],
+    trainable: Mapping[str, bool] | None = None,
+) -> MultimodalModel:
+    """Build the model from its component specs (the ``model`` config node, not recursively built).
+
+    Args:
+        encoders: slot name (modality) -> encoder spec.
+        fusion, head: specs; their input sizes and the class count are wired in by the model.
+        id2label: class index -> name, from the data's label map.
+        allowed_target_prefixes: import allowlist stored with the model.
+        trainable: component -> whether it trains.
+    """
+    encoder_specs = {name: embed_pretrained_configs(_plain(s), f"model.encoders.{name}") for name, s in _plain(encoders).items()}
+    config = MultimodalConfig(
+        encoders=encoder_specs,
+        fusion=embed_pretrained_configs(_plain(fusion), "model.fusion"),
+        head=embed_pretrained_configs(_plain(head), "model.head"),
+        trainable=dict(_plain(trainable) or {}),
+        allowed_target_prefixes=list(allowed_target_prefixes),
+        id2label={int(k): str(v) for k, v in id2label.items()},
+    )
+    return MultimodalModel(config)

@@ -1,0 +1,98 @@
+"""``mmtrain eval`` and ``mmtrain export``: work from a run directory, export folder or checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mmtrain.config.compose import ConfigError
+from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES, narrow_prefixes, runtime_prefixes, safe_instantiate
+from mmtrain.config.validate import validate_config
+from mmtrain.training.build import build_model, wire_processor
+from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
+from mmtrain.training.export import TRAINING_CONFIG, write_export
+
+
+def _export_folder(path: str | Path) -> Path:
+    folder = Path(path)
+    if (folder / "export" / "config.json").is_file():
+        folder = folder / "export"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is neither an export folder nor a run directory with export/.")
+    return folder
+
+
+def _stored_config(
+    text: str, source: str, overrides: list[str] | None = None
+) -> tuple[DictConfig, tuple[str, ...]]:
+    """A config read back from an artifact, and the prefixes it may use.
+
+    The artifact's own allowlist can only narrow what the user running this process allows.
+    """
+    cfg = OmegaConf.create(text)
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        except Exception as err:
+            raise ConfigError(f"bad override {overrides}: {err}") from err
+    stored = [*DEFAULT_ALLOWED_PREFIXES, *(cfg.get("allowed_target_prefixes") or [])]
+    prefixes = narrow_prefixes(runtime_prefixes(), stored)
+    try:
+        validate_config(cfg, prefixes, ("data", "model"))
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    return cfg, prefixes
+
+
+def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Score an exported model on a split of the data its training config names."""
+    from transformers import AutoModel
+
+    import mmtrain  # noqa: F401
+
+    from mmtrain.tasks.classification import ClassificationTask
+
+    folder = _export_folder(path)
+    config_file = folder / TRAINING_CONFIG
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} is missing: it names the data to evaluate on.")
+    cfg, prefixes = _stored_config(config_file.read_text(), str(config_file), overrides)
+    model = AutoModel.from_pretrained(str(folder))
+    datamodule = safe_instantiate(cfg.data, prefixes)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if datamodule.label_names != labels:
+        raise ValueError(f"the data's labels {datamodule.label_names} differ from the model's {labels}.")
+    wire_processor(datamodule.processor, model)
+    task = ClassificationTask(model=model, optimizer=torch.optim.AdamW, label_names=labels)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    loop = {"val": trainer.validate, "test": trainer.test}.get(split)
+    if loop is None:
+        raise ValueError("--split must be val or test")
+    loop(task, datamodule=datamodule, verbose=False)
+    metrics = {"export": str(folder), split: task.results[split]}
+    (folder / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> Path:
+    """Rebuild the model from the config inside a checkpoint, load its weights, ``save_pretrained``."""
+    file = Path(checkpoint)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {file} does not exist")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if CONFIG_KEY not in state:
+        raise ValueError(f"{file} has no embedded mmtrain config; was it written by `mmtrain train`?")
+    cfg, prefixes = _stored_config(state[CONFIG_KEY], str(file))
+    model = build_model(cfg, state[LABELS_KEY], prefixes)
+    weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    processor = safe_instantiate(cfg.data.processor, prefixes)
+    wire_processor(processor, model)
+    target = Path(out) if out else file.parent.parent / f"export-{file.stem}"
+    return write_export(model, processor, target, config_yaml=state[CONFIG_KEY])

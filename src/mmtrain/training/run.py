@@ -1,0 +1,90 @@
+"""``mmtrain train``: validate the composed config, build everything, fit, test, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mmtrain.config.targets import allow_prefixes, runtime_prefixes, safe_instantiate
+from mmtrain.config.validate import validate_config
+from mmtrain.training.build import build_callbacks, build_loggers, build_model, wire_processor
+
+log = logging.getLogger(__name__)
+
+BUILT_SECTIONS = ("data", "model", "task", "callbacks", "logger")
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """``run_dir`` if set, else ``<output_root>/<name>/<timestamp>`` (a suffix if it exists)."""
+    if cfg.get("run_dir"):
+        run_dir = Path(str(cfg.run_dir))
+    else:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        base = Path(str(cfg.output_root)) / str(cfg.name) / stamp
+        run_dir, suffix = base, 1
+        while run_dir.exists():
+            run_dir, suffix = base.with_name(f"{stamp}_{suffix}"), suffix + 1
+    run_dir = run_dir.resolve()
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return run_dir
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
+    """Allowlist and validate before any directory or import: nothing is built from a bad config."""
+    allow_prefixes(cfg.get("allowed_target_prefixes") or [])
+    prefixes = runtime_prefixes()
+    if not cfg.get("run_dir"):
+        with open_dict(cfg):
+            cfg.run_dir = "<unset>"  # lets ${run_dir} resolve during validation
+        validate_config(cfg, prefixes, BUILT_SECTIONS)
+        with open_dict(cfg):
+            cfg.run_dir = None
+    else:
+        validate_config(cfg, prefixes, BUILT_SECTIONS)
+    return cfg, prefixes
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run a whole training job; returns the metrics also written to ``metrics.json``."""
+    cfg, prefixes = prepare(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = safe_instantiate(cfg.data, prefixes)
+    model = build_model(cfg, datamodule.label_names, prefixes)
+    wire_processor(datamodule.processor, model)
+    task = safe_instantiate(cfg.task, prefixes, model=model, label_names=datamodule.label_names)
+
+    run_dir = make_run_dir(cfg)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("run directory: %s", run_dir)
+
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=build_callbacks(cfg, prefixes),
+        logger=build_loggers(cfg, prefixes) or False,
+        default_root_dir=str(run_dir),
+    )
+    started = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+    if "val" in datamodule.splits:  # re-score the best weights the export callback loaded
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+    if "test" in datamodule.splits:
+        trainer.test(task, datamodule=datamodule, verbose=False)
+    metrics = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+        "epochs": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "fit_seconds": round(fit_seconds, 2),
+        **{split: task.results[split] for split in ("val", "test") if split in getattr(task, "results", {})},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
