@@ -144,13 +144,18 @@ def check_targets(cfg: Any, prefixes: Sequence[str], path: str = "") -> None:
         locate_allowed(target, normal, key)
 
 
-def safe_instantiate(cfg: Any, prefixes: Sequence[str], **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` after :func:`check_targets` has passed on the whole tree."""
+def safe_instantiate(cfg: Any, prefixes: Sequence[str], *, config_key: str = "", **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` after :func:`check_targets` has passed on the whole tree.
+
+    Args:
+        config_key: where ``cfg`` sits in the whole config, for error messages.
+        kwargs: passed to ``instantiate`` (values the builder wires in, e.g. ``input_dims``).
+    """
     from hydra.utils import instantiate
 
     if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
-    check_targets(cfg, prefixes)
+    check_targets(cfg, prefixes, config_key)
     return instantiate(cfg, **kwargs)
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -16,6 +15,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from mmtrain.config.targets import narrow_prefixes, runtime_prefixes, safe_instantiate
 from mmtrain.encoders.base import EncoderOutput
 from mmtrain.hf.configuration import MultimodalConfig
+
+WEIGHTS_NAME = "model.safetensors"
 
 #: Batch keys each modality's encoder may take (Hugging Face names).
 MODALITY_INPUTS: dict[str, tuple[str, ...]] = {
@@ -62,14 +63,14 @@ class MultimodalModel(PreTrainedModel):
         self.encoders = nn.ModuleDict()
         self._accepts: dict[str, tuple[str, ...]] = {}
         for name, spec in config.encoders.items():
-            encoder = safe_instantiate(spec, prefixes)
+            encoder = safe_instantiate(spec, prefixes, config_key=f"encoders.{name}")
             accepted = inspect.signature(encoder.forward).parameters
             self._accepts[name] = tuple(k for k in MODALITY_INPUTS[modality_of(name)] if k in accepted)
             self.encoders[name] = encoder
         input_dims = {name: int(encoder.output_dim) for name, encoder in self.encoders.items()}
-        self.fusion = safe_instantiate(config.fusion, prefixes, input_dims=input_dims)
+        self.fusion = safe_instantiate(config.fusion, prefixes, config_key="fusion", input_dims=input_dims)
         self.head = safe_instantiate(
-            config.head, prefixes, input_dim=int(self.fusion.output_dim), num_labels=config.num_labels
+            config.head, prefixes, config_key="head", input_dim=int(self.fusion.output_dim), num_labels=config.num_labels
         )
         self.post_init()
         self.apply_trainable(config.trainable or {})
@@ -98,16 +99,31 @@ class MultimodalModel(PreTrainedModel):
         if config is None:
             config = MultimodalConfig.from_pretrained(folder)
         model = cls(config)
-        missing, unexpected = model.load_state_dict(_read_weights(folder), strict=False)
+        weights = folder / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing; the export is incomplete.")
+        missing, unexpected = load_model(model, weights, strict=False)
         if missing or unexpected:
             raise RuntimeError(
-                f"weights in {folder} do not match the model its config.json describes: "
-                f"missing {missing[:10]}, unexpected {unexpected[:10]}."
+                f"weights in {weights} do not match the model its config.json describes: "
+                f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}."
             )
         dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
         if isinstance(dtype, torch.dtype):
             model = model.to(dtype)
         return model.eval()
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:  # type: ignore[override]
+        """Write ``config.json`` and ``model.safetensors`` with the module's own parameter names.
+
+        transformers 5 renames some towers' weights to their legacy checkpoint layout on save and
+        back on load; our loader builds the model itself, so the names are stored exactly as the
+        modules have them (shared tensors are stored once, as ``safetensors.torch.save_model`` does).
+        """
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(folder)
+        save_model(self, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
 
     def _init_weights(self, module: nn.Module) -> None:
         """Components initialise themselves when built; nothing to redo here."""
@@ -146,17 +162,3 @@ class MultimodalModel(PreTrainedModel):
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of an export, single-file or sharded (``model.safetensors.index.json``)."""
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return load_file(single)
-    index = folder / "model.safetensors.index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}.")
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    weights: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        weights.update(load_file(folder / shard))
-    return weights

@@ -28,9 +28,10 @@ def embed_pretrained_configs(spec: Any, key: str = "model") -> Any:
     if isinstance(spec, Mapping):
         node = {k: embed_pretrained_configs(v, f"{key}.{k}") for k, v in spec.items()}
         path = node.get(PRETRAINED_KEY)
-        if path and "config" in node:
+        if path:
             folder = resolve_local_path(path, what=f"{key}.{PRETRAINED_KEY}")
             full = AutoConfig.from_pretrained(str(folder)).to_dict()
+            full.pop("_name_or_path", None)  # where it came from; the export must not point there
             full.update(node.get("config") or {})
             node["config"] = full
         return node

@@ -15,7 +15,7 @@ from mmtrain.hf.processing import MultimodalProcessor
 
 def build_processor(cfg: DictConfig, prefixes: Sequence[str]) -> MultimodalProcessor:
     """The processor alone (``data.processor``), e.g. for export without the datasets."""
-    return safe_instantiate(cfg.data.processor, prefixes)
+    return safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
 
 
 def build_model(cfg: DictConfig, label_names: Sequence[str], prefixes: Sequence[str]) -> MultimodalModel:
@@ -36,9 +36,11 @@ def wire_processor(processor: MultimodalProcessor, model: MultimodalModel) -> No
 
 def build_callbacks(cfg: DictConfig, prefixes: Sequence[str]) -> list[pl.Callback]:
     """Every non-null entry of ``cfg.callbacks``."""
-    return [safe_instantiate(node, prefixes) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    nodes = (cfg.get("callbacks") or {}).items()
+    return [safe_instantiate(n, prefixes, config_key=f"callbacks.{k}") for k, n in nodes if n is not None]
 
 
 def build_loggers(cfg: DictConfig, prefixes: Sequence[str]) -> list[Any]:
     """Every non-null entry of ``cfg.logger``."""
-    return [safe_instantiate(node, prefixes) for node in (cfg.get("logger") or {}).values() if node is not None]
+    nodes = (cfg.get("logger") or {}).items()
+    return [safe_instantiate(n, prefixes, config_key=f"logger.{k}") for k, n in nodes if n is not None]

@@ -15,16 +15,7 @@ from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES, narrow_prefixes, ru
 from mmtrain.config.validate import validate_config
 from mmtrain.training.build import build_model, wire_processor
 from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
-from mmtrain.training.export import TRAINING_CONFIG, write_export
-
-
-def _export_folder(path: str | Path) -> Path:
-    folder = Path(path)
-    if (folder / "export" / "config.json").is_file():
-        folder = folder / "export"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is neither an export folder nor a run directory with export/.")
-    return folder
+from mmtrain.training.export import TRAINING_CONFIG, find_export, write_export
 
 
 def _stored_config(
@@ -57,13 +48,13 @@ def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | No
 
     from mmtrain.tasks.classification import ClassificationTask
 
-    folder = _export_folder(path)
+    folder = find_export(path)
     config_file = folder / TRAINING_CONFIG
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} is missing: it names the data to evaluate on.")
     cfg, prefixes = _stored_config(config_file.read_text(), str(config_file), overrides)
     model = AutoModel.from_pretrained(str(folder))
-    datamodule = safe_instantiate(cfg.data, prefixes)
+    datamodule = safe_instantiate(cfg.data, prefixes, config_key="data")
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if datamodule.label_names != labels:
         raise ValueError(f"the data's labels {datamodule.label_names} differ from the model's {labels}.")
@@ -92,7 +83,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> 
     model = build_model(cfg, state[LABELS_KEY], prefixes)
     weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(weights)
-    processor = safe_instantiate(cfg.data.processor, prefixes)
+    processor = safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
     wire_processor(processor, model)
     target = Path(out) if out else file.parent.parent / f"export-{file.stem}"
     return write_export(model, processor, target, config_yaml=state[CONFIG_KEY])

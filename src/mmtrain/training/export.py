@@ -18,3 +18,16 @@ def write_export(model: nn.Module, processor: MultimodalProcessor, folder: Path,
     processor.save_pretrained(folder)
     (folder / TRAINING_CONFIG).write_text(config_yaml)
     return folder
+
+
+def find_export(path: str | Path) -> Path:
+    """The export folder of ``path``: the folder itself, or ``<run dir>/export``."""
+    folder = Path(path)
+    if (folder / "export" / "config.json").is_file():
+        folder = folder / "export"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is neither an export folder (config.json + model.safetensors) nor a run directory "
+            "with export/; train first, or run `mmtrain export <checkpoint>`."
+        )
+    return folder

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from mmtrain.data.media import read_audio, read_image, read_video
+from mmtrain.training.export import find_export
 
 
 def predict(
@@ -23,8 +24,9 @@ def predict(
 
     import mmtrain  # noqa: F401  (registers the Auto classes)
 
-    model = AutoModel.from_pretrained(str(export_dir)).eval()
-    processor = AutoProcessor.from_pretrained(str(export_dir))
+    folder = find_export(export_dir)
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    processor = AutoProcessor.from_pretrained(str(folder))
     sample: dict[str, Any] = {"id": "input"}
     if video:
         sample["video"] = read_video(video)

@@ -55,10 +55,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run a whole training job; returns the metrics also written to ``metrics.json``."""
     cfg, prefixes = prepare(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = safe_instantiate(cfg.data, prefixes)
+    datamodule = safe_instantiate(cfg.data, prefixes, config_key="data")
     model = build_model(cfg, datamodule.label_names, prefixes)
     wire_processor(datamodule.processor, model)
-    task = safe_instantiate(cfg.task, prefixes, model=model, label_names=datamodule.label_names)
+    task = safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=datamodule.label_names)
 
     run_dir = make_run_dir(cfg)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
