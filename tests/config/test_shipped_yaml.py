@@ -6,7 +6,7 @@ from importlib.resources import files
 
 import pytest
 
-from mmtrain.config.compose import compose_config, group_options
+from mmtrain.config.compose import ConfigError, compose_config, group_options
 from mmtrain.config.validate import target_nodes
 from mmtrain.training.run import prepare
 
@@ -32,4 +32,16 @@ def test_option_composes_and_binds(group: str, option: str) -> None:
     cfg = compose_config([f"{group}={option}"])
     prepare(cfg)  # raises on an unknown argument, a missing one, or a refused target
     section = group.split("/")[0]
-    assert any(True for _ in target_nodes(cfg[section], section)), f"{group}/{option} builds nothing"
+    if section == "experiment":
+        assert cfg.name == option, f"experiment/{option}.yaml should set name: {option}"
+    elif section == "trainer":
+        assert cfg.trainer.accelerator  # bound to lightning.pytorch.Trainer's signature by prepare()
+    else:
+        assert any(True for _ in target_nodes(cfg[section], section)), f"{group}/{option} builds nothing"
+
+
+def test_trainer_keys_are_checked_against_the_trainer_signature() -> None:
+    cfg = compose_config(["+trainer.max_epoch=3"])
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    assert "trainer.max_epoch" in str(err.value)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, ProcessorMixin, WhisperFeatureExtractor
 
 from mmtrain.data.transforms import CLIP_MEAN, CLIP_STD, pil_to_frames, resize_normalize, to_float_frames, uniform_indices
-from mmtrain.paths import resolve_local_path
+from mmtrain.paths import resolve_pretrained_path
 
 MODALITIES = ("video", "image", "audio", "text")
 SAMPLING_RATE = 16000
@@ -175,7 +175,7 @@ def build_processor(
     """
     if audio_frames <= 0 or audio_frames % 100:
         raise ValueError(f"data.processor.audio_frames must be a positive multiple of 100, got {audio_frames}")
-    folder = resolve_local_path(tokenizer, what="data.processor.tokenizer")
+    folder = resolve_pretrained_path(tokenizer, what="data.processor.tokenizer")
     extractor = WhisperFeatureExtractor(
         feature_size=num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH,
         chunk_length=audio_frames // 100,

@@ -10,7 +10,7 @@ from transformers import AutoConfig
 
 from mmtrain.hf.configuration import PRETRAINED_KEY, MultimodalConfig
 from mmtrain.hf.modeling import MultimodalModel
-from mmtrain.paths import resolve_local_path
+from mmtrain.paths import resolve_pretrained_path
 
 
 def _plain(value: Any) -> Any:
@@ -29,7 +29,7 @@ def embed_pretrained_configs(spec: Any, key: str = "model") -> Any:
         node = {k: embed_pretrained_configs(v, f"{key}.{k}") for k, v in spec.items()}
         path = node.get(PRETRAINED_KEY)
         if path:
-            folder = resolve_local_path(path, what=f"{key}.{PRETRAINED_KEY}")
+            folder = resolve_pretrained_path(path, what=f"{key}.{PRETRAINED_KEY}")
             full = AutoConfig.from_pretrained(str(folder)).to_dict()
             full.pop("_name_or_path", None)  # where it came from; the export must not point there
             full.update(node.get("config") or {})

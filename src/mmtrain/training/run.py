@@ -12,12 +12,14 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes, safe_instantiate
-from mmtrain.config.validate import validate_config
+from mmtrain.config.validate import check_signature, validate_config
 from mmtrain.training.build import build_callbacks, build_loggers, build_model, wire_processor
 
 log = logging.getLogger(__name__)
 
 BUILT_SECTIONS = ("data", "model", "task", "callbacks", "logger")
+#: Trainer arguments mmtrain sets itself from other config sections.
+TRAINER_INJECTED = frozenset({"callbacks", "logger", "default_root_dir"})
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
@@ -48,6 +50,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
             cfg.run_dir = None
     else:
         validate_config(cfg, prefixes, BUILT_SECTIONS)
+    check_signature("trainer", cfg.trainer, pl.Trainer, TRAINER_INJECTED)
     return cfg, prefixes
 
 
