@@ -88,6 +88,11 @@ class HFAudioEncoder(HFTower):
             model = build_hf_model(getattr(transformers, _WAVEFORM_TOWERS[model_type]), hf_config, folder)
         super().__init__(model, hf_config.hidden_size, output_dim)
         self.model_type = model_type
+        #: The batch keys this encoder reads (the model routes only these; the processor is wired to them).
+        self.input_names: tuple[str, ...] = (
+            ("input_features", "audio_attention_mask") if model_type == "whisper"
+            else ("input_values", "audio_attention_mask")
+        )
 
     def forward(
         self,

@@ -64,7 +64,8 @@ class MultimodalModel(PreTrainedModel):
         self._accepts: dict[str, tuple[str, ...]] = {}
         for name, spec in config.encoders.items():
             encoder = safe_instantiate(spec, prefixes, config_key=f"encoders.{name}")
-            accepted = inspect.signature(encoder.forward).parameters
+            # An encoder may name the keys it reads (``input_names``); else its forward signature does.
+            accepted = getattr(encoder, "input_names", None) or inspect.signature(encoder.forward).parameters
             self._accepts[name] = tuple(k for k in MODALITY_INPUTS[modality_of(name)] if k in accepted)
             self.encoders[name] = encoder
         input_dims = {name: int(encoder.output_dim) for name, encoder in self.encoders.items()}
@@ -141,20 +142,20 @@ class MultimodalModel(PreTrainedModel):
         """Batch keys the encoders take (e.g. ``input_features`` for log-mel audio)."""
         return {key for keys in self._accepts.values() for key in keys}
 
+    def encode_one(self, name: str, **batch: Any) -> EncoderOutput:
+        """Encoder ``name`` on its keys of ``batch``; samples without the modality are masked out."""
+        kwargs = {k: batch[k] for k in self._accepts[name] if batch.get(k) is not None}
+        if not kwargs:
+            raise ValueError(
+                f"batch has no input for encoder '{name}' (expects one of {list(self._accepts[name])}); "
+                f"got keys {sorted(k for k, v in batch.items() if v is not None)}."
+            )
+        present = batch.get(f"{name}_present", batch.get(f"{modality_of(name)}_present"))
+        return self.encoders[name](**kwargs).with_presence(present)
+
     def encode(self, **batch: Any) -> dict[str, EncoderOutput]:
-        """Run every encoder whose inputs are in ``batch``; absent samples are masked out."""
-        outputs: dict[str, EncoderOutput] = {}
-        for name, encoder in self.encoders.items():
-            modality = modality_of(name)
-            kwargs = {k: batch[k] for k in self._accepts[name] if batch.get(k) is not None}
-            if not kwargs:
-                raise ValueError(
-                    f"batch has no input for encoder '{name}' (expects one of "
-                    f"{list(self._accepts[name])}); got keys {sorted(k for k, v in batch.items() if v is not None)}."
-                )
-            present = batch.get(f"{name}_present", batch.get(f"{modality}_present"))
-            outputs[name] = encoder(**kwargs).with_presence(present)
-        return outputs
+        """Every encoder's output, by slot name."""
+        return {name: self.encode_one(name, **batch) for name in self.encoders}
 
     def forward(self, labels: torch.Tensor | None = None, **batch: Any) -> SequenceClassifierOutput:
         fused = self.fusion(self.encode(**batch))

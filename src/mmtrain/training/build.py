@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig
 
 from mmtrain.config.targets import safe_instantiate
@@ -44,3 +45,40 @@ def build_loggers(cfg: DictConfig, prefixes: Sequence[str]) -> list[Any]:
     """Every non-null entry of ``cfg.logger``."""
     nodes = (cfg.get("logger") or {}).items()
     return [safe_instantiate(n, prefixes, config_key=f"logger.{k}") for k, n in nodes if n is not None]
+
+
+def check_model_fits_data(model: MultimodalModel, processor: MultimodalProcessor, dataset: Any) -> None:
+    """Run two real samples through each part before training; name the part that does not fit.
+
+    Raises:
+        ValueError: ``model.encoders.<slot>``, ``model.fusion`` or ``model.head`` cannot take what
+            the part before it (or the processor) produces.
+    """
+    if len(dataset) == 0:
+        raise ValueError("data.train is empty: no sample to train on.")
+    batch = processor.collate([dataset[i] for i in range(min(2, len(dataset)))])
+    batch.pop("ids")
+    labels = batch.pop("labels", None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = {}
+            for name in model.encoders:
+                outputs[name] = _run_part(f"model.encoders.{name}", lambda n=name: model.encode_one(n, **batch))
+            fused = _run_part("model.fusion", lambda: model.fusion(outputs))
+            logits = _run_part("model.head", lambda: model.head(fused))
+    finally:
+        model.train(was_training)
+    expected = (fused.pooled.shape[0], model.config.num_labels)
+    if tuple(logits.shape) != expected:
+        raise ValueError(f"model.head returns logits {tuple(logits.shape)}, expected {expected} (batch, classes).")
+    if labels is not None and int(labels.max()) >= model.config.num_labels:
+        raise ValueError(f"a label id {int(labels.max())} is outside the {model.config.num_labels} classes.")
+
+
+def _run_part(key: str, call: Any) -> Any:
+    try:
+        return call()
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        raise ValueError(f"{key} does not fit the data or the part before it: {err}") from err

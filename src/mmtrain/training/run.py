@@ -9,11 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes, safe_instantiate
 from mmtrain.config.validate import check_signature, validate_config
-from mmtrain.training.build import build_callbacks, build_loggers, build_model, wire_processor
+from mmtrain.training.build import (
+    build_callbacks,
+    build_loggers,
+    build_model,
+    check_model_fits_data,
+    wire_processor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = safe_instantiate(cfg.data, prefixes, config_key="data")
     model = build_model(cfg, datamodule.label_names, prefixes)
     wire_processor(datamodule.processor, model)
+    check_model_fits_data(model, datamodule.processor, datamodule.splits["train"])
     task = safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=datamodule.label_names)
 
     run_dir = make_run_dir(cfg)
@@ -68,10 +76,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("run directory: %s", run_dir)
 
+    loggers = build_loggers(cfg, prefixes)
+    callbacks = build_callbacks(cfg, prefixes)
+    if not loggers:
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        callbacks = [c for c in callbacks if c not in dropped]
+        if dropped:
+            log.info("no logger configured: the learning-rate monitor is off")
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
-        callbacks=build_callbacks(cfg, prefixes),
-        logger=build_loggers(cfg, prefixes) or False,
+        callbacks=callbacks,
+        logger=loggers or False,
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()
