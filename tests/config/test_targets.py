@@ -92,3 +92,23 @@ def test_argument_the_target_lacks_is_named() -> None:
     with pytest.raises(ConfigError) as err:
         prepare(cfg)
     assert "model.fusion.hiden_dim" in str(err.value)
+
+
+def test_checkpoint_with_refused_target_is_not_imported(tmp_path: Path, marker_module: tuple[str, Path]) -> None:
+    import torch
+
+    from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
+    from mmtrain.training.evaluate import export_checkpoint
+
+    name, marker = marker_module
+    cfg = compose_config([])
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = str(tmp_path)
+    cfg.allowed_target_prefixes = [name]  # the checkpoint asks for more than the user allows
+    cfg.model.fusion._target_ = f"{name}.Thing"
+    checkpoint = tmp_path / "evil.ckpt"
+    torch.save({CONFIG_KEY: OmegaConf.to_yaml(cfg), LABELS_KEY: ["a", "b"], "state_dict": {}}, checkpoint)
+    with pytest.raises(ValueError) as err:
+        export_checkpoint(checkpoint, tmp_path / "out")
+    assert "model.fusion" in str(err.value) and f"{name}.Thing" in str(err.value)
+    assert not marker.exists()

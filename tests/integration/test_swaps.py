@@ -68,3 +68,11 @@ def test_freezing_from_config_keeps_frozen_parts_identical(tmp_path: Path) -> No
             assert torch.equal(trained, tensor), f"frozen {name} changed"
     changed = [n for n in initial if n.startswith("fusion.") and not torch.equal(best[f"model.{n}"], initial[n])]
     assert changed, "trainable fusion did not change"
+
+
+def test_precision_accumulation_and_clipping_come_from_the_trainer_config(tmp_path: Path) -> None:
+    cfg = compose_config(["trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2",
+                          "trainer.gradient_clip_val=0.5", *TINY, f"run_dir={tmp_path / 'run'}"])
+    metrics = train(cfg)
+    assert metrics["global_steps"] == 1, "2 batches accumulated over 2 must make one optimizer step"
+    assert 0.0 <= metrics["test"]["acc"] <= 1.0
