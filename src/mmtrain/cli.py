@@ -72,13 +72,19 @@ def _list(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict) -> None:
     table = Table(title="metrics")
-    table.add_column("split")
+    table.add_column("split / inputs")
     for column in ("acc", "macro_f1"):
         table.add_column(column, justify="right")
     for split in ("val", "test"):
         if split in metrics:
-            table.add_row(split, f"{metrics[split]['acc']:.4f}", f"{metrics[split]['macro_f1']:.4f}")
+            label = f"{split} (all modalities)" if "test_only_one_modality" in metrics else split
+            table.add_row(label, f"{metrics[split]['acc']:.4f}", f"{metrics[split]['macro_f1']:.4f}")
+    for modality, result in metrics.get("test_only_one_modality", {}).items():
+        table.add_row(f"test ({modality} only)", f"{result['acc']:.4f}", f"{result['macro_f1']:.4f}")
     console.print(table)
+    skipped = {s: v["skipped"] for s, v in metrics.get("skipped", {}).items() if v["skipped"]}
+    if skipped:
+        console.print(f"[yellow]skipped samples (undecodable media):[/] {skipped}; see skipped.jsonl")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmtrain.hf.processing import MultimodalProcessor
 
@@ -43,24 +43,33 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def _label_names(self) -> list[str]:
         names = getattr(self.splits["train"], "label_names", None)
-        if not names:
-            raise ValueError("the train dataset has no 'label_names'; it must expose its label map.")
+        if names is None:
+            raise ValueError("the train dataset has no 'label_names'; it must expose its label map ([] if unlabelled).")
         for split, dataset in self.splits.items():
             other = getattr(dataset, "label_names", names)
             if list(other) != list(names):
                 raise ValueError(f"data.{split} has labels {list(other)} but data.train has {list(names)}.")
         return list(names)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell datasets that reshuffle per epoch (streamed parquet) which epoch starts."""
+        for dataset in self.splits.values():
+            if callable(getattr(dataset, "set_epoch", None)):
+                dataset.set_epoch(epoch)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
         if split not in self.splits:
             raise ValueError(f"no '{split}' dataset configured (data.{split}).")
+        dataset = self.splits[split]
+        iterable = isinstance(dataset, IterableDataset)
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and not iterable,  # a streamed dataset shuffles itself (set_epoch)
             num_workers=self.num_workers,
-            collate_fn=self.processor.collate,
-            persistent_workers=self.num_workers > 0,
+            collate_fn=self.processor.collate_train if split == "train" else self.processor.collate,
+            # Workers that outlive an epoch would keep a stale copy of a dataset's epoch.
+            persistent_workers=self.num_workers > 0 and not callable(getattr(dataset, "set_epoch", None)),
         )
 
     def train_dataloader(self) -> DataLoader[Any]:

@@ -14,7 +14,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def to_float_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``uint8 [T,H,W,3]`` (or ``[H,W,3]``) -> ``float [T,3,H,W]`` in ``[0, 1]``."""
-    tensor = torch.as_tensor(np.asarray(frames))
+    array = np.asarray(frames)
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[-1] not in (1, 3):

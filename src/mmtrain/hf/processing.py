@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, ProcessorMixin, WhisperFeatureExtractor
 
-from mmtrain.data.transforms import CLIP_MEAN, CLIP_STD, pil_to_frames, resize_normalize, to_float_frames, uniform_indices
+from mmtrain.data.skips import SkippedSample
+from mmtrain.data.transforms import CLIP_MEAN, CLIP_STD, pil_to_frames, to_float_frames, uniform_indices
+from mmtrain.data.visual import check_augment, visual_transform
 from mmtrain.paths import resolve_pretrained_path
 
 MODALITIES = ("video", "image", "audio", "text")
@@ -39,6 +41,8 @@ class MultimodalProcessor(ProcessorMixin):
         image_std: Sequence[float] = CLIP_STD,
         audio_format: str = "log_mel",
         max_text_length: int = 64,
+        augment: dict[str, Any] | None = None,
+        modality_dropout: dict[str, float] | None = None,
     ) -> None:
         unknown = sorted(set(modalities) - set(MODALITIES))
         if unknown:
@@ -52,6 +56,8 @@ class MultimodalProcessor(ProcessorMixin):
         self.image_std = list(image_std)
         self.audio_format = audio_format
         self.max_text_length = int(max_text_length)
+        self.augment = check_augment(augment)
+        self.modality_dropout = _check_dropout(modality_dropout, self.modalities)
         super().__init__(tokenizer, feature_extractor)
 
     @property
@@ -65,11 +71,29 @@ class MultimodalProcessor(ProcessorMixin):
             samples = _samples_from_keywords(modal)
         return self.collate(samples)
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Batch raw samples; ``labels`` only when every sample has an int ``label``."""
+    def collate_train(self, samples: list[dict[str, Any] | SkippedSample]) -> dict[str, Any]:
+        """:meth:`collate` with train-time augmentation and modality dropout."""
+        return self.collate(samples, train=True)
+
+    def collate(self, samples: list[dict[str, Any] | SkippedSample], train: bool = False) -> dict[str, Any]:
+        """Batch raw samples; ``labels`` only when every sample has an int ``label``.
+
+        With ``train=True``, images and frames are augmented (``augment``) and each sample drops
+        each modality with its ``modality_dropout`` probability (never all of a sample's modalities);
+        a dropped modality is absent (``<m>_present`` false), as if the sample lacked it.
+
+        :class:`SkippedSample` entries (media that failed to decode) are left out of the tensors
+        and listed as ``batch["skipped"]`` (records); a batch whose samples were all skipped has
+        ``ids == []`` and no tensors.
+        """
+        skipped = [s.to_record() for s in samples if isinstance(s, SkippedSample)]
+        samples = [s for s in samples if not isinstance(s, SkippedSample)]
+        batch: dict[str, Any] = {"ids": [str(s.get("id", i)) for i, s in enumerate(samples)], "skipped": skipped}
         if not samples:
-            raise ValueError("cannot collate an empty list of samples")
-        batch: dict[str, Any] = {"ids": [str(s.get("id", i)) for i, s in enumerate(samples)]}
+            return batch
+        self._training = train
+        if train and self.modality_dropout:
+            samples = [self._drop_modalities(s) for s in samples]
         for modality in self.modalities:
             batch.update(getattr(self, f"_collate_{modality}")(samples))
             batch[f"{modality}_present"] = torch.tensor(
@@ -80,11 +104,24 @@ class MultimodalProcessor(ProcessorMixin):
             batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
         return batch
 
+    def _drop_modalities(self, sample: dict[str, Any]) -> dict[str, Any]:
+        have = [m for m in self.modalities if sample.get(m) is not None]
+        drop = [m for m in have if float(torch.rand(())) < self.modality_dropout.get(m, 0.0)]
+        if not drop or len(drop) == len(have):
+            return sample
+        return {k: v for k, v in sample.items() if k not in drop}
+
+    def _visual(self, frames: torch.Tensor) -> torch.Tensor:
+        return visual_transform(
+            frames, size=self.image_size, mean=self.image_mean, std=self.image_std,
+            augment=self.augment if getattr(self, "_training", False) else None,
+        )
+
     def _frames(self, frames: Any) -> torch.Tensor:
         tensor = to_float_frames(frames)
         if tensor.shape[0] != self.num_frames:
             tensor = tensor[uniform_indices(tensor.shape[0], self.num_frames)]
-        return resize_normalize(tensor, self.image_size, self.image_mean, self.image_std)
+        return self._visual(tensor)
 
     def _collate_video(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         shape = (self.num_frames, 3, self.image_size, self.image_size)
@@ -94,17 +131,23 @@ class MultimodalProcessor(ProcessorMixin):
             "video_attention_mask": torch.ones(len(samples), self.num_frames, dtype=torch.long),
         }
 
+    def _image(self, image: Any) -> torch.Tensor:
+        frames = pil_to_frames(image) if hasattr(image, "convert") else to_float_frames(image)
+        return self._visual(frames)[0]
+
     def _collate_image(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """``pixel_values`` [B,3,S,S], or [B,K,3,S,S] when every sample has a list of K images (pairs)."""
+        given = [s.get("image") for s in samples]
+        counts = {len(g) for g in given if isinstance(g, (list, tuple))}
+        if counts and (len(counts) > 1 or any(g is not None and not isinstance(g, (list, tuple)) for g in given)):
+            raise ValueError(f"samples in a batch mix image lists of lengths {sorted(counts)} and single images.")
         shape = (3, self.image_size, self.image_size)
-        images = []
-        for sample in samples:
-            image = sample.get("image")
-            if image is None:
-                images.append(torch.zeros(shape))
-                continue
-            frames = pil_to_frames(image) if hasattr(image, "convert") else to_float_frames(image)
-            images.append(resize_normalize(frames, self.image_size, self.image_mean, self.image_std)[0])
-        return {"pixel_values": torch.stack(images)}
+        if counts:
+            k = counts.pop()
+            stacks = [torch.stack([self._image(i) for i in g]) if g is not None else torch.zeros(k, *shape)
+                      for g in given]
+            return {"pixel_values": torch.stack(stacks)}
+        return {"pixel_values": torch.stack([self._image(g) if g is not None else torch.zeros(shape) for g in given])}
 
     def _collate_audio(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         waves = [
@@ -131,6 +174,16 @@ class MultimodalProcessor(ProcessorMixin):
     def decode_labels(self, logits: torch.Tensor, id2label: dict[int, str]) -> list[str]:
         """Arg-max class names for ``logits`` [B, C]."""
         return [id2label[int(i)] for i in logits.argmax(dim=-1)]
+
+
+def _check_dropout(dropout: dict[str, float] | None, modalities: Sequence[str]) -> dict[str, float]:
+    result = {str(k): float(v) for k, v in (dropout or {}).items()}
+    for modality, p in result.items():
+        if modality not in modalities:
+            raise ValueError(f"data.processor.modality_dropout.{modality}: not one of the model's modalities {list(modalities)}")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"data.processor.modality_dropout.{modality} must be in [0, 1), got {p}")
+    return result
 
 
 def _pad_waveforms(waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -168,6 +221,8 @@ def build_processor(
     audio_frames: int = 100,
     audio_format: str = "log_mel",
     max_text_length: int = 64,
+    augment: dict[str, Any] | None = None,
+    modality_dropout: dict[str, float] | None = None,
 ) -> MultimodalProcessor:
     """Build the processor from config values (a tokenizer folder or ``pkg:<module>``).
 
@@ -183,5 +238,11 @@ def build_processor(
     return MultimodalProcessor(
         AutoTokenizer.from_pretrained(str(folder)), extractor, modalities=list(modalities),
         image_size=image_size, num_frames=num_frames, audio_format=audio_format,
-        max_text_length=max_text_length,
+        max_text_length=max_text_length, augment=_plain(augment), modality_dropout=_plain(modality_dropout),
     )
+
+
+def _plain(value: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

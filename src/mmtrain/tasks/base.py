@@ -43,18 +43,24 @@ class TaskBase(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if callable(getattr(datamodule, "set_epoch", None)):
+            datamodule.set_epoch(self.current_epoch)
+
+    def step(self, batch: dict[str, Any], split: str) -> torch.Tensor | None:
         """Loss of one batch for ``split`` (``train``/``val``/``test``); subclasses implement it."""
         raise NotImplementedError
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
+    # A batch whose samples were all skipped (undecodable media) has no ids: no step is taken.
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self.step(batch, "train") if batch["ids"] else None
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self.step(batch, "val") if batch["ids"] else None
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self.step(batch, "test") if batch["ids"] else None
 
     def batch_size_of(self, batch: dict[str, Any]) -> int:
         return len(batch["ids"])

@@ -38,9 +38,15 @@ class ClassificationTask(TaskBase):
             {f"{s}_metrics": ClassificationMetrics(self.label_names) for s in ("train", "val", "test")}
         )
         self.results: dict[str, dict[str, Any]] = {}
+        #: When set, every other modality is marked absent (unimodal evaluation of a fused model).
+        self.only_modality: str | None = None
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "ids")}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "ids", "skipped")}
+        if self.only_modality is not None:
+            for key in [k for k in inputs if k.endswith("_present")]:
+                if key != f"{self.only_modality}_present":
+                    inputs[key] = torch.zeros_like(inputs[key])
         return self.model(**inputs).logits
 
     def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:

@@ -54,10 +54,12 @@ def check_model_fits_data(model: MultimodalModel, processor: MultimodalProcessor
         ValueError: ``model.encoders.<slot>``, ``model.fusion`` or ``model.head`` cannot take what
             the part before it (or the processor) produces.
     """
-    if len(dataset) == 0:
-        raise ValueError("data.train is empty: no sample to train on.")
-    batch = processor.collate([dataset[i] for i in range(min(2, len(dataset)))])
+    samples = first_samples(dataset, 2)
+    if not samples:
+        raise ValueError("data.train has no decodable sample to train on (see skipped.jsonl for why).")
+    batch = processor.collate(samples)
     batch.pop("ids")
+    batch.pop("skipped")
     labels = batch.pop("labels", None)
     was_training = model.training
     model.eval()
@@ -82,3 +84,16 @@ def _run_part(key: str, call: Any) -> Any:
         return call()
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
         raise ValueError(f"{key} does not fit the data or the part before it: {err}") from err
+
+
+def first_samples(dataset: Any, count: int, tries: int = 64) -> list[dict[str, Any]]:
+    """Up to ``count`` decodable samples from the start of a map-style or streamed dataset."""
+    from itertools import islice
+
+    from mmtrain.data.skips import SkippedSample
+
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        candidates = islice(iter(dataset), tries)
+    else:
+        candidates = (dataset[i] for i in range(min(len(dataset), tries)))
+    return list(islice((s for s in candidates if not isinstance(s, SkippedSample)), count))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes, safe_instantiate
 from mmtrain.config.validate import check_signature, validate_config
+from mmtrain.training.ledger import SkipLedger
 from mmtrain.training.build import (
     build_callbacks,
     build_loggers,
@@ -61,11 +62,52 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
     return cfg, prefixes
 
 
+def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
+    """Run ``data.prepare`` (e.g. build the demo set on first use), then build the datamodule."""
+    data_cfg = cfg.data.copy()
+    prepare_node = data_cfg.get("prepare")
+    if prepare_node is not None:
+        safe_instantiate(prepare_node, prefixes, config_key="data.prepare")
+    with open_dict(data_cfg):
+        data_cfg.pop("prepare", None)
+    return safe_instantiate(data_cfg, prefixes, config_key="data")
+
+
+def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path) -> pl.Trainer:
+    """Lightning ``Trainer`` from ``cfg.trainer`` with the configured callbacks and loggers."""
+    loggers = build_loggers(cfg, prefixes)
+    callbacks = build_callbacks(cfg, prefixes)
+    if not loggers:
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        callbacks = [c for c in callbacks if c not in dropped]
+        if dropped:
+            log.info("no logger configured: the learning-rate monitor is off")
+    return pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def unimodal_results(trainer: pl.Trainer, task: Any, datamodule: Any) -> dict[str, Any]:
+    """Test metrics of the fused model with only one modality present, for each modality."""
+    results = {}
+    for name in task.model.encoders:
+        task.only_modality = name
+        try:
+            trainer.test(task, datamodule=datamodule, verbose=False)
+        finally:
+            task.only_modality = None
+        results[name] = {k: task.results["test"][k] for k in ("acc", "macro_f1")}
+    return results
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run a whole training job; returns the metrics also written to ``metrics.json``."""
     cfg, prefixes = prepare(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = safe_instantiate(cfg.data, prefixes, config_key="data")
+    datamodule = build_data(cfg, prefixes)
     model = build_model(cfg, datamodule.label_names, prefixes)
     wire_processor(datamodule.processor, model)
     check_model_fits_data(model, datamodule.processor, datamodule.splits["train"])
@@ -75,34 +117,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("run directory: %s", run_dir)
+    trainer = build_trainer(cfg, prefixes, run_dir)
 
-    loggers = build_loggers(cfg, prefixes)
-    callbacks = build_callbacks(cfg, prefixes)
-    if not loggers:
-        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
-        callbacks = [c for c in callbacks if c not in dropped]
-        if dropped:
-            log.info("no logger configured: the learning-rate monitor is off")
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(run_dir),
-    )
     started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     fit_seconds = time.perf_counter() - started
     if "val" in datamodule.splits:  # re-score the best weights the export callback loaded
         trainer.validate(task, datamodule=datamodule, verbose=False)
-    if "test" in datamodule.splits:
-        trainer.test(task, datamodule=datamodule, verbose=False)
-    metrics = {
+    metrics: dict[str, Any] = {
         "run_dir": str(run_dir),
         "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
         "epochs": trainer.current_epoch,
         "global_steps": trainer.global_step,
         "fit_seconds": round(fit_seconds, 2),
-        **{split: task.results[split] for split in ("val", "test") if split in getattr(task, "results", {})},
     }
+    if "test" in datamodule.splits:
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        fused = task.results["test"]
+        if cfg.get("evaluate_unimodal") and len(model.encoders) > 1:
+            metrics["test_only_one_modality"] = unimodal_results(trainer, task, datamodule)
+        task.results["test"] = fused
+    metrics.update({split: task.results[split] for split in ("val", "test") if split in task.results})
+    ledger = next((c for c in trainer.callbacks if isinstance(c, SkipLedger)), None)
+    if ledger is not None:
+        metrics["skipped"] = ledger.summary()
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
