@@ -125,8 +125,16 @@ def _frames_at(
         raise MediaError(path, "video", f"decoding failed: {err}") from err
     if previous is None and not chosen:
         raise MediaError(path, "video", "no frame could be decoded in the segment")
-    while len(chosen) < len(targets):  # segment runs past the last frame: hold the last one
-        chosen.append(previous)  # type: ignore[arg-type]
+    if len(chosen) < len(targets):
+        # The segment runs past the last frame: hold it for at most two frame intervals (rounding
+        # of the segment end); further than that the file is cut short.
+        last_time = float(previous.pts * time_base)  # type: ignore[union-attr]
+        rate = float(stream.average_rate or 25)
+        if targets[-1] - last_time > 2.0 / rate:
+            raise MediaError(
+                path, "video", f"the video ends at {last_time:.2f} s, before the segment's frame at {targets[-1]:.2f} s"
+            )
+        chosen.extend([previous] * (len(targets) - len(chosen)))  # type: ignore[list-item]
     return chosen
 
 

@@ -107,7 +107,9 @@ class MultimodalProcessor(ProcessorMixin):
     def _drop_modalities(self, sample: dict[str, Any]) -> dict[str, Any]:
         have = [m for m in self.modalities if sample.get(m) is not None]
         drop = [m for m in have if float(torch.rand(())) < self.modality_dropout.get(m, 0.0)]
-        if not drop or len(drop) == len(have):
+        if len(drop) == len(have) and drop:  # never drop everything: keep one, chosen at random
+            drop.pop(int(torch.randint(len(drop), ())))
+        if not drop:
             return sample
         return {k: v for k, v in sample.items() if k not in drop}
 
