@@ -125,7 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mmtrain`` command; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # mmtrain's own messages through rich; Lightning keeps its own handler (no duplicate lines).
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("mmtrain")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False, rich_tracebacks=False))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

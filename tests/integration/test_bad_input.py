@@ -22,7 +22,7 @@ CASES = [
 
 @pytest.mark.parametrize(("override", "named"), CASES)
 def test_bad_input_is_named_before_training(override: str, named: str, tmp_path: Path) -> None:
-    cfg = compose_config([override, f"output_root={tmp_path}"])
+    cfg = compose_config(["data=synthetic", override, f"output_root={tmp_path}"])
     with pytest.raises((ValueError, FileNotFoundError)) as err:
         train(cfg)
     assert named in str(err.value)

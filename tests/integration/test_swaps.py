@@ -15,7 +15,7 @@ from mmtrain.training.run import train
 
 pytestmark = pytest.mark.slow
 
-TINY = ["data.train.num_samples=16", "data.val.num_samples=8", "data.test.num_samples=8", "data.batch_size=8",
+TINY = ["data=synthetic", "data.train.num_samples=16", "data.val.num_samples=8", "data.test.num_samples=8", "data.batch_size=8",
         "trainer.max_epochs=1", "callbacks.progress=null", "logger.tensorboard=null",
         "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0"]
 

@@ -21,6 +21,9 @@ INJECTED: dict[str, frozenset[str]] = {
     "task": frozenset({"model", "label_names"}),
 }
 
+#: Keys the builders take out of a node before building it (``data.prepare`` runs first, alone).
+CONSUMED: dict[str, frozenset[str]] = {"data": frozenset({"prepare"})}
+
 
 def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
     """Yield ``(key, node)`` for every config node that has a ``_target_``."""
@@ -35,15 +38,20 @@ def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
             yield from target_nodes(node._get_node(index), f"{path}[{index}]")
 
 
-def check_signature(key: str, node: DictConfig, target: Any, injected: frozenset[str]) -> None:
-    """Every argument in ``node`` exists on ``target``; every required one is given or injected."""
+def check_signature(
+    key: str, node: DictConfig, target: Any, injected: frozenset[str], consumed: frozenset[str] = frozenset()
+) -> None:
+    """Every argument in ``node`` exists on ``target``; every required one is given or injected.
+
+    ``consumed`` keys are taken out by the builder before the target is called.
+    """
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
         return
     params = signature.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    given = {str(k) for k in node.keys()} - HYDRA_KEYS
+    given = {str(k) for k in node.keys()} - HYDRA_KEYS - consumed
     name = getattr(target, "__qualname__", str(target))
     if not takes_any:
         unknown = sorted(given - set(params))
@@ -81,7 +89,7 @@ def validate_config(cfg: DictConfig, prefixes: Sequence[str], sections: Sequence
             continue
         for key, node in target_nodes(cfg._get_node(section), section):
             target = locate_allowed(str(node._get_node("_target_")._value()), prefixes, key)
-            check_signature(key, node, target, INJECTED.get(key, frozenset()))
+            check_signature(key, node, target, INJECTED.get(key, frozenset()), CONSUMED.get(key, frozenset()))
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # interpolation or missing value: name it

@@ -68,8 +68,7 @@ class MultimodalDataModule(pl.LightningDataModule):
             shuffle=shuffle and not iterable,  # a streamed dataset shuffles itself (set_epoch)
             num_workers=self.num_workers,
             collate_fn=self.processor.collate_train if split == "train" else self.processor.collate,
-            # Workers that outlive an epoch would keep a stale copy of a dataset's epoch.
-            persistent_workers=self.num_workers > 0 and not callable(getattr(dataset, "set_epoch", None)),
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader[Any]:

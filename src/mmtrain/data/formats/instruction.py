@@ -1,0 +1,94 @@
+"""Instruction data: JSONL (or a JSON list) of prompt/response pairs with optional media.
+
+Record keys (names configurable)::
+
+    {"id": "q1" (optional), "prompt": "What is shown?", "response": "A cat.",
+     "image": "images/cat.png" (optional), "audio": "audio/q1.wav" (optional),
+     "video": "videos/q1.mp4" (optional)}
+
+Media paths are relative to ``root``. The sample's ``text`` is the prompt and its
+``target_text`` the response (for LM heads with -100 masking of the prompt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmtrain.data.formats.common import (
+    MediaRef,
+    Record,
+    RecordDataset,
+    as_str,
+    check_modalities,
+    check_unique,
+    read_records,
+    require,
+    resolve,
+)
+
+OFFERED = ("video", "audio", "image", "text")
+
+
+class InstructionDataset(RecordDataset):
+    """Prompt -> response records, each with optional image, audio and video.
+
+    Args:
+        path: the ``.jsonl`` file (a JSON list also works).
+        root: folder the media paths are relative to.
+        prompt_key, response_key: record keys of the prompt and the response.
+        id_key: record key of the sample id; records without it get ``"<file stem>/<index>"``.
+        num_frames: ``T``, frames sampled uniformly over a whole video.
+        modalities: which of ``video``, ``audio``, ``image``, ``text`` to load (``target_text``
+            is always there).
+
+    Returns (per item): ``{"id": str, "text": str (prompt), "target_text": str (response),
+    "image": PIL RGB, "audio": float32 [L] (16 kHz mono), "video": uint8 [T,H,W,3],
+    "meta": {"<modality>_path"}}`` (media the record lacks are absent), or a
+    :class:`~mmtrain.data.skips.SkippedSample`. Unlabelled: ``label_names == []``.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        root: str,
+        prompt_key: str = "prompt",
+        response_key: str = "response",
+        id_key: str = "id",
+        num_frames: int = 8,
+        modalities: Sequence[str] = OFFERED,
+    ) -> None:
+        owner = type(self).__name__
+        self.modalities = check_modalities(modalities, OFFERED, owner)
+        if int(num_frames) < 1:
+            raise ValueError(f"{owner}: num_frames must be >= 1, got {num_frames}")
+        self.num_frames = int(num_frames)
+        self.label_names: list[str] = []
+        self.root = str(root)
+        self.prompt_key, self.response_key, self.id_key = prompt_key, response_key, id_key
+        entries = read_records(path)
+        stem = Path(path).stem
+        self.records = [self._record(where, entry, i, stem) for i, (where, entry) in enumerate(entries)]
+        check_unique((str(r.fields["id"]), where) for r, (where, _) in zip(self.records, entries, strict=True))
+
+    def _record(self, where: str, entry: dict[str, Any], index: int, stem: str) -> Record:
+        sample_id = entry.get(self.id_key)
+        paths = {
+            m: resolve(self.root, as_str(entry[m], where, m))
+            for m in ("video", "audio", "image")
+            if entry.get(m) is not None
+        }
+        fields: dict[str, Any] = {
+            "id": f"{stem}/{index}" if sample_id is None else str(sample_id),
+            "target_text": as_str(require(entry, self.response_key, where), where, self.response_key),
+            "meta": {f"{m}_path": p for m, p in paths.items()},
+        }
+        prompt = as_str(require(entry, self.prompt_key, where), where, self.prompt_key)
+        if "text" in self.modalities:
+            fields["text"] = prompt
+        media = {
+            m: MediaRef(m, p, num_frames=self.num_frames) for m, p in paths.items() if m in self.modalities
+        }
+        return Record(fields, media)

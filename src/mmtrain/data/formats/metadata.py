@@ -1,0 +1,99 @@
+"""Audio-text and image-text metadata: a JSON list of objects or JSONL, one object a line.
+
+Record keys (names configurable): ``audio_path`` and/or ``image_path`` (relative to ``root``; at
+least one per record), ``text`` or ``caption``, optional ``sample_id``, optional label::
+
+    {"sample_id": "a1", "audio_path": "audio/a1.wav", "text": "a dog barks", "label": "dog"}
+    {"image_path": "images/b.jpg", "caption": "a red bicycle"}
+
+The metadata file is read at construction (errors name the file and ``item N`` for a JSON list or
+``row N`` for JSONL); media files are decoded when a sample is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmtrain.data.formats.common import (
+    LabelMap,
+    MediaRef,
+    Record,
+    RecordDataset,
+    as_str,
+    check_modalities,
+    check_unique,
+    read_records,
+    require,
+    resolve,
+)
+
+OFFERED = ("audio", "image", "text")
+TEXT_KEYS = ("text", "caption")
+
+
+class MetadataDataset(RecordDataset):
+    """Audio and/or image with a text (and optionally a label) per record.
+
+    Args:
+        path: the metadata ``.json`` (a list of objects) or ``.jsonl`` file.
+        root: folder the media paths are relative to.
+        audio_key, image_key: record keys holding the media paths.
+        text_key: record key of the text; None takes ``text``, else ``caption``.
+        id_key: record key of the sample id; records without it get ``"<file stem>/<index>"``.
+        label_key: record key of the class name, or None for unlabelled data.
+        label_names: class names in index order (required with ``label_key``; else empty).
+        modalities: which of ``audio``, ``image``, ``text`` to load.
+
+    Returns (per item): ``{"id": str, "audio": float32 [L] (16 kHz mono), "image": PIL RGB,
+    "text": str, "label": int (if labelled), "meta": {"audio_path", "image_path"}}`` (a modality
+    the record lacks is absent), or a :class:`~mmtrain.data.skips.SkippedSample`.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        root: str,
+        audio_key: str = "audio_path",
+        image_key: str = "image_path",
+        text_key: str | None = None,
+        id_key: str = "sample_id",
+        label_key: str | None = None,
+        label_names: Sequence[str] = (),
+        modalities: Sequence[str] = OFFERED,
+    ) -> None:
+        owner = type(self).__name__
+        self.modalities = check_modalities(modalities, OFFERED, owner)
+        labels = LabelMap(label_names, owner)
+        if (label_key is None) != (not labels):
+            raise ValueError(f"{owner}: give label_key and label_names together (or neither)")
+        self.label_names = labels.names
+        self.root = str(root)
+        self.keys = {"audio": audio_key, "image": image_key}
+        self.text_key, self.id_key, self.label_key = text_key, id_key, label_key
+        entries = read_records(path)
+        stem = Path(path).stem
+        self.records = [self._record(where, entry, i, stem, labels) for i, (where, entry) in enumerate(entries)]
+        check_unique((str(r.fields["id"]), where) for r, (where, _) in zip(self.records, entries, strict=True))
+
+    def _record(self, where: str, entry: dict[str, Any], index: int, stem: str, labels: LabelMap) -> Record:
+        present = {m: key for m, key in self.keys.items() if entry.get(key) is not None}
+        if not present:
+            raise ValueError(f"{where}: no key {self.keys['audio']!r} or {self.keys['image']!r}")
+        paths = {m: resolve(self.root, as_str(entry[key], where, key)) for m, key in present.items()}
+        sample_id = entry.get(self.id_key)
+        fields: dict[str, Any] = {
+            "id": f"{stem}/{index}" if sample_id is None else str(sample_id),
+            "meta": {f"{m}_path": p for m, p in paths.items()},
+        }
+        if "text" in self.modalities:
+            key = self.text_key or next((k for k in TEXT_KEYS if entry.get(k) is not None), None)
+            if key is None:
+                raise ValueError(f"{where}: no key {TEXT_KEYS[0]!r} or {TEXT_KEYS[1]!r}")
+            fields["text"] = as_str(require(entry, key, where), where, key)
+        if self.label_key is not None:
+            fields["label"] = labels.index(require(entry, self.label_key, where), where, self.label_key)
+        media = {m: MediaRef(m, p) for m, p in paths.items() if m in self.modalities}
+        return Record(fields, media)
