@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output folder (default: <run dir>/export-<checkpoint name>)")
     export.set_defaults(func=_export)
 
+    data = sub.add_parser("data", help="data set tools", description="Data set tools.")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    from mmtrain.data.demo.cli import add_cli
+
+    add_cli(data_sub, "demo")
+
     listing = sub.add_parser("list", help="list components and experiments")
     listing.set_defaults(func=_list)
     return parser

@@ -102,8 +102,9 @@ def test_modality_dropout_marks_absent_and_never_drops_everything() -> None:
 def test_bad_settings_are_named() -> None:
     with pytest.raises(ValueError, match="augment"):
         make(augment={"rotate": 10})
-    with pytest.raises(ValueError, match="modality_dropout.video"):
-        make(modalities=["text"], modality_dropout={"video": 0.5})
+    with pytest.raises(ValueError, match="modality_dropout.vidoe"):
+        make(modalities=["text"], modality_dropout={"vidoe": 0.5})
+    assert make(modalities=["text"], modality_dropout={"video": 0.5}).modality_dropout == {}
 
 
 def test_save_and_load_give_the_same_batches(tmp_path: Path) -> None:

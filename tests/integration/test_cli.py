@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-TINY = ["data.train.num_samples=32", "data.val.num_samples=16", "data.test.num_samples=16", "data.batch_size=8",
-        "trainer.max_epochs=2", "callbacks.progress=null"]
+# The real demo set (mp4 + label JSON, decoded with PyAV), at its tiny size: built on first use.
+TINY = ["data.prepare.size=tiny", "data.batch_size=8", "trainer.max_epochs=2", "callbacks.progress=null"]
 
 
 def mmtrain(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -50,7 +50,7 @@ def write_media(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("cli")
-    result = mmtrain("train", "experiment=demo", *TINY, cwd=workdir)
+    result = mmtrain("train", "experiment=demo", *TINY, f"data_root={workdir / 'data'}", cwd=workdir)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     runs = list((workdir / "outputs" / "demo").iterdir())
     assert len(runs) == 1
@@ -66,9 +66,12 @@ def test_train_writes_the_run_directory(trained_run: Path) -> None:
         assert (trained_run / "export" / name).is_file(), name
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics["test"]) == {"acc", "macro_f1", "per_class_acc", "confusion"}
-    assert sum(map(sum, metrics["test"]["confusion"])) == 16
+    manifest = json.loads((trained_run.parent.parent.parent / "data" / "spoken_digits" / "manifest.json").read_text())
+    assert sum(map(sum, metrics["test"]["confusion"])) == manifest["counts"]["test"]["segments"]
+    assert set(metrics["test_only_one_modality"]) == {"video", "audio", "text"}
     config = json.loads((trained_run / "export" / "config.json").read_text())
-    assert config["id2label"] == {"0": "neutral", "1": "joy", "2": "sadness", "3": "anger"}
+    digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    assert config["id2label"] == {str(i): name for i, name in enumerate(digits)}
     assert config["fusion"]["_target_"].endswith("BottleneckFusion")
 
 

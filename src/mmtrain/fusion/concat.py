@@ -1,4 +1,4 @@
-"""Concat-pool fusion: project, concatenate tokens, masked mean, MLP."""
+"""Concat-pool fusion: each modality pooled on its own, the pooled vectors concatenated, an MLP."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from mmtrain.fusion.projection import ModalityProjection, safe_masked_mean
 
 
 class ConcatPoolFusion(nn.Module):
-    """Concatenate every modality's projected tokens, mean over real tokens, then an MLP.
+    """Pool each modality over its real tokens, concatenate the M pooled vectors, then an MLP.
+
+    Pooling per modality first gives every modality the same weight whatever its token count (a
+    100-frame audio track does not drown 4 video frames); an absent modality contributes zeros.
 
     Output:
         tokens: ``[B, sum_m N_m, hidden_dim]`` projected tokens, modalities in sorted name order.
         mask: ``[B, sum_m N_m]`` the inputs' masks, concatenated the same way.
-        pooled: ``[B, hidden_dim]`` ``MLP(masked mean of tokens)``; a sample with no real token
-            at all pools a zero vector (finite output).
+        pooled: ``[B, hidden_dim]`` ``MLP([mean_1; ...; mean_M])``; finite when nothing is present.
     """
 
     def __init__(
@@ -40,9 +42,10 @@ class ConcatPoolFusion(nn.Module):
             input_dims=input_dims, hidden_dim=hidden_dim, owner=type(self).__name__
         )
         inner = max(1, int(hidden_dim * mlp_ratio))
+        width = hidden_dim * len(input_dims)
         self.mlp = nn.Sequential(
-            nn.LayerNorm(hidden_dim),
-            nn.Linear(hidden_dim, inner),
+            nn.LayerNorm(width),
+            nn.Linear(width, inner),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(inner, hidden_dim),
@@ -59,5 +62,5 @@ class ConcatPoolFusion(nn.Module):
         projected = self.projection.tokens(inputs)
         tokens = torch.cat([t for t, _ in projected.values()], dim=1)
         mask = torch.cat([m for _, m in projected.values()], dim=1)
-        pooled = self.mlp(safe_masked_mean(tokens, mask))
+        pooled = self.mlp(torch.cat([safe_masked_mean(t, m) for t, m in projected.values()], dim=-1))
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)

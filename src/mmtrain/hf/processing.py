@@ -179,12 +179,15 @@ class MultimodalProcessor(ProcessorMixin):
 
 
 def _check_dropout(dropout: dict[str, float] | None, modalities: Sequence[str]) -> dict[str, float]:
-    result = {str(k): float(v) for k, v in (dropout or {}).items()}
-    for modality, p in result.items():
-        if modality not in modalities:
-            raise ValueError(f"data.processor.modality_dropout.{modality}: not one of the model's modalities {list(modalities)}")
-        if not 0.0 <= p < 1.0:
+    """Dropout per modality of this model; entries for known modalities the model lacks are unused."""
+    result = {}
+    for modality, p in (dropout or {}).items():
+        if modality not in MODALITIES:
+            raise ValueError(f"data.processor.modality_dropout.{modality}: not a modality; use {list(MODALITIES)}")
+        if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"data.processor.modality_dropout.{modality} must be in [0, 1), got {p}")
+        if modality in modalities:
+            result[str(modality)] = float(p)
     return result
 
 

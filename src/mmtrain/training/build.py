@@ -7,11 +7,22 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from mmtrain.config.targets import safe_instantiate
 from mmtrain.hf.modeling import MultimodalModel
 from mmtrain.hf.processing import MultimodalProcessor
+
+
+def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
+    """Run ``data.prepare`` (e.g. build the demo set on first use), then build the datamodule."""
+    data_cfg = cfg.data.copy()
+    prepare_node = data_cfg.get("prepare")
+    if prepare_node is not None:
+        safe_instantiate(prepare_node, prefixes, config_key="data.prepare")
+    with open_dict(data_cfg):
+        data_cfg.pop("prepare", None)
+    return safe_instantiate(data_cfg, prefixes, config_key="data")
 
 
 def build_processor(cfg: DictConfig, prefixes: Sequence[str]) -> MultimodalProcessor:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmtrain.config.compose import ConfigError
 from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES, narrow_prefixes, runtime_prefixes, safe_instantiate
 from mmtrain.config.validate import validate_config
-from mmtrain.training.build import build_model, wire_processor
+from mmtrain.training.build import build_data, build_model, wire_processor
 from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
 from mmtrain.training.export import TRAINING_CONFIG, find_export, write_export
 
@@ -54,7 +54,7 @@ def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | No
         raise FileNotFoundError(f"{config_file} is missing: it names the data to evaluate on.")
     cfg, prefixes = _stored_config(config_file.read_text(), str(config_file), overrides)
     model = AutoModel.from_pretrained(str(folder))
-    datamodule = safe_instantiate(cfg.data, prefixes, config_key="data")
+    datamodule = build_data(cfg, prefixes)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if datamodule.label_names != labels:
         raise ValueError(f"the data's labels {datamodule.label_names} differ from the model's {labels}.")

@@ -17,6 +17,7 @@ from mmtrain.config.validate import check_signature, validate_config
 from mmtrain.training.ledger import SkipLedger
 from mmtrain.training.build import (
     build_callbacks,
+    build_data,
     build_loggers,
     build_model,
     check_model_fits_data,
@@ -60,17 +61,6 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
         validate_config(cfg, prefixes, BUILT_SECTIONS)
     check_signature("trainer", cfg.trainer, pl.Trainer, TRAINER_INJECTED)
     return cfg, prefixes
-
-
-def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
-    """Run ``data.prepare`` (e.g. build the demo set on first use), then build the datamodule."""
-    data_cfg = cfg.data.copy()
-    prepare_node = data_cfg.get("prepare")
-    if prepare_node is not None:
-        safe_instantiate(prepare_node, prefixes, config_key="data.prepare")
-    with open_dict(data_cfg):
-        data_cfg.pop("prepare", None)
-    return safe_instantiate(data_cfg, prefixes, config_key="data")
 
 
 def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path) -> pl.Trainer:

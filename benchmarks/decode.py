@@ -1,0 +1,140 @@
+"""Decoding benchmark of ``mmtrain.data.media`` (a script, not a test).
+
+Prints, measured in the same run:
+
+1. the time to load a 2 s segment (video frames + 16 kHz audio) from the middle of a 10 s video and
+   from the middle of a 10-minute video with the same codec settings; the ratio should be close to 1
+   (goal: <= 1.5), since segment reads seek instead of decoding from the start;
+2. decoded frames per second of ``read_video_segment`` over the whole 10 s video vs a plain PyAV loop
+   (``for f in container.decode(video=0): f.to_ndarray(format="rgb24")``) over the same file
+   (goal: ratio >= 0.8).
+
+Both videos: 320x240, 25 fps, H.264 (libx264, yuv420p, GOP 50) + AAC mono 16 kHz, written with
+PyAV into a cache folder (``$TMPDIR/mmtrain-bench-decode``) and reused by later runs.
+
+Run: ``.venv/bin/python benchmarks/decode.py [--repeats 9] [--cache DIR]``. Exit code 1 when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from mmtrain.data.demo.mux import write_mp4
+from mmtrain.data.media import read_audio_segment, read_video_segment
+
+WIDTH, HEIGHT, FPS, GOP, RATE = 320, 240, 25, 50, 16000
+SHORT_SECONDS, LONG_SECONDS, SEGMENT_SECONDS = 10, 600, 2.0
+SEGMENT_FRAMES = 16
+SEGMENT_GOAL, DECODE_GOAL = 1.5, 0.8
+console = Console()
+
+
+def _frames(seconds: int) -> Iterator[np.ndarray]:
+    """A moving textured pattern with a frame counter bar: cheap to make, not trivial to encode."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (HEIGHT, WIDTH * 2, 3), dtype=np.uint8)
+    texture = ((texture.astype(np.uint16) + np.roll(texture, 1, 0) + np.roll(texture, 1, 1)) // 3).astype(np.uint8)
+    for index in range(seconds * FPS):
+        offset = (index * 3) % WIDTH
+        frame = texture[:, offset : offset + WIDTH].copy()
+        frame[: HEIGHT // 12, : (index % FPS + 1) * WIDTH // FPS] = 255
+        yield frame
+
+
+def _audio(seconds: int) -> np.ndarray:
+    t = np.arange(seconds * RATE, dtype=np.float64) / RATE
+    tone = 0.3 * np.sin(2 * np.pi * (220 + 110 * (np.floor(t) % 4)) * t)
+    return (tone + 0.01 * np.random.default_rng(1).normal(size=t.size)).astype(np.float32)
+
+
+def make_video(path: Path, seconds: int) -> Path:
+    """Write (once) a ``seconds``-long test video at ``path``."""
+    if path.is_file() and path.stat().st_size > 0:
+        return path
+    partial = path.with_suffix(".partial.mp4")
+    write_mp4(partial, _frames(seconds), _audio(seconds), fps=FPS, sample_rate=RATE, gop=GOP, crf=23,
+              preset="veryfast", bitexact=False)
+    partial.rename(path)
+    return path
+
+
+def paired_medians(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall times of two actions run alternately (after a warm-up of each), so that load from
+    other processes hits both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for action, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            action()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def load_segment(path: Path, middle: float) -> None:
+    start, end = middle - SEGMENT_SECONDS / 2, middle + SEGMENT_SECONDS / 2
+    frames = read_video_segment(path, num_frames=SEGMENT_FRAMES, start=start, end=end)
+    audio = read_audio_segment(path, start=start, end=end)
+    assert frames.shape == (SEGMENT_FRAMES, HEIGHT, WIDTH, 3) and abs(len(audio) - SEGMENT_SECONDS * RATE) <= 1
+
+
+def plain_decode(path: Path) -> int:
+    with av.open(str(path)) as container:
+        count = 0
+        for frame in container.decode(video=0):
+            frame.to_ndarray(format="rgb24")
+            count += 1
+    return count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per measurement (median)")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mmtrain-bench-decode")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    short = make_video(args.cache / f"short_{SHORT_SECONDS}s_{WIDTH}x{HEIGHT}.mp4", SHORT_SECONDS)
+    long = make_video(args.cache / f"long_{LONG_SECONDS}s_{WIDTH}x{HEIGHT}.mp4", LONG_SECONDS)
+    console.print(f"videos ready in {time.perf_counter() - started:.1f} s (cache {args.cache})")
+
+    seg_short, seg_long = paired_medians(lambda: load_segment(short, SHORT_SECONDS / 2),
+                                         lambda: load_segment(long, LONG_SECONDS / 2), args.repeats)
+    total = SHORT_SECONDS * FPS
+    ours, plain = paired_medians(
+        lambda: read_video_segment(short, num_frames=total, start=0.0, end=float(SHORT_SECONDS)),
+        lambda: plain_decode(short), args.repeats)
+    assert plain_decode(short) == total
+
+    segment_ratio = seg_long / seg_short
+    decode_ratio = (total / ours) / (total / plain)
+    table = Table(title=f"media decoding (median of {args.repeats}; {WIDTH}x{HEIGHT} {FPS} fps H.264 GOP {GOP} + AAC)")
+    for column in ("measurement", "value", "baseline", "ratio", "goal", "met"):
+        table.add_column(column, justify="left" if column in ("measurement", "goal") else "right")
+    table.add_row(f"{SEGMENT_SECONDS:g} s segment ({SEGMENT_FRAMES} frames + audio), 10-min vs 10-s video",
+                  f"{seg_long * 1e3:.1f} ms", f"{seg_short * 1e3:.1f} ms", f"{segment_ratio:.2f}",
+                  f"<= {SEGMENT_GOAL}", _mark(segment_ratio <= SEGMENT_GOAL))
+    table.add_row(f"read_video_segment all {total} frames vs plain PyAV loop",
+                  f"{total / ours:.0f} fps", f"{total / plain:.0f} fps", f"{decode_ratio:.2f}",
+                  f">= {DECODE_GOAL}", _mark(decode_ratio >= DECODE_GOAL))
+    console.print(table)
+    return 0 if segment_ratio <= SEGMENT_GOAL and decode_ratio >= DECODE_GOAL else 1
+
+
+def _mark(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
