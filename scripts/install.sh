@@ -7,7 +7,10 @@ PYTHON=${PYTHON:-python3}
 
 # Debian packages the built-in demo set is made from: real recorded digits in five voices and a
 # speech synthesiser. Skipped when present; MMTRAIN_SKIP_APT=1 skips the step altogether.
-DEBIAN_PACKAGES="espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav"
+# (asterisk-prompt-*: the held-out val/test speakers.)
+DEBIAN_PACKAGES="espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav
+  asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-es-co asterisk-prompt-fr-armelle
+  asterisk-prompt-it-menardi-wav"
 if [ "${MMTRAIN_SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1; then
   missing=$(for p in $DEBIAN_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then

