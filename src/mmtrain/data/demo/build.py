@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +37,8 @@ from mmtrain.data.demo.voices import SOUNDS_DIR, VoiceBank, voices_by_split
 Progress = Callable[[str, int, int], None]  # (split, clips done, clips in split)
 FOLDERS = ("videos", "labels", "images", "audio")
 TABLE_FOLDERS = ("parquet", "pairs", "metadata")
+
+log = logging.getLogger(__name__)
 
 
 def parameters(seed: int, size: str, corruption: CorruptionConfig | None, image_sources: str) -> dict:
@@ -117,6 +120,7 @@ def ensure_demo(root: str | Path, seed: int = 0, size: str = "small", **options)
             and manifest.get("parameters") == wanted
             and all((root / name).is_file() for name in manifest.get("files", {}))):
         return root
+    log.info("building the spoken-digits demo set (size %s, seed %d) at %s; this happens once", size, seed, root)
     return build_demo(root, seed=seed, size=size, **options)
 
 
