@@ -25,9 +25,7 @@ dtype the checkpoint or its config records; mixed precision is the trainer's job
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any

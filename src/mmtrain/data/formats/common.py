@@ -268,6 +268,14 @@ class RecordDataset(Dataset):
     records: list[Record]
     label_names: list[str]
 
+    def set_media_options(self, modalities: Sequence[str], offered: Sequence[str], num_frames: int) -> None:
+        """Validate and keep ``modalities`` (a subset of ``offered``) and ``num_frames`` (>= 1)."""
+        owner = type(self).__name__
+        self.modalities = check_modalities(modalities, offered, owner)
+        if int(num_frames) < 1:
+            raise ValueError(f"{owner}: num_frames must be >= 1, got {num_frames}")
+        self.num_frames = int(num_frames)
+
     def __len__(self) -> int:
         return len(self.records)
 

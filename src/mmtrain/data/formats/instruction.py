@@ -21,7 +21,6 @@ from mmtrain.data.formats.common import (
     Record,
     RecordDataset,
     as_str,
-    check_modalities,
     check_unique,
     read_records,
     require,
@@ -60,11 +59,7 @@ class InstructionDataset(RecordDataset):
         num_frames: int = 8,
         modalities: Sequence[str] = OFFERED,
     ) -> None:
-        owner = type(self).__name__
-        self.modalities = check_modalities(modalities, OFFERED, owner)
-        if int(num_frames) < 1:
-            raise ValueError(f"{owner}: num_frames must be >= 1, got {num_frames}")
-        self.num_frames = int(num_frames)
+        self.set_media_options(modalities, OFFERED, num_frames)
         self.label_names: list[str] = []
         self.root = str(root)
         self.prompt_key, self.response_key, self.id_key = prompt_key, response_key, id_key

@@ -19,7 +19,6 @@ from mmtrain.data.formats.common import (
     Record,
     RecordDataset,
     as_int,
-    check_modalities,
     check_unique,
     read_csv,
     require_dir,
@@ -63,10 +62,7 @@ class MeldDataset(RecordDataset):
         encoding: str = "utf-8-sig",
     ) -> None:
         owner = type(self).__name__
-        self.modalities = check_modalities(modalities, OFFERED, owner)
-        if int(num_frames) < 1:
-            raise ValueError(f"{owner}: num_frames must be >= 1, got {num_frames}")
-        self.num_frames = int(num_frames)
+        self.set_media_options(modalities, OFFERED, num_frames)
         labels = LabelMap(label_names, owner)
         if not labels:
             raise ValueError(f"{owner}: label_names is empty; list the class names in index order")

@@ -25,7 +25,6 @@ from mmtrain.data.formats.common import (
     RecordDataset,
     as_float,
     as_str,
-    check_modalities,
     check_unique,
     read_json,
     require,
@@ -64,10 +63,7 @@ class Mp4LabelJsonDataset(RecordDataset):
         modalities: Sequence[str] = OFFERED,
     ) -> None:
         owner = type(self).__name__
-        self.modalities = check_modalities(modalities, OFFERED, owner)
-        if int(num_frames) < 1:
-            raise ValueError(f"{owner}: num_frames must be >= 1, got {num_frames}")
-        self.num_frames = int(num_frames)
+        self.set_media_options(modalities, OFFERED, num_frames)
         self.video_dir = str(video_dir)
         self.label_key = label_key
         labels = LabelMap(label_names, owner)
