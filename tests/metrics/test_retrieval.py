@@ -1,0 +1,83 @@
+"""Recall@K against a brute-force pure-Python rank count; retrieval_metrics keys."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from mmtrain.metrics.retrieval import recall_at_k, retrieval_metrics
+
+
+def _brute_force_recall(query: list[list[float]], gallery: list[list[float]], ks: tuple[int, ...]) -> dict[int, float]:
+    def cos(u: list[float], v: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(u, v))
+        return dot / (math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v)))
+
+    ranks = []
+    for i, q in enumerate(query):
+        true = cos(q, gallery[i])
+        ranks.append(1 + sum(1 for g in gallery if cos(q, g) > true))
+    return {k: sum(r <= k for r in ranks) / len(ranks) for k in ks}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_matches_brute_force(seed: int, duplicates: bool) -> None:
+    rng = random.Random(seed)
+    n, d = 40, 6
+    query = [[rng.gauss(0, 1) for _ in range(d)] for _ in range(n)]
+    # A noisy copy of the query makes retrieval non-trivial but not hopeless.
+    gallery = [[x + rng.gauss(0, 1.5) for x in q] for q in query]
+    if duplicates:  # ties: identical gallery rows and identical query rows
+        for i in range(0, n, 4):
+            gallery[i + 1] = list(gallery[i])
+            gallery[i + 2] = [2.0 * x for x in gallery[i]]  # same direction, same cosine
+            query[i + 3] = list(query[i])
+    ks = (1, 5, 10)
+    got = recall_at_k(torch.tensor(query, dtype=torch.float32), torch.tensor(gallery, dtype=torch.float32), ks)
+    # brute force on the same float32 values
+    q32 = torch.tensor(query, dtype=torch.float32).double().tolist()
+    g32 = torch.tensor(gallery, dtype=torch.float32).double().tolist()
+    assert got == _brute_force_recall(q32, g32, ks)
+
+
+def test_perfect_and_worst_retrieval() -> None:
+    x = torch.randn(20, 8)
+    assert recall_at_k(x, x.clone()) == {1: 1.0, 5: 1.0, 10: 1.0}
+    assert recall_at_k(x, 3.0 * x, ks=(1,)) == {1: 1.0}
+    # every gallery item identical: all tied, every query counts its match first
+    same = torch.ones(20, 8)
+    assert recall_at_k(x, same, ks=(1,)) == {1: 1.0}
+
+
+def test_retrieval_metrics_keys_and_values() -> None:
+    torch.manual_seed(0)
+    image = torch.randn(12, 16)
+    embeddings = {"image": image, "text": image + 0.1 * torch.randn(12, 16), "audio": torch.randn(12, 16)}
+    out = retrieval_metrics(embeddings, ks=(1, 5), dims=[4, 8])
+    expected = {
+        f"val/r@{k}_{q}_{g}{suffix}"
+        for q in embeddings
+        for g in embeddings
+        if q != g
+        for k in (1, 5)
+        for suffix in ("", "@4", "@8")
+    }
+    assert set(out) == expected
+    assert out["val/r@1_image_text"] == recall_at_k(embeddings["image"], embeddings["text"], ks=(1,))[1]
+    assert out["val/r@5_text_image@4"] == recall_at_k(embeddings["text"][:, :4], image[:, :4], ks=(5,))[5]
+    assert all(0.0 <= v <= 1.0 for v in out.values())
+    assert set(retrieval_metrics(embeddings, ks=(1,), prefix="test")) >= {"test/r@1_audio_image"}
+
+
+def test_retrieval_metrics_errors() -> None:
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="dim 16"):
+        retrieval_metrics({"image": x, "text": x}, dims=[16])
+    with pytest.raises(ValueError, match="one shape"):
+        retrieval_metrics({"image": x, "text": torch.randn(5, 8)})
+    with pytest.raises(ValueError, match="two modalities"):
+        retrieval_metrics({"image": x})
