@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mmtrain.encoders.base import EncoderOutput
+from mmtrain.config.plain import plain
 from mmtrain.paths import resolve_pretrained_path  # noqa: F401  (re-exported for towers)
 
 logger = logging.getLogger(__name__)
@@ -45,22 +46,7 @@ _METADATA_KEYS = ("model_type", "transformers_version", "_name_or_path", "archit
 
 def to_plain_dict(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Copy ``config`` (a dict or an OmegaConf ``DictConfig``) into plain Python containers."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if config is None:
-        return {}
-    if isinstance(config, DictConfig):
-        return dict(OmegaConf.to_container(config, resolve=True))  # type: ignore[arg-type]
-    return _plain(dict(config))
-
-
-def _plain(value: Any) -> Any:
-    """Recursively turn mappings / sequences (incl. OmegaConf containers) into dicts / lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [_plain(v) for v in value]
-    return value
+    return dict(plain(config)) if config is not None else {}
 
 
 def _select_sub_config(model_type: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, ProcessorMixin, WhisperFeatureExtractor
 
+from mmtrain.config.plain import plain
 from mmtrain.data.skips import SkippedSample
 from mmtrain.data.transforms import CLIP_MEAN, CLIP_STD, pil_to_frames, to_float_frames, uniform_indices
 from mmtrain.data.visual import check_augment, visual_transform
@@ -243,11 +244,6 @@ def build_processor(
     return MultimodalProcessor(
         AutoTokenizer.from_pretrained(str(folder)), extractor, modalities=list(modalities),
         image_size=image_size, num_frames=num_frames, audio_format=audio_format,
-        max_text_length=max_text_length, augment=_plain(augment), modality_dropout=_plain(modality_dropout),
+        max_text_length=max_text_length, augment=plain(augment), modality_dropout=plain(modality_dropout),
     )
 
-
-def _plain(value: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

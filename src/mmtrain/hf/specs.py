@@ -5,18 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
+from mmtrain.config.plain import plain
 from mmtrain.hf.configuration import PRETRAINED_KEY, MultimodalConfig
 from mmtrain.hf.modeling import MultimodalModel
 from mmtrain.paths import resolve_pretrained_path
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def embed_pretrained_configs(spec: Any, key: str = "model") -> Any:
@@ -58,12 +52,12 @@ def build_multimodal_model(
         allowed_target_prefixes: import allowlist stored with the model.
         trainable: component -> whether it trains.
     """
-    encoder_specs = {name: embed_pretrained_configs(_plain(s), f"model.encoders.{name}") for name, s in _plain(encoders).items()}
+    encoder_specs = {name: embed_pretrained_configs(plain(s), f"model.encoders.{name}") for name, s in plain(encoders).items()}
     config = MultimodalConfig(
         encoders=encoder_specs,
-        fusion=embed_pretrained_configs(_plain(fusion), "model.fusion"),
-        head=embed_pretrained_configs(_plain(head), "model.head"),
-        trainable=dict(_plain(trainable) or {}),
+        fusion=embed_pretrained_configs(plain(fusion), "model.fusion"),
+        head=embed_pretrained_configs(plain(head), "model.head"),
+        trainable=dict(plain(trainable) or {}),
         allowed_target_prefixes=list(allowed_target_prefixes),
         id2label={int(k): str(v) for k, v in id2label.items()},
     )
