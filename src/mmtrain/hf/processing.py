@@ -92,11 +92,10 @@ class MultimodalProcessor(ProcessorMixin):
         batch: dict[str, Any] = {"ids": [str(s.get("id", i)) for i, s in enumerate(samples)], "skipped": skipped}
         if not samples:
             return batch
-        self._training = train
         if train and self.modality_dropout:
             samples = [self._drop_modalities(s) for s in samples]
         for modality in self.modalities:
-            batch.update(getattr(self, f"_collate_{modality}")(samples))
+            batch.update(getattr(self, f"_collate_{modality}")(samples, train))
             batch[f"{modality}_present"] = torch.tensor(
                 [s.get(modality) is not None for s in samples], dtype=torch.bool
             )
@@ -114,31 +113,31 @@ class MultimodalProcessor(ProcessorMixin):
             return sample
         return {k: v for k, v in sample.items() if k not in drop}
 
-    def _visual(self, frames: torch.Tensor) -> torch.Tensor:
+    def _visual(self, frames: torch.Tensor, train: bool) -> torch.Tensor:
         return visual_transform(
             frames, size=self.image_size, mean=self.image_mean, std=self.image_std,
-            augment=self.augment if getattr(self, "_training", False) else None,
+            augment=self.augment if train else None,
         )
 
-    def _frames(self, frames: Any) -> torch.Tensor:
+    def _frames(self, frames: Any, train: bool) -> torch.Tensor:
         tensor = to_float_frames(frames)
         if tensor.shape[0] != self.num_frames:
             tensor = tensor[uniform_indices(tensor.shape[0], self.num_frames)]
-        return self._visual(tensor)
+        return self._visual(tensor, train)
 
-    def _collate_video(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _collate_video(self, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
         shape = (self.num_frames, 3, self.image_size, self.image_size)
-        clips = [self._frames(s["video"]) if s.get("video") is not None else torch.zeros(shape) for s in samples]
+        clips = [self._frames(s["video"], train) if s.get("video") is not None else torch.zeros(shape) for s in samples]
         return {
             "pixel_values_videos": torch.stack(clips),
             "video_attention_mask": torch.ones(len(samples), self.num_frames, dtype=torch.long),
         }
 
-    def _image(self, image: Any) -> torch.Tensor:
+    def _image(self, image: Any, train: bool) -> torch.Tensor:
         frames = pil_to_frames(image) if hasattr(image, "convert") else to_float_frames(image)
-        return self._visual(frames)[0]
+        return self._visual(frames, train)[0]
 
-    def _collate_image(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _collate_image(self, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
         """``pixel_values`` [B,3,S,S], or [B,K,3,S,S] when every sample has a list of K images (pairs)."""
         given = [s.get("image") for s in samples]
         counts = {len(g) for g in given if isinstance(g, (list, tuple))}
@@ -147,12 +146,12 @@ class MultimodalProcessor(ProcessorMixin):
         shape = (3, self.image_size, self.image_size)
         if counts:
             k = counts.pop()
-            stacks = [torch.stack([self._image(i) for i in g]) if g is not None else torch.zeros(k, *shape)
+            stacks = [torch.stack([self._image(i, train) for i in g]) if g is not None else torch.zeros(k, *shape)
                       for g in given]
             return {"pixel_values": torch.stack(stacks)}
-        return {"pixel_values": torch.stack([self._image(g) if g is not None else torch.zeros(shape) for g in given])}
+        return {"pixel_values": torch.stack([self._image(g, train) if g is not None else torch.zeros(shape) for g in given])}
 
-    def _collate_audio(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _collate_audio(self, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
         waves = [
             np.asarray(s["audio"], dtype=np.float32) if s.get("audio") is not None else np.zeros(HOP_LENGTH, np.float32)
             for s in samples
@@ -167,7 +166,7 @@ class MultimodalProcessor(ProcessorMixin):
             "audio_attention_mask": features["attention_mask"].long(),
         }
 
-    def _collate_text(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _collate_text(self, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
         texts = [str(s.get("text") or "") for s in samples]
         encoded = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"

@@ -25,11 +25,6 @@ def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
     return safe_instantiate(data_cfg, prefixes, config_key="data")
 
 
-def build_processor(cfg: DictConfig, prefixes: Sequence[str]) -> MultimodalProcessor:
-    """The processor alone (``data.processor``), e.g. for export without the datasets."""
-    return safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
-
-
 def build_model(cfg: DictConfig, label_names: Sequence[str], prefixes: Sequence[str]) -> MultimodalModel:
     """The model from ``cfg.model`` with the class count from ``label_names``."""
     return safe_instantiate(

@@ -29,7 +29,7 @@ def predict(
     processor = AutoProcessor.from_pretrained(str(folder))
     sample: dict[str, Any] = {"id": "input"}
     if video:
-        sample["video"] = read_video(video)
+        sample["video"] = read_video(video, num_frames=processor.num_frames)
     if audio:
         sample["audio"] = read_audio(audio)
     if image:
