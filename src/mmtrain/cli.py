@@ -57,10 +57,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from mmtrain.config.compose import group_options
+    from mmtrain.config.compose import config_groups, group_options
 
-    groups = ["experiment", "data", "model/encoders/video", "model/encoders/audio", "model/encoders/image",
-              "model/encoders/text", "model/fusion", "model/head", "task", "trainer", "callbacks", "logger"]
+    groups = config_groups()
     table = Table(title="mmtrain components and experiments (choose with group=option)")
     table.add_column("group")
     table.add_column("options")

@@ -56,3 +56,22 @@ def group_options(group: str) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_groups() -> list[str]:
+    """Every config group shipped with mmtrain (folders holding YAML), e.g. ``model/fusion``."""
+    from importlib.resources import files
+
+    root = files(CONFIG_MODULE)
+    groups = []
+
+    def walk(folder, prefix: str) -> None:
+        for child in sorted(folder.iterdir(), key=lambda p: p.name):
+            if child.is_dir() and not child.name.startswith("__"):
+                name = f"{prefix}{child.name}"
+                if any(p.name.endswith(".yaml") for p in child.iterdir()):
+                    groups.append(name)
+                walk(child, f"{name}/")
+
+    walk(root, "")
+    return groups
