@@ -27,9 +27,13 @@ class ExportCallback(pl.Callback):
 
     def __init__(self, *, run_dir: str) -> None:
         self.run_dir = Path(run_dir)
+        self.config_yaml = ""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.config_yaml = (self.run_dir / "config.yaml").read_text()  # read once, not per checkpoint
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CONFIG_KEY] = (self.run_dir / "config.yaml").read_text()
+        checkpoint[CONFIG_KEY] = self.config_yaml
         checkpoint[LABELS_KEY] = list(getattr(pl_module, "label_names", []))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -42,4 +46,4 @@ class ExportCallback(pl.Callback):
             from mmtrain.training.export import write_export
 
             write_export(pl_module.model, trainer.datamodule.processor, self.run_dir / "export",
-                         config_yaml=(self.run_dir / "config.yaml").read_text())
+                         config_yaml=self.config_yaml)
