@@ -40,6 +40,8 @@ class MultimodalConfig(PretrainedConfig):
     """
 
     model_type = "mmtrain_multimodal"
+    #: Fields holding component specs (their ``pretrained_path`` values are not exported).
+    spec_keys = ("encoders", "fusion", "head")  # no annotation: a class constant, not a config field
 
     encoders: dict[str, Any] | None = None
     fusion: dict[str, Any] | None = None
@@ -59,6 +61,6 @@ class MultimodalConfig(PretrainedConfig):
     def to_dict(self) -> dict[str, Any]:
         """Serialisable dict; pretrained folder paths are dropped (see :func:`strip_pretrained_paths`)."""
         output = super().to_dict()
-        for key in ("encoders", "fusion", "head"):
+        for key in self.spec_keys:
             output[key] = strip_pretrained_paths(output.get(key))
         return output

@@ -16,6 +16,8 @@ from mmtrain.data.visual import check_augment, visual_transform
 from mmtrain.paths import resolve_pretrained_path
 
 MODALITIES = ("video", "image", "audio", "text")
+#: Batch entries that describe the samples rather than feed the model.
+BOOKKEEPING_KEYS = ("ids", "skipped", "item_ids", "item_scores")
 SAMPLING_RATE = 16000
 HOP_LENGTH = 160
 
@@ -176,6 +178,11 @@ class MultimodalProcessor(ProcessorMixin):
     def decode_labels(self, logits: torch.Tensor, id2label: dict[int, str]) -> list[str]:
         """Arg-max class names for ``logits`` [B, C]."""
         return [id2label[int(i)] for i in logits.argmax(dim=-1)]
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a collated batch that the model takes (``labels`` included)."""
+    return {k: v for k, v in batch.items() if k not in BOOKKEEPING_KEYS}
 
 
 def _check_dropout(dropout: dict[str, float] | None, modalities: Sequence[str]) -> dict[str, float]:

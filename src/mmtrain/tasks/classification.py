@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmtrain.hf.processing import model_inputs
 from mmtrain.metrics.classification import ClassificationMetrics
 from mmtrain.tasks.base import OptimizerFactory, SchedulerFactory, TaskBase
 
@@ -42,7 +43,8 @@ class ClassificationTask(TaskBase):
         self.only_modality: str | None = None
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "ids", "skipped")}
+        inputs = model_inputs(batch)
+        inputs.pop("labels", None)
         if self.only_modality is not None:
             for key in [k for k in inputs if k.endswith("_present")]:
                 if key != f"{self.only_modality}_present":

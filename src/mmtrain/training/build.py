@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from mmtrain.config.targets import safe_instantiate
-from mmtrain.hf.modeling import MultimodalModel
-from mmtrain.hf.processing import MultimodalProcessor
+from mmtrain.hf.base import MultimodalPreTrainedModel
+from mmtrain.hf.processing import MultimodalProcessor, model_inputs
 
 
 def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
@@ -25,14 +25,14 @@ def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
     return safe_instantiate(data_cfg, prefixes, config_key="data")
 
 
-def build_model(cfg: DictConfig, label_names: Sequence[str], prefixes: Sequence[str]) -> MultimodalModel:
+def build_model(cfg: DictConfig, label_names: Sequence[str], prefixes: Sequence[str]) -> MultimodalPreTrainedModel:
     """The model from ``cfg.model`` with the class count from ``label_names``."""
     return safe_instantiate(
         cfg.model, prefixes, id2label=dict(enumerate(label_names)), allowed_target_prefixes=list(prefixes)
     )
 
 
-def wire_processor(processor: MultimodalProcessor, model: MultimodalModel) -> None:
+def wire_processor(processor: MultimodalProcessor, model: MultimodalPreTrainedModel) -> None:
     """Make the processor emit what the model's encoders take (waveform vs log-mel audio)."""
     accepted = model.expected_inputs()
     if "input_values" in accepted and "input_features" not in accepted:
@@ -53,43 +53,28 @@ def build_loggers(cfg: DictConfig, prefixes: Sequence[str]) -> list[Any]:
     return [safe_instantiate(n, prefixes, config_key=f"logger.{k}") for k, n in nodes if n is not None]
 
 
-def check_model_fits_data(model: MultimodalModel, processor: MultimodalProcessor, dataset: Any) -> None:
+def check_model_fits_data(model: MultimodalPreTrainedModel, processor: MultimodalProcessor, dataset: Any) -> None:
     """Run two real samples through each part before training; name the part that does not fit.
 
     Raises:
-        ValueError: ``model.encoders.<slot>``, ``model.fusion`` or ``model.head`` cannot take what
-            the part before it (or the processor) produces.
+        ValueError: ``model.encoders.<slot>``, ``model.fusion``, ``model.head`` (or the kind's own
+            part) cannot take what the part before it (or the processor) produces.
     """
     samples = first_samples(dataset, 2)
     if not samples:
         raise ValueError("data.train has no decodable sample to train on (see skipped.jsonl for why).")
-    batch = processor.collate(samples)
-    batch.pop("ids")
-    batch.pop("skipped")
+    batch = model_inputs(processor.collate(samples))
     labels = batch.pop("labels", None)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            outputs = {}
-            for name in model.encoders:
-                outputs[name] = _run_part(f"model.encoders.{name}", lambda n=name: model.encode_one(n, **batch))
-            fused = _run_part("model.fusion", lambda: model.fusion(outputs))
-            logits = _run_part("model.head", lambda: model.head(fused))
+            model.check_batch(batch)
     finally:
         model.train(was_training)
-    expected = (fused.pooled.shape[0], model.config.num_labels)
-    if tuple(logits.shape) != expected:
-        raise ValueError(f"model.head returns logits {tuple(logits.shape)}, expected {expected} (batch, classes).")
-    if labels is not None and int(labels.max()) >= model.config.num_labels:
-        raise ValueError(f"a label id {int(labels.max())} is outside the {model.config.num_labels} classes.")
-
-
-def _run_part(key: str, call: Any) -> Any:
-    try:
-        return call()
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        raise ValueError(f"{key} does not fit the data or the part before it: {err}") from err
+    num_labels = int(getattr(model.config, "num_labels", 0) or 0)
+    if labels is not None and num_labels and int(labels.max()) >= num_labels:
+        raise ValueError(f"a label id {int(labels.max())} is outside the {num_labels} classes.")
 
 
 def first_samples(dataset: Any, count: int, tries: int = 64) -> list[dict[str, Any]]:
