@@ -69,17 +69,22 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scalars(result: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _print_metrics(metrics: dict) -> None:
-    table = Table(title="metrics")
-    table.add_column("split / inputs")
-    for column in ("acc", "macro_f1"):
-        table.add_column(column, justify="right")
-    for split in ("val", "test"):
-        if split in metrics:
-            label = f"{split} (all modalities)" if "test_only_one_modality" in metrics else split
-            table.add_row(label, f"{metrics[split]['acc']:.4f}", f"{metrics[split]['macro_f1']:.4f}")
+    """The scalar metrics of val and test (and of each one-modality test) as one table."""
+    columns = {split: _scalars(metrics[split]) for split in ("val", "test") if isinstance(metrics.get(split), dict)}
     for modality, result in metrics.get("test_only_one_modality", {}).items():
-        table.add_row(f"test ({modality} only)", f"{result['acc']:.4f}", f"{result['macro_f1']:.4f}")
+        columns[f"test ({modality} only)"] = _scalars(result)
+    table = Table(title="metrics")
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = list(dict.fromkeys(k for values in columns.values() for k in values))
+    for key in keys:
+        table.add_row(key, *(f"{values[key]:.4f}" if key in values else "-" for values in columns.values()))
     console.print(table)
     skipped = {s: v["skipped"] for s, v in metrics.get("skipped", {}).items() if v["skipped"]}
     if skipped:

@@ -22,21 +22,53 @@ class TaskBase(pl.LightningModule):
         optimizer: ``functools.partial`` of an optimizer class, called with the parameters.
         scheduler: optional ``partial`` called as ``scheduler(optimizer, total_steps=...)``;
             stepped every optimizer step.
+        param_groups: optimizer settings per part of the model, keyed by module path
+            (``head``, ``fusion``, ``encoders.image``...), e.g. ``{head: {lr: 1e-3}}``; each
+            trainable parameter joins the group of the longest path it lies under, the rest keep
+            the optimizer's own settings.
     """
 
     def __init__(
-        self, *, model: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None
+        self,
+        *,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        param_groups: dict[str, dict[str, float]] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters split by ``param_groups`` (default group first, empty ones dropped).
+
+        Raises:
+            ValueError: every parameter is frozen, or a group path matches no trainable parameter.
+        """
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("every model parameter is frozen (model.trainable); nothing to train.")
+        paths = sorted(self.param_groups, key=len, reverse=True)
+        members: dict[str | None, list[nn.Parameter]] = {None: [], **{path: [] for path in paths}}
+        for name, param in named:
+            path = next((p for p in paths if name == p or name.startswith(p + ".")), None)
+            members[path].append(param)
+        empty = [path for path in paths if not members[path]]
+        if empty:
+            tops = sorted({n.split(".")[0] for n, _ in named})
+            raise ValueError(
+                f"task.param_groups: {empty} match no trainable parameter of the model "
+                f"(paths are module names such as {tops} or 'encoders.<slot>')."
+            )
+        groups = [{"params": members[None]}] if members[None] else []
+        groups += [{"params": members[p], **self.param_groups[p]} for p in self.param_groups]
+        return groups
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("every model parameter is frozen (model.trainable); nothing to train.")
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.optimizer_groups())
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

@@ -20,6 +20,7 @@ class ClassificationTask(TaskBase):
         optimizer, scheduler: factories (see :class:`TaskBase`).
         label_names: class names (from the data's label map).
         loss: loss module taking ``(logits, labels)``; cross-entropy when ``None``.
+        param_groups: optimizer settings per model part (see :class:`TaskBase`).
     """
 
     def __init__(
@@ -30,8 +31,9 @@ class ClassificationTask(TaskBase):
         label_names: list[str],
         scheduler: SchedulerFactory | None = None,
         loss: nn.Module | None = None,
+        param_groups: dict[str, dict[str, float]] | None = None,
     ) -> None:
-        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups)
         self.label_names = list(label_names)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
