@@ -26,6 +26,15 @@ def _train(args: argparse.Namespace) -> int:
 
         console.print(OmegaConf.to_yaml(cfg))
         return 0
+    if cfg.get("stages"):
+        from mmtrain.training.stages import run_stages
+
+        summary = run_stages(cfg, args.overrides, lambda o: compose_config(o, config_dir=args.config_dir), train)
+        for name, metrics in summary["stages"].items():
+            console.rule(f"stage {name}")
+            _print_metrics(metrics)
+        console.print(f"run directory: {summary['run_dir']} (one folder per stage, stages.json)")
+        return 0
     metrics = train(cfg)
     _print_metrics(metrics)
     console.print(f"run directory: {metrics['run_dir']}")

@@ -21,8 +21,9 @@ INJECTED: dict[str, frozenset[str]] = {
     "task": frozenset({"model", "label_names"}),
 }
 
-#: Keys the builders take out of a node before building it (``data.prepare`` runs first, alone).
-CONSUMED: dict[str, frozenset[str]] = {"data": frozenset({"prepare"})}
+#: Keys the builders take out of a node before building it (``data.prepare`` runs first, alone;
+#: ``model.init`` loads earlier weights after the model is built).
+CONSUMED: dict[str, frozenset[str]] = {"data": frozenset({"prepare"}), "model": frozenset({"init"})}
 
 
 def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:

@@ -73,6 +73,7 @@ class MultimodalPreTrainedModel(PreTrainedModel):
         if not config.encoders:
             raise ValueError(f"{type(config).__name__} needs at least one encoder spec ('encoders').")
         self.prefixes = narrow_prefixes(runtime_prefixes(), config.allowed_target_prefixes)
+        self.frozen: set[str] = set()
         self.encoders = nn.ModuleDict()
         self._accepts: dict[str, tuple[str, ...]] = {}
         for name, spec in config.encoders.items():
@@ -158,13 +159,31 @@ class MultimodalPreTrainedModel(PreTrainedModel):
         return dict(self.encoders.items())
 
     def apply_trainable(self, trainable: Mapping[str, bool]) -> None:
-        """Freeze or unfreeze components by name (encoder slot, ``fusion``, ``head``...)."""
+        """Freeze or unfreeze components by name (encoder slot, ``fusion``, ``head``...).
+
+        A frozen component also stays in eval mode (see :meth:`train`), so its dropout is off and
+        its normalisation statistics do not move: frozen means bit-identical.
+        """
         parts = self.components()
         unknown = sorted(set(trainable) - set(parts))
         if unknown:
             raise ValueError(f"model.trainable names unknown components {unknown}; known: {sorted(parts)}")
         for name, flag in trainable.items():
             parts[name].requires_grad_(bool(flag))
+            if flag:
+                self.frozen.discard(name)
+            else:
+                self.frozen.add(name)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MultimodalPreTrainedModel":
+        """``nn.Module.train``, except that frozen components (``model.trainable``) stay in eval mode."""
+        super().train(mode)
+        frozen = getattr(self, "frozen", ())  # unset while transformers' own __init__ runs
+        parts = self.components() if frozen else {}
+        for name in frozen:
+            parts[name].eval()
+        return self
 
     def expected_inputs(self) -> set[str]:
         """Batch keys the encoders take (e.g. ``input_features`` for log-mel audio)."""

@@ -25,11 +25,26 @@ def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
     return safe_instantiate(data_cfg, prefixes, config_key="data")
 
 
-def build_model(cfg: DictConfig, label_names: Sequence[str], prefixes: Sequence[str]) -> MultimodalPreTrainedModel:
-    """The model from ``cfg.model`` with the class count from ``label_names``."""
-    return safe_instantiate(
-        cfg.model, prefixes, id2label=dict(enumerate(label_names)), allowed_target_prefixes=list(prefixes)
+def build_model(
+    cfg: DictConfig, label_names: Sequence[str], prefixes: Sequence[str], *, warm_start: bool = True
+) -> MultimodalPreTrainedModel:
+    """The model from ``cfg.model`` with the class count from ``label_names``.
+
+    ``model.init`` (components started from an earlier run, see :mod:`mmtrain.training.warm_start`)
+    is applied when ``warm_start``; rebuilding a trained model (export, eval) skips it.
+    """
+    model_cfg = cfg.model.copy()
+    with open_dict(model_cfg):
+        init = model_cfg.pop("init", None)
+    model = safe_instantiate(
+        model_cfg, prefixes, config_key="model", id2label=dict(enumerate(label_names)),
+        allowed_target_prefixes=list(prefixes),
     )
+    if warm_start and init:
+        from mmtrain.training.warm_start import load_components
+
+        load_components(model, init)
+    return model
 
 
 def wire_processor(processor: MultimodalProcessor, model: MultimodalPreTrainedModel) -> None:

@@ -80,7 +80,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> 
     if CONFIG_KEY not in state:
         raise ValueError(f"{file} has no embedded mmtrain config; was it written by `mmtrain train`?")
     cfg, prefixes = _stored_config(state[CONFIG_KEY], str(file))
-    model = build_model(cfg, state[LABELS_KEY], prefixes)
+    model = build_model(cfg, state[LABELS_KEY], prefixes, warm_start=False)
     weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(weights)
     processor = safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
