@@ -65,6 +65,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from mmtrain.report.html import write_report
+
+    console.print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from mmtrain.config.compose import config_groups, group_options
 
@@ -130,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="a .ckpt file written by mmtrain train")
     export.add_argument("--out", help="output folder (default: <run dir>/export-<checkpoint name>)")
     export.set_defaults(func=_export)
+
+    report = sub.add_parser("report", help="write report.html for a run directory (done after every run)")
+    report.add_argument("run_dir", help="a run directory (metrics.json, stages.json or kfold.json)")
+    report.set_defaults(func=_report)
 
     data = sub.add_parser("data", help="data set tools", description="Data set tools.")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -29,6 +29,8 @@ def test_one_command_runs_every_stage_and_stage_two_keeps_the_stage_one_encoders
     assert main(["train", "experiment=emotion_two_stage", *SYNTH, f"run_dir={root}"]) == 0
     summary = json.loads((root / "stages.json").read_text())
     assert list(summary["stages"]) == ["video", "audio", "text", "fusion"]
+    assert "<th>stage</th>" in (root / "report.html").read_text()
+    assert (root / "fusion" / "report.html").is_file()
     fusion_cfg = (root / "fusion" / "config.yaml").read_text()
     assert f"video: {root / 'video'}" in fusion_cfg  # ${stage:video} resolved to the stage-I run
     for slot in ("video", "audio", "text"):

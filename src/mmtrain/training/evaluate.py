@@ -19,7 +19,7 @@ from mmtrain.training.export import TRAINING_CONFIG, find_export, write_export
 
 
 def _stored_config(
-    text: str, source: str, overrides: list[str] | None = None
+    text: str, source: str, overrides: list[str] | None = None, sections: tuple[str, ...] = ("data", "model")
 ) -> tuple[DictConfig, tuple[str, ...]]:
     """A config read back from an artifact, and the prefixes it may use.
 
@@ -34,37 +34,36 @@ def _stored_config(
     stored = [*DEFAULT_ALLOWED_PREFIXES, *(cfg.get("allowed_target_prefixes") or [])]
     prefixes = narrow_prefixes(runtime_prefixes(), stored)
     try:
-        validate_config(cfg, prefixes, ("data", "model"))
+        validate_config(cfg, prefixes, sections)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
     return cfg, prefixes
 
 
 def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | None = None) -> dict[str, Any]:
-    """Score an exported model on a split of the data its training config names."""
+    """Score an exported model on a split of the data its training config names, with its task
+    (classification, contrastive, pairwise...) rebuilt from that config."""
     from transformers import AutoModel
 
     import mmtrain  # noqa: F401
 
-    from mmtrain.tasks.classification import ClassificationTask
-
+    if split not in ("val", "test"):
+        raise ValueError("--split must be val or test")
     folder = find_export(path)
     config_file = folder / TRAINING_CONFIG
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} is missing: it names the data to evaluate on.")
-    cfg, prefixes = _stored_config(config_file.read_text(), str(config_file), overrides)
+    cfg, prefixes = _stored_config(config_file.read_text(), str(config_file), overrides, ("data", "model", "task"))
     model = AutoModel.from_pretrained(str(folder))
     datamodule = build_data(cfg, prefixes)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    labels = [model.config.id2label[i] for i in sorted(model.config.id2label)] if datamodule.label_names else []
     if datamodule.label_names != labels:
         raise ValueError(f"the data's labels {datamodule.label_names} differ from the model's {labels}.")
     wire_processor(datamodule.processor, model)
-    task = ClassificationTask(model=model, optimizer=torch.optim.AdamW, label_names=labels)
+    task = safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=labels)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False)
-    loop = {"val": trainer.validate, "test": trainer.test}.get(split)
-    if loop is None:
-        raise ValueError("--split must be val or test")
+    loop = trainer.validate if split == "val" else trainer.test
     loop(task, datamodule=datamodule, verbose=False)
     metrics = {"export": str(folder), split: task.results[split]}
     (folder / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes, safe_instantiate
 from mmtrain.config.validate import check_signature, validate_config
+from mmtrain.report.html import write_report
 from mmtrain.training.ledger import SkipLedger
 from mmtrain.training.build import (
     build_callbacks,
@@ -132,4 +133,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ledger is not None:
         metrics["skipped"] = ledger.summary()
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_report(run_dir)
     return metrics

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmtrain.report.html import write_report
 from mmtrain.training.run import make_run_dir
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def run_stages(
             stage_cfg = compose([*extra, *overrides, "stages=null", f"run_dir={root / name}"])
             summary["stages"][name] = train(stage_cfg)
             (root / "stages.json").write_text(json.dumps(summary, indent=2))
+            write_report(root)
     finally:
         _STAGE_ROOT.pop()
     return summary
