@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +11,11 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.optim import Optimizer
+
+log = logging.getLogger(__name__)
+# Lightning warns about modules in eval mode at fit start; frozen components are, on purpose
+# (MultimodalPreTrainedModel.train), and on_fit_start names them instead.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -74,6 +81,11 @@ class TaskBase(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        frozen = sorted(getattr(self.model, "frozen", ()))
+        if frozen:
+            log.info("frozen (no gradients, kept in eval mode): %s", ", ".join(frozen))
 
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
