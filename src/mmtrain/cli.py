@@ -1,4 +1,4 @@
-"""``mmtrain``: train | eval | predict | export | list. Thin: parsing here, work in the modules."""
+"""``mmtrain``: train | kfold | eval | predict | export | list. Thin: parsing here, work in the modules."""
 
 from __future__ import annotations
 
@@ -38,6 +38,33 @@ def _train(args: argparse.Namespace) -> int:
     metrics = train(cfg)
     _print_metrics(metrics)
     console.print(f"run directory: {metrics['run_dir']}")
+    return 0
+
+
+def _kfold(args: argparse.Namespace) -> int:
+    from mmtrain.config.compose import compose_config
+    from mmtrain.training.kfold import SUMMARY_METRICS, run_kfold
+    from mmtrain.training.run import train
+
+    report = run_kfold(compose_config(args.overrides, config_dir=args.config_dir), train)
+    table = Table(title=f"k-fold test metrics ({len(report['folds'])} folds)")
+    table.add_column("fold")
+    for metric in SUMMARY_METRICS:
+        table.add_column(metric, justify="right")
+    for fold in report["folds"]:
+        test = fold.get("test") or {}
+        cells = [f"{test[m]:.4f}" if isinstance(test.get(m), (int, float)) else "-" for m in SUMMARY_METRICS]
+        table.add_row(str(fold["fold"]) + (" (failed)" if "error" in fold else ""), *cells)
+    summary = report["summary"]
+    table.add_row("mean ± std", *(
+        f"{summary[m]['mean']:.4f} ± {summary[m]['std']:.4f}" if summary[m]["mean"] is not None else "-"
+        for m in SUMMARY_METRICS
+    ))
+    console.print(table)
+    console.print(f"run directory: {report['run_dir']} (fold_<i>/ per fold, kfold.json)")
+    if report["failed"]:
+        console.print(f"[bold red]failed folds:[/] {report['failed']} (see fold_<i>/error.txt)")
+        return 1
     return 0
 
 
@@ -119,18 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--print-config", action="store_true", help="print the composed config and stop")
     train.set_defaults(func=_train)
 
+    kfold = sub.add_parser("kfold", help="k-fold cross-validation (config section kfold)", description=(
+        "Write k folds of pairs with disjoint image sets from the config's kfold section, train each "
+        "fold into <run dir>/fold_<i>/ and summarise the test metrics in <run dir>/kfold.json. "
+        "Overrides as for train, e.g. experiment=pairwise_digits kfold.k=3 trainer.max_epochs=2."))
+    kfold.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option, ~group)")
+    kfold.add_argument("--config-dir", help="extra folder with your own config groups (e.g. experiment/)")
+    kfold.set_defaults(func=_kfold)
+
     evaluate = sub.add_parser("eval", help="evaluate a run or export folder on a data split")
     evaluate.add_argument("path", help="a run directory or its export/ folder")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("overrides", nargs="*", help="overrides of the stored data config, e.g. data.batch_size=8")
     evaluate.set_defaults(func=_eval)
 
-    predict = sub.add_parser("predict", help="classify one sample with an exported model")
-    predict.add_argument("export_dir", help="an export/ folder (save_pretrained)")
-    predict.add_argument("--video", help="video file (frames sampled uniformly)")
-    predict.add_argument("--audio", help="audio or video file (resampled to 16 kHz mono)")
-    predict.add_argument("--image", help="image file")
-    predict.add_argument("--text", help="text")
+    predict = sub.add_parser("predict", help="one sample through an exported model", description=(
+        "Classify a sample, compare two items (pairwise models: give a modality twice, "
+        "--image a.png --image b.png) or embed a sample (contrastive models: embeddings and cosine "
+        "similarity of every given pair of modalities)."))
+    predict.add_argument("export_dir", help="an export/ folder (save_pretrained) or its run directory")
+    predict.add_argument("--video", action="append", help="video file (frames sampled uniformly)")
+    predict.add_argument("--audio", action="append", help="audio or video file (resampled to 16 kHz mono)")
+    predict.add_argument("--image", action="append", help="image file")
+    predict.add_argument("--text", action="append", help="text")
     predict.set_defaults(func=_predict)
 
     export = sub.add_parser("export", help="write a save_pretrained folder from a training checkpoint")

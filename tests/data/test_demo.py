@@ -168,6 +168,9 @@ def test_pairs_and_metadata_views(built: tuple[Path, Path]) -> None:
             assert len(read_audio(root / row["audio_path"])) == 16000
         for row in image_rows[:4]:
             assert row["caption"].startswith("a handwritten ") and read_image(root / row["image_path"]).size == (32, 32)
+        trimodal = [json.loads(x) for x in (root / "metadata" / f"{split}_image_audio_text.jsonl").read_text().splitlines()]
+        assert [(r["image_path"], r["caption"]) for r in trimodal] == [(r["image_path"], r["caption"]) for r in image_rows]
+        assert [(r["audio_path"], r["text"]) for r in trimodal] == [(r["audio_path"], r["text"]) for r in audio_rows]
 
 
 def test_manifest_records_hashes_counts_and_parameters(built: tuple[Path, Path]) -> None:

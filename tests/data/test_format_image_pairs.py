@@ -46,7 +46,8 @@ def test_pairs_are_two_images_label_and_scores(pairs: tuple[Path, Path]) -> None
     assert dataset.label_names == ["First", "Second", "Similar"] and len(dataset) == 4
     assert dataset.ids == ["a.png|sub/b.jpg", "c.png|a.png", "sub/b.jpg|c.png", "a.png|sub/b.jpg#2"]
     sample = dataset[0]
-    assert set(sample) == {"id", "image", "label", "meta"}
+    assert set(sample) == {"id", "image", "label", "item_ids", "item_scores", "meta"}
+    assert sample["item_ids"] == ["a.png", "sub/b.jpg"] and sample["item_scores"] == [4.5, 2.0]
     first, second = sample["image"]
     assert first.mode == second.mode == "RGB" and first.size == (12, 10) and second.size == (16, 16)
     assert _close(first.getpixel((2, 2)), RED) and _close(second.getpixel((2, 2)), BLUE)  # jpg is lossy

@@ -141,3 +141,16 @@ def test_instruction_errors_and_skips(media_root: Path) -> None:
     (media_root / "videos" / "clip.mp4").write_bytes(b"\x00" * 100)
     skip = InstructionDataset(path=str(path), root=str(media_root))[1]
     assert_skip(skip, media_root / "videos" / "clip.mp4", "video")
+
+
+def test_metadata_row_with_image_and_audio_gives_both(media_root: Path) -> None:
+    from mmtrain.data.formats.metadata import MetadataDataset
+
+    write_image(media_root / "tri" / "a.png", (200, 10, 10))
+    write_wav(media_root / "tri" / "a.wav")
+    path = media_root / "tri" / "tri.jsonl"
+    path.write_text('{"image_path": "a.png", "audio_path": "a.wav", "caption": "a cat", "label": 1}\n')
+    sample = MetadataDataset(path=str(path), root=str(media_root / "tri"), text_key="caption", label_key="label",
+                             label_names=["dog", "cat"])[0]
+    assert sample["image"].size[0] > 0 and sample["audio"].ndim == 1 and sample["text"] == "a cat"
+    assert sample["label"] == 1 and set(sample["meta"]) == {"image_path", "audio_path"}

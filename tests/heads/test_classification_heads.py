@@ -16,6 +16,8 @@ from mmtrain.heads.classification import LinearClassifier, MLPClassifier
 
 HEAD_DIR = Path(str(resources.files("mmtrain.configs") / "model" / "head"))
 HEADS = ["linear", "mlp"]
+#: Head YAMLs of other model kinds, tested with their kind (name -> test module).
+OTHER_HEADS = {"pair_compare": "tests/hf/test_pairwise_model.py"}
 
 
 def build_head(name: str, input_dim: int = 32, num_labels: int = 5, **overrides):
@@ -29,8 +31,8 @@ def fused(batch: int, dim: int = 32) -> EncoderOutput:
 
 
 def test_every_head_yaml_is_tested_and_binds_to_its_signature() -> None:
-    assert sorted(p.stem for p in HEAD_DIR.glob("*.yaml")) == HEADS
-    for name in HEADS:
+    assert sorted(p.stem for p in HEAD_DIR.glob("*.yaml")) == sorted([*HEADS, *OTHER_HEADS])
+    for name in [*HEADS, *OTHER_HEADS]:
         cfg = OmegaConf.to_container(OmegaConf.load(HEAD_DIR / f"{name}.yaml"))
         params = inspect.signature(hydra.utils.get_class(cfg.pop("_target_")).__init__).parameters
         assert not {"input_dim", "num_labels"} & set(cfg), f"{name}.yaml sets an injected argument"

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from mmtrain.metrics.retrieval import recall_at_k, retrieval_metrics
+from mmtrain.metrics.retrieval import chance_recall, recall_at_k, retrieval_metrics
 
 
 def _brute_force_recall(query: list[list[float]], gallery: list[list[float]], ks: tuple[int, ...]) -> dict[int, float]:
@@ -81,3 +81,69 @@ def test_retrieval_metrics_errors() -> None:
         retrieval_metrics({"image": x, "text": torch.randn(5, 8)})
     with pytest.raises(ValueError, match="two modalities"):
         retrieval_metrics({"image": x})
+
+
+def _brute_force_grouped(query: list[list[float]], gallery: list[list[float]], groups: list[int],
+                         ks: tuple[int, ...]) -> dict[int, float]:
+    """Rank = 1 + #non-positive gallery items more similar than the best positive (pure Python)."""
+    def cos(u: list[float], v: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(u, v))
+        return dot / (math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v)))
+
+    ranks = []
+    for i, q in enumerate(query):
+        best = max(cos(q, g) for j, g in enumerate(gallery) if groups[j] == groups[i])
+        ranks.append(1 + sum(1 for j, g in enumerate(gallery) if groups[j] != groups[i] and cos(q, g) > best + 1e-9))
+    return {k: sum(r <= k for r in ranks) / len(ranks) for k in ks}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_recall_matches_brute_force(seed: int) -> None:
+    rng = random.Random(seed)
+    n, d = 36, 5
+    groups = [rng.randrange(7) for _ in range(n)]
+    query = [[rng.gauss(0, 1) for _ in range(d)] for _ in range(n)]
+    gallery = [[x + rng.gauss(0, 2.0) for x in q] for q in query]
+    for i in range(0, n, 6):  # identical gallery rows (e.g. one caption shared by several samples)
+        gallery[i + 1] = list(gallery[i])
+    ks = (1, 3, 5, 10)
+    q32 = torch.tensor(query, dtype=torch.float32)
+    g32 = torch.tensor(gallery, dtype=torch.float32)
+    got = recall_at_k(q32, g32, ks, groups=torch.tensor(groups))
+    assert got == pytest.approx(_brute_force_grouped(q32.double().tolist(), g32.double().tolist(), groups, ks))
+    # singleton groups reproduce the plain rule
+    assert recall_at_k(q32, g32, ks, groups=torch.arange(n)) == recall_at_k(q32, g32, ks)
+
+
+def test_chance_recall_matches_random_rankings() -> None:
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    exact = chance_recall(10, (1, 3, 20), groups)
+    assert exact[1] == pytest.approx(float(sum((groups == g).sum() for g in groups)) / 100)  # mean m / n
+    assert exact[20] == 1.0
+    generator = torch.Generator().manual_seed(0)
+    hits, trials = 0, 4000
+    for _ in range(trials):
+        order = torch.randperm(10, generator=generator)[:3]
+        query = int(torch.randint(10, (1,), generator=generator))
+        hits += bool((groups[order] == groups[query]).any())
+    assert hits / trials == pytest.approx(exact[3], abs=0.03)
+    assert chance_recall(50, (1, 5))[5] == pytest.approx(5 / 50)
+
+
+def test_retrieval_metrics_pairs_presence_groups() -> None:
+    torch.manual_seed(1)
+    image = torch.randn(10, 8)
+    embeddings = {"image": image, "text": image + 0.3 * torch.randn(10, 8), "audio": torch.randn(10, 8)}
+    present = {"audio": torch.tensor([True] * 6 + [False] * 4)}
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    out = retrieval_metrics(embeddings, ks=(1,), pairs=[["image", "text"], ["audio", "text"]], groups=groups,
+                            present=present, chance=True)
+    assert set(out) == {"val/r@1_image_text", "val/r@1_text_image", "val/r@1_audio_text", "val/r@1_text_audio",
+                        "val/chance_r@1_image_text", "val/chance_r@1_audio_text", "val/n_image_text", "val/n_audio_text"}
+    assert out["val/n_audio_text"] == 6.0
+    rows = present["audio"]
+    assert out["val/r@1_audio_text"] == recall_at_k(embeddings["audio"][rows], embeddings["text"][rows], (1,),
+                                                   groups[rows])[1]
+    assert out["val/chance_r@1_image_text"] == pytest.approx(2 / 10)
+    with pytest.raises(ValueError, match="video"):
+        retrieval_metrics(embeddings, pairs=[["image", "video"]])

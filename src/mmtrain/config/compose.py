@@ -11,6 +11,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmtrain.config.resolvers import register_resolvers
+
 CONFIG_MODULE = "mmtrain.configs"
 
 
@@ -30,6 +32,7 @@ def compose_config(
     Raises:
         ConfigError: an unknown key or option, with Hydra's explanation.
     """
+    register_resolvers()
     extra = list(overrides)
     if config_dir is not None:
         folder = Path(config_dir).expanduser().resolve()

@@ -18,12 +18,17 @@ INJECTED: dict[str, frozenset[str]] = {
     "model": frozenset({"id2label", "allowed_target_prefixes"}),
     "model.fusion": frozenset({"input_dims"}),
     "model.head": frozenset({"input_dim", "num_labels"}),
+    "model.projection": frozenset({"input_dim"}),
     "task": frozenset({"model", "label_names"}),
 }
 
 #: Keys the builders take out of a node before building it (``data.prepare`` runs first, alone;
 #: ``model.init`` loads earlier weights after the model is built).
 CONSUMED: dict[str, frozenset[str]] = {"data": frozenset({"prepare"}), "model": frozenset({"init"})}
+
+
+#: Top-level keys whose interpolations resolve later (a pipeline's stage overrides use ``${stage:...}``).
+UNRESOLVED = frozenset({"stages"})
 
 
 def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
@@ -92,6 +97,13 @@ def validate_config(cfg: DictConfig, prefixes: Sequence[str], sections: Sequence
             target = locate_allowed(str(node._get_node("_target_")._value()), prefixes, key)
             check_signature(key, node, target, INJECTED.get(key, frozenset()), CONSUMED.get(key, frozenset()))
     try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        for key in cfg.keys():
+            node = cfg._get_node(key)
+            if key in UNRESOLVED:
+                continue
+            if isinstance(node, (DictConfig, ListConfig)):
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+            else:
+                cfg[key]  # resolves a leaf (raises on a bad interpolation or ???)
     except Exception as err:  # interpolation or missing value: name it
         raise ConfigError(f"config does not resolve: {err}") from err

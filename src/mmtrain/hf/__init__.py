@@ -12,12 +12,21 @@ from transformers import (
 )
 
 from mmtrain.hf.configuration import MultimodalConfig
+from mmtrain.hf.contrastive import ContrastiveConfig, ContrastiveModel
 from mmtrain.hf.modeling import MultimodalModel
+from mmtrain.hf.pairwise import PairwiseConfig, PairwiseModel
 from mmtrain.hf.processing import MultimodalProcessor
 
 AutoConfig.register(MultimodalConfig.model_type, MultimodalConfig, exist_ok=True)
 AutoModel.register(MultimodalConfig, MultimodalModel, exist_ok=True)
 AutoModelForSequenceClassification.register(MultimodalConfig, MultimodalModel, exist_ok=True)
 AutoProcessor.register(MultimodalConfig, MultimodalProcessor, exist_ok=True)
+AutoConfig.register(PairwiseConfig.model_type, PairwiseConfig, exist_ok=True)
+AutoModel.register(PairwiseConfig, PairwiseModel, exist_ok=True)
+AutoModelForSequenceClassification.register(PairwiseConfig, PairwiseModel, exist_ok=True)
+AutoProcessor.register(PairwiseConfig, MultimodalProcessor, exist_ok=True)
+AutoConfig.register(ContrastiveConfig.model_type, ContrastiveConfig, exist_ok=True)
+AutoModel.register(ContrastiveConfig, ContrastiveModel, exist_ok=True)
+AutoProcessor.register(ContrastiveConfig, MultimodalProcessor, exist_ok=True)
 
-__all__ = ["MultimodalConfig", "MultimodalModel", "MultimodalProcessor"]
+__all__ = ["ContrastiveConfig", "ContrastiveModel", "MultimodalConfig", "MultimodalModel", "MultimodalProcessor", "PairwiseConfig", "PairwiseModel"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,12 @@ class MultimodalProcessor(ProcessorMixin):
     (log-mel) with ``audio_attention_mask`` [B,audio_frames], or ``input_values`` [B,L] (waveform)
     with ``audio_attention_mask`` [B,L]; ``input_ids``/``attention_mask`` [B,L]; ``<m>_present``
     [B] bool; ``labels`` [B] when every sample has one.
+
+    A modality whose value is a list of K items in every sample that has it (pairs: K=2) gets an
+    item axis: each tensor above becomes [B,K,...] (e.g. ``pixel_values`` [B,K,3,S,S], ``input_ids``
+    [B,K,L]); ``<m>_present`` stays [B]. Samples may carry ``item_ids`` (K str) and ``item_scores``
+    (K float, NaN when unknown), passed on as ``batch["item_ids"]`` (list of B tuples) and
+    ``batch["item_scores"]`` float [B,K].
     """
 
     def __init__(
@@ -97,14 +104,38 @@ class MultimodalProcessor(ProcessorMixin):
         if train and self.modality_dropout:
             samples = [self._drop_modalities(s) for s in samples]
         for modality in self.modalities:
-            batch.update(getattr(self, f"_collate_{modality}")(samples, train))
+            batch.update(self._collate_items(modality, samples, train))
             batch[f"{modality}_present"] = torch.tensor(
                 [s.get(modality) is not None for s in samples], dtype=torch.bool
             )
         labels = [s.get("label") for s in samples]
         if all(isinstance(label, (int, np.integer)) for label in labels):
             batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
+        batch.update(_item_bookkeeping(samples))
         return batch
+
+    def _collate_items(self, modality: str, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
+        """The modality's tensors [B,...], or [B,K,...] when samples hold lists of K items.
+
+        Lists are flattened to B*K virtual samples (a sample without the modality gives K absent
+        items), collated by ``_collate_<modality>`` and reshaped, so every modality takes lists.
+        """
+        collate = getattr(self, f"_collate_{modality}")
+        given = [s.get(modality) for s in samples]
+        counts = {len(g) for g in given if isinstance(g, (list, tuple))}
+        if not counts:
+            return collate(samples, train)
+        singles = sum(g is not None and not isinstance(g, (list, tuple)) for g in given)
+        if len(counts) > 1 or singles:
+            raise ValueError(
+                f"samples in a batch mix {modality} lists of lengths {sorted(counts)} and {singles} single "
+                f"{modality} value(s); every sample needs the same number of {modality} items."
+            )
+        k = counts.pop()
+        if k < 1:
+            raise ValueError(f"a sample has an empty {modality} list; give at least one item.")
+        flat = [{modality: g[j] if g is not None else None} for g in given for j in range(k)]
+        return {key: value.reshape(len(samples), k, *value.shape[1:]) for key, value in collate(flat, train).items()}
 
     def _drop_modalities(self, sample: dict[str, Any]) -> dict[str, Any]:
         have = [m for m in self.modalities if sample.get(m) is not None]
@@ -140,17 +171,9 @@ class MultimodalProcessor(ProcessorMixin):
         return self._visual(frames, train)[0]
 
     def _collate_image(self, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
-        """``pixel_values`` [B,3,S,S], or [B,K,3,S,S] when every sample has a list of K images (pairs)."""
+        """``pixel_values`` [B,3,S,S] (lists of K images: see :meth:`_collate_items`)."""
         given = [s.get("image") for s in samples]
-        counts = {len(g) for g in given if isinstance(g, (list, tuple))}
-        if counts and (len(counts) > 1 or any(g is not None and not isinstance(g, (list, tuple)) for g in given)):
-            raise ValueError(f"samples in a batch mix image lists of lengths {sorted(counts)} and single images.")
         shape = (3, self.image_size, self.image_size)
-        if counts:
-            k = counts.pop()
-            stacks = [torch.stack([self._image(i, train) for i in g]) if g is not None else torch.zeros(k, *shape)
-                      for g in given]
-            return {"pixel_values": torch.stack(stacks)}
         return {"pixel_values": torch.stack([self._image(g, train) if g is not None else torch.zeros(shape) for g in given])}
 
     def _collate_audio(self, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
@@ -178,6 +201,21 @@ class MultimodalProcessor(ProcessorMixin):
     def decode_labels(self, logits: torch.Tensor, id2label: dict[int, str]) -> list[str]:
         """Arg-max class names for ``logits`` [B, C]."""
         return [id2label[int(i)] for i in logits.argmax(dim=-1)]
+
+
+def _item_bookkeeping(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``item_ids`` (list of tuples; when every sample has them) and ``item_scores`` [B,K] (NaN = unknown)."""
+    out: dict[str, Any] = {}
+    if all(s.get("item_ids") is not None for s in samples):
+        out["item_ids"] = [tuple(str(i) for i in s["item_ids"]) for s in samples]
+    given = [s.get("item_scores") for s in samples]
+    if any(g is not None for g in given):
+        k = max(len(g) for g in given if g is not None)
+        rows = [[math.nan] * k if g is None else [math.nan if v is None else float(v) for v in g] for g in given]
+        if any(len(row) != k for row in rows):
+            raise ValueError(f"samples in a batch have item_scores of different lengths {sorted({len(r) for r in rows})}.")
+        out["item_scores"] = torch.tensor(rows, dtype=torch.float32)
+    return out
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""From config nodes to a :class:`MultimodalModel`: pretrained towers made self-contained first."""
+"""From config nodes to a :class:`MultimodalModel` or :class:`PairwiseModel`: pretrained towers made
+self-contained first."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from transformers import AutoConfig
 
 from mmtrain.config.plain import plain
 from mmtrain.hf.configuration import PRETRAINED_KEY, MultimodalConfig
+from mmtrain.hf.contrastive import ContrastiveConfig, ContrastiveModel
 from mmtrain.hf.modeling import MultimodalModel
+from mmtrain.hf.pairwise import PairwiseConfig, PairwiseModel
 from mmtrain.paths import resolve_pretrained_path
 
 
@@ -52,13 +55,78 @@ def build_multimodal_model(
         allowed_target_prefixes: import allowlist stored with the model.
         trainable: component -> whether it trains.
     """
-    encoder_specs = {name: embed_pretrained_configs(plain(s), f"model.encoders.{name}") for name, s in plain(encoders).items()}
-    config = MultimodalConfig(
-        encoders=encoder_specs,
-        fusion=embed_pretrained_configs(plain(fusion), "model.fusion"),
-        head=embed_pretrained_configs(plain(head), "model.head"),
-        trainable=dict(plain(trainable) or {}),
-        allowed_target_prefixes=list(allowed_target_prefixes),
-        id2label={int(k): str(v) for k, v in id2label.items()},
-    )
-    return MultimodalModel(config)
+    return MultimodalModel(MultimodalConfig(**config_fields(
+        encoders=encoders, fusion=fusion, head=head, id2label=id2label,
+        allowed_target_prefixes=allowed_target_prefixes, trainable=trainable,
+    )))
+
+
+def build_pairwise_model(
+    *,
+    encoders: Mapping[str, Any],
+    fusion: Mapping[str, Any],
+    head: Mapping[str, Any],
+    id2label: Mapping[int, str],
+    allowed_target_prefixes: Sequence[str],
+    trainable: Mapping[str, bool] | None = None,
+) -> PairwiseModel:
+    """Build a pairwise comparator (First / Second / Similar) from its component specs.
+
+    Args: as :func:`build_multimodal_model`; ``fusion`` runs on each item of a pair, ``head``
+    (e.g. ``PairComparisonHead``) compares the two fused item vectors.
+    """
+    return PairwiseModel(PairwiseConfig(**config_fields(
+        encoders=encoders, fusion=fusion, head=head, id2label=id2label,
+        allowed_target_prefixes=allowed_target_prefixes, trainable=trainable,
+    )))
+
+
+def build_contrastive_model(
+    *,
+    encoders: Mapping[str, Any],
+    projection: Mapping[str, Any],
+    id2label: Mapping[int, str],
+    allowed_target_prefixes: Sequence[str],
+    trainable: Mapping[str, bool] | None = None,
+    fusion: Mapping[str, Any] | None = None,
+    head: Mapping[str, Any] | None = None,
+) -> ContrastiveModel:
+    """Build a contrastive dual/tri-encoder: each encoder slot gets its own projection head.
+
+    Args: as :func:`build_multimodal_model`; ``projection`` is one ``ProjectionHead`` spec, built
+    once per slot with ``input_dim`` = that encoder's ``output_dim``. ``id2label`` (the data's
+    classes, possibly none) is only stored. ``fusion`` and ``head`` exist only to name the mistake
+    when train.yaml's default ``model/fusion`` / ``model/head`` were left in: they must be unset.
+    """
+    given = [key for key, spec in (("fusion", fusion), ("head", head)) if spec]
+    if given:
+        raise ValueError(
+            f"model.{given[0]}: a contrastive model (model=contrastive) has no fusion or classification head; "
+            "remove them with ~model/fusion ~model/head on the command line, or `- override /model/fusion: null` "
+            "and `- override /model/head: null` in an experiment's defaults (see experiment/align_image_text.yaml)."
+        )
+    return ContrastiveModel(ContrastiveConfig(**config_fields(
+        encoders=encoders, projection=projection, id2label=id2label,
+        allowed_target_prefixes=allowed_target_prefixes, trainable=trainable,
+    )))
+
+
+def config_fields(
+    *,
+    encoders: Mapping[str, Any],
+    id2label: Mapping[int, str],
+    allowed_target_prefixes: Sequence[str],
+    trainable: Mapping[str, bool] | None,
+    **parts: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Config keyword arguments shared by the model kinds: plain specs with pretrained configs embedded.
+
+    ``parts`` are the kind's own component specs (``fusion`` and ``head``, or ``projection``...).
+    """
+    return {
+        "encoders": {name: embed_pretrained_configs(plain(s), f"model.encoders.{name}") for name, s in plain(encoders).items()},
+        **{key: embed_pretrained_configs(plain(spec), f"model.{key}") for key, spec in parts.items()},
+        "trainable": dict(plain(trainable) or {}),
+        "allowed_target_prefixes": list(allowed_target_prefixes),
+        "id2label": {int(k): str(v) for k, v in id2label.items()},
+    }

@@ -19,33 +19,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmtrain.config.resolvers import pipeline_root
 from mmtrain.report.html import write_report
 from mmtrain.training.run import make_run_dir
 
 log = logging.getLogger(__name__)
-
-_STAGE_ROOT: list[Path] = []  # run dir of the pipeline being run (a stack: pipelines do not nest)
-
-
-def _stage_dir(name: str) -> str:
-    if not _STAGE_ROOT:
-        raise ValueError(
-            f"${{stage:{name}}} is only defined inside a pipeline's stages; for a single run, give the "
-            "earlier run directory itself (e.g. +model.init.video=outputs/<run>)."
-        )
-    folder = _STAGE_ROOT[-1] / name
-    if not folder.is_dir():
-        raise ValueError(f"${{stage:{name}}}: stage '{name}' has not run yet in {_STAGE_ROOT[-1]}; order the stages so it comes first.")
-    return str(folder)
-
-
-if not OmegaConf.has_resolver("stage"):
-    OmegaConf.register_new_resolver("stage", _stage_dir)
 
 
 def stage_overrides(cfg: DictConfig) -> dict[str, list[str]]:
@@ -85,14 +67,11 @@ def run_stages(
     root.mkdir(parents=True, exist_ok=True)
     (root / "pipeline.yaml").write_text(OmegaConf.to_yaml(cfg))
     summary: dict[str, Any] = {"run_dir": str(root), "stages": {}}
-    _STAGE_ROOT.append(root)
-    try:
+    with pipeline_root(root):
         for name, extra in stages.items():
             log.info("stage %s: %s", name, " ".join(extra) or "(no overrides)")
             stage_cfg = compose([*extra, *overrides, "stages=null", f"run_dir={root / name}"])
             summary["stages"][name] = train(stage_cfg)
             (root / "stages.json").write_text(json.dumps(summary, indent=2))
             write_report(root)
-    finally:
-        _STAGE_ROOT.pop()
     return summary

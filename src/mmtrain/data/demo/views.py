@@ -6,8 +6,10 @@ clean spoken digit (``audio/<split>/<id>.wav``). From those:
 - ``parquet/<split>.parquet``: ``sample_id, image_bytes (PNG), caption, question, answer, label``
   (+ ``image_source``), in several row groups;
 - ``pairs/<split>.csv``: ``img1, img2, score1, score2, label`` (First / Second / Similar by digit value);
-- ``metadata/<split>_audio_text.jsonl`` (``audio_path, text``, ...) and
-  ``metadata/<split>_image_text.jsonl`` (``image_path, caption``, ...).
+- ``metadata/<split>_audio_text.jsonl`` (``audio_path, text``, ...),
+  ``metadata/<split>_image_text.jsonl`` (``image_path, caption``, ...) and
+  ``metadata/<split>_image_audio_text.jsonl`` (``image_path, audio_path, caption, text``, ...: the
+  same segment's still and spoken digit together, for tri-modal alignment).
 
 All paths inside these files are relative to the data set root.
 """
@@ -31,6 +33,7 @@ from mmtrain.data.demo.voices import write_wav
 
 QUESTION = "Which digit is shown?"
 SIMILAR_SHARE = 0.2  # share of pairs showing the same digit twice
+PAIRS_PER_ITEM = 3  # each item is the first image of this many pairs (dense enough for Bradley-Terry)
 
 
 @dataclass(frozen=True)
@@ -103,16 +106,20 @@ def write_parquet(root: Path, split: str, items: list[Item], *, row_group_size: 
     return path
 
 
-def pair_rows(items: list[Item], rng: np.random.Generator) -> list[dict]:
-    """As many pairs as items: ``SIMILAR_SHARE`` of them the same digit (two different images when
-    the split has them), the rest two different digits; label by digit value."""
+def pair_rows(items: list[Item], rng: np.random.Generator, per_item: int = PAIRS_PER_ITEM) -> list[dict]:
+    """``per_item`` pairs per item (each item is the first image of ``per_item`` pairs, in shuffled
+    rounds, so every item is compared about ``2 * per_item`` times): ``SIMILAR_SHARE`` of them the
+    same digit (two different images when the split has them), the rest two different digits;
+    label by digit value."""
     by_label: dict[int, list[Item]] = {}
     for item in items:
         by_label.setdefault(item.label, []).append(item)
+    other_digits = {label: [i for i in items if i.label != label] for label in by_label}
     rows = []
-    for _ in range(len(items)):
-        first = items[int(rng.integers(len(items)))]
-        others = [i for i in items if i.label != first.label]
+    rounds = [index for _ in range(per_item) for index in rng.permutation(len(items)).tolist()]
+    for index in rounds:
+        first = items[index]
+        others = other_digits[first.label]
         same = [i for i in by_label[first.label] if i is not first] or [first]
         pool = same if (rng.random() < SIMILAR_SHARE or not others) else others
         second = pool[int(rng.integers(len(pool)))]
@@ -145,8 +152,15 @@ def write_metadata(root: Path, split: str, items: list[Item]) -> list[Path]:
                   for i in items]
     image_rows = [{"image_path": i.image_path, "caption": caption(i.label), "label": i.label,
                    "image_source": i.image_source} for i in items]
+    # Items with image, audio and text together (tri-modal alignment): the clean still and the
+    # clean spoken digit of the same segment, with the image view's caption.
+    trimodal_rows = [{"sample_id": i.sample_id, "image_path": i.image_path, "audio_path": i.audio_path,
+                      "caption": caption(i.label), "text": WORDS[i.label], "label": i.label,
+                      "language": i.language, "speaker": i.speaker, "image_source": i.image_source}
+                     for i in items]
     return [write_jsonl(root / "metadata" / f"{split}_audio_text.jsonl", audio_rows),
-            write_jsonl(root / "metadata" / f"{split}_image_text.jsonl", image_rows)]
+            write_jsonl(root / "metadata" / f"{split}_image_text.jsonl", image_rows),
+            write_jsonl(root / "metadata" / f"{split}_image_audio_text.jsonl", trimodal_rows)]
 
 
 def write_split_views(root: Path, split: str, items: list[Item], seed: int, *, row_group_size: int) -> list[Path]:

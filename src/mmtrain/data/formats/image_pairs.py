@@ -13,6 +13,7 @@ each image is evaluated in exactly one fold.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,8 +57,9 @@ class ImagePairDataset(RecordDataset):
         encoding: the CSV's text encoding.
 
     Returns (per item): ``{"id": "<img1>|<img2>" ("#n" appended for the n-th repeat),
-    "image": [PIL RGB, PIL RGB], "label": int, "meta": {"img1", "img2", "score1", "score2",
-    "label_name"}}``, or a :class:`~mmtrain.data.skips.SkippedSample` when either image cannot be
+    "image": [PIL RGB, PIL RGB], "label": int, "item_ids": [img1, img2] (the CSV paths),
+    "item_scores": [score1, score2] (NaN when a score is not given), "meta": {"img1", "img2",
+    "score1", "score2", "label_name"}}``, or a :class:`~mmtrain.data.skips.SkippedSample` when either image cannot be
     decoded.
     """
 
@@ -91,6 +93,8 @@ class ImagePairDataset(RecordDataset):
             fields = {
                 "id": base if seen[base] == 1 else f"{base}#{seen[base]}",
                 "label": labels.index(row["label"].strip(), where, "label"),
+                "item_ids": [row["img1"], row["img2"]],
+                "item_scores": [float(meta.get("score1", math.nan)), float(meta.get("score2", math.nan))],
                 "meta": meta,
             }
             refs = tuple(MediaRef("image", resolve(image_root, row[key])) for key in ("img1", "img2"))
@@ -181,18 +185,7 @@ def make_pair_folds(
         ``[(train_pairs, eval_pairs)] * k``; each side has about a third of each label when the
         scores allow it (First/Second are balanced by ordering each pair).
     """
-    paths = [str(path) for path, _ in items]
-    if len(set(paths)) != len(paths):
-        duplicated = next(p for p in paths if paths.count(p) > 1)
-        raise ValueError(f"make_pair_folds: image {duplicated!r} is listed twice")
-    if not 2 <= int(k) <= len(items):
-        raise ValueError(f"make_pair_folds: need 2 <= k <= {len(items)} items, got k={k}")
-    scored = [(str(path), float(score)) for path, score in items]
-    for path, score in scored:
-        if not math.isfinite(score):
-            raise ValueError(f"make_pair_folds: score of {path!r} is {score}")
-    order = np.random.default_rng([seed, 0]).permutation(len(scored))
-    parts = [[scored[i] for i in part] for part in np.array_split(order, int(k))]
+    parts = _fold_parts(items, k, seed, "make_pair_folds")
     folds = []
     for fold, held_out in enumerate(parts):
         train_items = [item for other, part in enumerate(parts) if other != fold for item in part]
@@ -204,6 +197,85 @@ def make_pair_folds(
         evaluation = _sample_pairs(held_out, count, np.random.default_rng([seed, fold, 2]), similar_margin)
         folds.append((train, evaluation))
     return folds
+
+
+def _fold_parts(items: Sequence[tuple[str, float]], k: int, seed: int, owner: str) -> list[list[tuple[str, float]]]:
+    """Checked ``(path, score)`` items shuffled with ``seed`` and cut into ``k`` near-equal parts."""
+    paths = [str(path) for path, _ in items]
+    if len(set(paths)) != len(paths):
+        duplicated = next(p for p in paths if paths.count(p) > 1)
+        raise ValueError(f"{owner}: image {duplicated!r} is listed twice")
+    if not 2 <= int(k) <= len(items):
+        raise ValueError(f"{owner}: need 2 <= k <= {len(items)} items, got k={k}")
+    scored = [(str(path), float(score)) for path, score in items]
+    for path, score in scored:
+        if not math.isfinite(score):
+            raise ValueError(f"{owner}: score of {path!r} is {score}")
+    order = np.random.default_rng([seed, 0]).permutation(len(scored))
+    return [[scored[i] for i in part] for part in np.array_split(order, int(k))]
+
+
+def make_pair_splits(
+    items: Sequence[tuple[str, float]],
+    k: int = 5,
+    seed: int = 0,
+    pairs_per_item: int = 10,
+    similar_margin: float = 0.5,
+    *,
+    eval_all_pairs: bool = False,
+) -> list[dict[str, list[PairRow]]]:
+    """``k`` folds of ``{"train", "val", "test": pairs}`` over three disjoint image sets.
+
+    The items are cut into ``k`` parts exactly as in :func:`make_pair_folds` (same seed, same
+    parts): fold ``i`` tests on pairs within part ``i``, validates on pairs within the next part
+    ``(i + 1) % k`` and trains on pairs within the other ``k - 2`` parts, so every image is tested
+    in exactly one fold and no image is in two splits of a fold (needs ``k >= 3``). Pair counts
+    follow ``pairs_per_item`` as in :func:`make_pair_folds`; ``eval_all_pairs`` uses every pair
+    of the val and test images.
+    """
+    if int(k) < 3:
+        raise ValueError(f"kfold.k must be >= 3 (train, val and test take separate parts), got {k}")
+    parts = _fold_parts(items, k, seed, "make_pair_splits")
+    folds = []
+    for fold in range(int(k)):
+        val_part = (fold + 1) % int(k)
+        sides = {
+            "train": [item for other, part in enumerate(parts) if other not in (fold, val_part) for item in part],
+            "val": parts[val_part],
+            "test": parts[fold],
+        }
+        split_pairs = {}
+        for tag, (name, side) in enumerate(sides.items(), start=1):
+            count = None if eval_all_pairs and name != "train" else round(pairs_per_item * len(side) / 2)
+            split_pairs[name] = _sample_pairs(side, count, np.random.default_rng([seed, fold, 10 + tag]), similar_margin)
+        folds.append(split_pairs)
+    return folds
+
+
+def read_scored_items(file: str | Path, *, path_key: str, score_key: str) -> list[tuple[str, float]]:
+    """``(path, score)`` of every row of a ``.jsonl`` (one JSON object a line) or ``.csv`` file.
+
+    Raises:
+        ValueError: naming the file and line of a row without ``path_key`` / a numeric ``score_key``.
+    """
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"scored-items file {path} does not exist")
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(enumerate(csv.DictReader(handle), start=2))
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = [(n, json.loads(line)) for n, line in enumerate(lines, start=1) if line.strip()]
+    items = []
+    for line, row in rows:
+        if row.get(path_key) in (None, "") or row.get(score_key) in (None, ""):
+            raise ValueError(f"{path}:{line}: needs '{path_key}' and '{score_key}' (got keys {sorted(row)})")
+        try:
+            items.append((str(row[path_key]), float(row[score_key])))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}:{line}: '{score_key}' is not a number: {row[score_key]!r}") from err
+    return items
 
 
 def write_pair_csv(pairs: Sequence[PairRow | tuple[str, str, float, float, str]], path: str | Path) -> Path:

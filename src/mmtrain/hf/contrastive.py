@@ -1,0 +1,108 @@
+"""``ContrastiveModel``: encoders -> one projection head per slot -> a shared embedding space.
+
+A dual encoder (image + text, audio + text) or a tri-encoder (image + audio + text): every encoder
+slot gets its own :class:`~mmtrain.heads.projection.ProjectionHead` (separate weights), all built
+from the one ``projection`` spec with ``input_dim`` = that slot encoder's ``output_dim``. Training
+(pairwise InfoNCE, Matryoshka) and retrieval evaluation live in
+:class:`mmtrain.tasks.contrastive.ContrastiveTask`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from mmtrain.hf.base import MultimodalPreTrainedModel, modality_of, run_part
+from mmtrain.hf.configuration import MultimodalConfig
+
+
+class ContrastiveConfig(MultimodalConfig):
+    """Specs of a contrastive model: ``encoders`` and one ``projection`` spec shared by the slots.
+
+    Args (beyond :class:`MultimodalConfig`):
+        projection: ProjectionHead spec (``output_dim``, optional ``hidden_dim``, ``dropout``,
+            ``matryoshka_dims``, ``normalize``); ``input_dim`` is filled in per slot by the model.
+    """
+
+    model_type = "mmtrain_contrastive"
+    spec_keys = ("encoders", "projection")  # no annotation: a class constant, not a config field
+
+    projection: dict[str, Any] | None = None
+
+
+@dataclass
+class ContrastiveOutput(ModelOutput):
+    """What :meth:`ContrastiveModel.forward` returns.
+
+    Attributes:
+        embeddings: slot -> ``[B, E]`` embedding (unit length when the projection normalises).
+        present: slot -> ``[B]`` bool, ``True`` where the sample has that modality; rows of absent
+            samples hold the projection of a zero vector and must not be used.
+    """
+
+    embeddings: dict[str, torch.Tensor] | None = None
+    present: dict[str, torch.Tensor] | None = None
+
+
+class ContrastiveModel(MultimodalPreTrainedModel):
+    """Encoders -> per-slot projection heads -> embeddings in one shared space.
+
+    Forward takes the processor's batch (any subset of ``pixel_values`` [B,C,H,W],
+    ``input_features`` [B,F,T] / ``input_values`` [B,L], ``input_ids`` [B,L] with masks, ...,
+    and ``<modality>_present`` [B] bool) and returns :class:`ContrastiveOutput`. Components for
+    ``model.trainable``: each encoder slot and ``projection`` (all projection heads).
+    """
+
+    config_class = ContrastiveConfig
+
+    def __init__(self, config: ContrastiveConfig) -> None:
+        super().__init__(config)
+        if not config.projection:
+            raise ValueError("ContrastiveConfig needs a 'projection' spec (model.projection), e.g. {_target_: "
+                             "mmtrain.heads.projection.ProjectionHead, output_dim: 64}.")
+        if len(config.encoders) < 2:
+            raise ValueError(f"a contrastive model aligns at least two encoder slots; model.encoders has "
+                             f"{sorted(config.encoders)}. Add one, e.g. model/encoders/text=minilm.")
+        self.projection = nn.ModuleDict(
+            {name: self.build_part("projection", input_dim=dim) for name, dim in self.encoder_dims.items()}
+        )
+        self.finish_init()
+
+    def components(self) -> dict[str, nn.Module]:
+        return {**super().components(), "projection": self.projection}
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width ``E`` of the shared embedding space."""
+        return int(next(iter(self.projection.values())).output_dim)
+
+    @property
+    def matryoshka_dims(self) -> list[int]:
+        """Nested widths the projection trains (descending, ``E`` first)."""
+        return list(getattr(next(iter(self.projection.values())), "dims", [self.embedding_dim]))
+
+    def presence(self, name: str, batch: Mapping[str, Any], size: int, device: torch.device) -> torch.Tensor:
+        """``[B]`` bool presence of slot ``name`` (all ``True`` when the batch has no mask)."""
+        present = batch.get(f"{name}_present", batch.get(f"{modality_of(name)}_present"))
+        if present is None:
+            return torch.ones(size, dtype=torch.bool, device=device)
+        return present.to(device=device, dtype=torch.bool)
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        outputs = self.encode_checked(batch)
+        for name, output in outputs.items():
+            embedding = run_part("model.projection", lambda n=name, o=output: self.projection[n](o.pooled))
+            if embedding.ndim != 2 or embedding.shape[1] != self.embedding_dim:
+                raise ValueError(f"model.projection returns {tuple(embedding.shape)} for slot '{name}', "
+                                 f"expected (batch, {self.embedding_dim}).")
+
+    def forward(self, **batch: Any) -> ContrastiveOutput:
+        outputs = self.encode(**batch)
+        embeddings = {name: self.projection[name](out.pooled) for name, out in outputs.items()}
+        present = {name: self.presence(name, batch, e.shape[0], e.device) for name, e in embeddings.items()}
+        return ContrastiveOutput(embeddings=embeddings, present=present)
