@@ -61,7 +61,7 @@ def test_loss_is_cross_entropy_plus_weighted_swap_term(weight: float) -> None:
 
 
 def test_pairwise_task_is_not_offered_the_one_modality_loop() -> None:
-    assert not hasattr(make_task(0.5), "only_modality")
+    assert make_task(0.5).supports_only_modality is False
     with pytest.raises(ValueError, match="First and Second"):
         PairwiseTask(model=Scorer(), optimizer=torch.optim.AdamW, label_names=["a", "b", "c"])
 

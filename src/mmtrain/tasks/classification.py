@@ -23,6 +23,9 @@ class ClassificationTask(TaskBase):
         param_groups: optimizer settings per model part (see :class:`TaskBase`).
     """
 
+    #: Whether train()'s ``evaluate_unimodal`` may test the model with one modality at a time.
+    supports_only_modality = True
+
     def __init__(
         self,
         *,

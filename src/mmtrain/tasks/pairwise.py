@@ -48,6 +48,9 @@ class PairwiseTask(ClassificationTask):
         bt_l2: L2 penalty of the Bradley-Terry fit.
     """
 
+    # Items of a pair are compared as wholes; one-modality-only testing is a classifier's.
+    supports_only_modality = False
+
     def __init__(
         self,
         *,
@@ -63,8 +66,6 @@ class PairwiseTask(ClassificationTask):
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, label_names=label_names, scheduler=scheduler,
                          loss=loss, param_groups=param_groups)
-        # One-modality-only evaluation (train()'s evaluate_unimodal) is for classifiers: not offered.
-        del self.only_modality
         names = list(label_names)
         if "First" not in names or "Second" not in names:
             raise ValueError(f"task: PairwiseTask needs the labels First and Second (and optionally Similar), got {names}.")

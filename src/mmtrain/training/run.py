@@ -125,7 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if "test" in datamodule.splits:
         trainer.test(task, datamodule=datamodule, verbose=False)
         fused = task.results["test"]
-        if cfg.get("evaluate_unimodal") and hasattr(task, "only_modality") and len(model.encoders) > 1:
+        if cfg.get("evaluate_unimodal") and getattr(task, "supports_only_modality", False) and len(model.encoders) > 1:
             metrics["test_only_one_modality"] = unimodal_results(trainer, task, datamodule)
         task.results["test"] = fused
     metrics.update({split: task.results[split] for split in ("val", "test") if split in task.results})
