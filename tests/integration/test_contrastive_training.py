@@ -41,6 +41,28 @@ def test_tiny_trimodal_run_writes_retrieval_metrics_and_exports(tmp_path: Path) 
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, best[f"model.{name}"]), name
     assert any(k.startswith("losses.audio_text.") for k in best), "per-pair temperatures are saved with the task"
+    # predict embeds what it is given and reports the cosine similarity of each pair of modalities
+    from mmtrain.training.predict import predict
+
+    answer = predict(tmp_path / "run" / "export", text="a handwritten four", audio=None, image=None)
+    assert list(answer["embeddings"]) == ["text"] and len(answer["embeddings"]["text"]) == 16
+    assert answer["cosine_similarity"] == {}
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    png = tmp_path / "still.png"
+    Image.new("RGB", (24, 24), (200, 30, 30)).save(png)
+    answer = predict(tmp_path / "run" / "export", image=str(png), text="a red square")
+    processor = AutoProcessor.from_pretrained(tmp_path / "run" / "export")
+    batch = processor([{"image": Image.open(png).convert("RGB"), "text": "a red square", "id": "x"}])
+    batch.pop("ids"), batch.pop("skipped")
+    with torch.no_grad():
+        emb = model(**batch).embeddings
+    expected = float(torch.nn.functional.cosine_similarity(emb["image"][0], emb["text"][0], dim=0))
+    (key, value), = answer["cosine_similarity"].items()
+    assert sorted(key.split("_")) == ["image", "text"] and value == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="only pairwise models"):
+        predict(tmp_path / "run" / "export", text=["one", "two"])
 
 
 DDP_SCRIPT = """

@@ -54,6 +54,19 @@ def test_train_on_a_tiny_pair_set(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["test"]["acc"] == test["acc"]
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    # predict compares two images given as a pair; its probabilities equal the model's on that pair
+    from mmtrain.training.evaluate import evaluate
+    from mmtrain.training.predict import predict
+
+    first, second = str(tmp_path / eval_pairs[0].img1), str(tmp_path / eval_pairs[0].img2)
+    answer = predict(tmp_path / "run", image=[first, second])
+    assert answer["label"] in ("First", "Second", "Similar") and answer["modalities_used"] == ["image"]
+    assert abs(sum(answer["probabilities"].values()) - 1.0) < 1e-5
+    with pytest.raises(ValueError, match="compares two items"):
+        predict(tmp_path / "run", image=first)
+    # eval rebuilds the pairwise task from the run's config: Bradley-Terry figures come back
+    scored = evaluate(tmp_path / "run")
+    assert scored["test"]["acc"] == pytest.approx(test["acc"]) and "bt_spearman" in scored["test"]
 
 
 @pytest.mark.slow
