@@ -94,6 +94,8 @@ def test_kfold_command_writes_disjoint_folds_and_a_summary(tmp_path: Path) -> No
     for metric in ("acc", "macro_f1", "bt_pearson", "bt_spearman"):
         assert report["summary"][metric]["n"] == 3
         assert report["summary"][metric]["mean"] is not None and report["summary"][metric]["std"] >= 0
+    page = (run / "report.html").read_text()
+    assert "mean ± std over folds" in page and f"{report['summary']['acc']['mean']:.4f}" in page
 
 
 def test_a_failing_fold_keeps_the_finished_ones(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_stage_and_fold_summaries_get_one_row_each(tmp_path: Path) -> None:
     text = parse(write_report(tmp_path)).cells
     assert text[text.index("video"):text.index("video") + 2] == ["video", "0.4000"]
     assert text[text.index("fusion"):text.index("fusion") + 2] == ["fusion", "0.9000"]
-    folds = {"folds": [{"test": {"acc": 0.5}}, {"test": {"acc": 0.7}}], "mean": {"acc": 0.6}, "std": {"acc": 0.1}}
+    folds = {"folds": [{"test": {"acc": 0.5}}, {"test": {"acc": 0.7}}],
+             "summary": {"acc": {"mean": 0.6, "std": 0.1, "n": 2}}, "failed": []}
     (tmp_path / "stages.json").unlink()
     (tmp_path / "kfold.json").write_text(json.dumps(folds))
     html_text = write_report(tmp_path).read_text()

@@ -95,9 +95,14 @@ def _summary_sections(summary: Mapping[str, Any], kind: str) -> list[str]:
     keys = list(dict.fromkeys(k for v in scalars.values() for k in v))
     parts = [f"<h2>{'Stages' if kind == 'stages' else 'Folds'} (test split)</h2>"
              + _table([kind[:-1], *keys], ([n, *(v.get(k, "-") for k in keys)] for n, v in scalars.items()))]
-    for label in ("mean", "std"):
-        if isinstance(summary.get(label), Mapping):
-            parts.append(f"<h3>{label}</h3>" + _table(["metric", label], _scalars(summary[label]).items()))
+    stats = summary.get("summary")  # k-fold: {metric: {mean, std, n}}
+    if isinstance(stats, Mapping) and stats:
+        parts.append("<h3>mean ± std over folds</h3>" + _table(
+            ["metric", "mean", "std", "folds"],
+            ([m, s.get("mean", "-"), s.get("std", "-"), s.get("n", "-")] for m, s in stats.items()
+             if isinstance(s, Mapping) and s.get("mean") is not None)))
+    if summary.get("failed"):
+        parts.append(f"<p>failed folds: {html.escape(str(summary['failed']))} (see fold_&lt;i&gt;/error.txt)</p>")
     return parts
 
 

@@ -45,6 +45,7 @@ from mmtrain.data.formats.image_pairs import (
     read_scored_items,
     write_pair_csv,
 )
+from mmtrain.report.html import write_report
 from mmtrain.training.run import make_run_dir, prepare
 
 log = logging.getLogger(__name__)
@@ -156,4 +157,5 @@ def run_kfold(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, Any]])
         report["folds"].append(entry)
         report["summary"] = summarize(report["folds"])
         (run_dir / "kfold.json").write_text(json.dumps(report, indent=2))
+        write_report(run_dir)
     return report
