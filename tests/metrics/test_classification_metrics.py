@@ -1,0 +1,39 @@
+"""Accuracy, macro-F1, per-class accuracy and the confusion matrix agree with scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from mmtrain.metrics.classification import ClassificationMetrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_scikit_learn_over_several_batches(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(2, 7))
+    names = [f"c{i}" for i in range(classes)]
+    metrics = ClassificationMetrics(names)
+    truths, preds = [], []
+    for _ in range(4):  # accumulated over batches, as in an epoch
+        size = int(rng.integers(1, 30))
+        labels = torch.from_numpy(rng.integers(0, classes, size))
+        logits = torch.from_numpy(rng.normal(size=(size, classes))).float()
+        logits[torch.arange(size), labels] += float(rng.uniform(0, 2))  # better than chance, not perfect
+        metrics.update(logits, labels)
+        truths.append(labels.numpy())
+        preds.append(logits.argmax(-1).numpy())
+    y, p = np.concatenate(truths), np.concatenate(preds)
+    result = metrics.compute()
+    cm = confusion_matrix(y, p, labels=list(range(classes)))
+    assert result["acc"] == pytest.approx(accuracy_score(y, p), abs=1e-6)
+    # classes absent from both truth and prediction score 0 in torchmetrics and sklearn (zero_division=0)
+    assert result["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", labels=list(range(classes)),
+                                                        zero_division=0), abs=1e-6)
+    assert result["confusion"] == cm.tolist()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.nan_to_num(cm.diagonal() / cm.sum(axis=1))
+    assert list(result["per_class_acc"]) == names
+    assert np.allclose(list(result["per_class_acc"].values()), recall, atol=1e-6)
