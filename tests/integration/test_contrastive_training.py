@@ -18,7 +18,7 @@ from mmtrain.training.run import train
 TINY = ["data=synthetic", "data.train.num_samples=16", "data.val.num_samples=13", "data.test.num_samples=8",
         "data.batch_size=8", "data.processor.max_text_length=8", "trainer.max_epochs=1", "callbacks.progress=null",
         "logger.tensorboard=null", "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0"]
-ALIGN = ["model=contrastive", "task=contrastive", "~model/fusion", "~model/head", "~model/encoders/video",
+ALIGN = ["model=contrastive", "task=contrastive", "~model/encoders/video",
          "model/encoders/image=vit", "model.projection.output_dim=16", "model.projection.matryoshka_dims=[8]",
          "evaluate_unimodal=false", "callbacks.checkpoint.monitor=val/r@1_mean",
          "callbacks.early_stopping.monitor=val/r@1_mean"]

@@ -88,23 +88,13 @@ def build_contrastive_model(
     id2label: Mapping[int, str],
     allowed_target_prefixes: Sequence[str],
     trainable: Mapping[str, bool] | None = None,
-    fusion: Mapping[str, Any] | None = None,
-    head: Mapping[str, Any] | None = None,
 ) -> ContrastiveModel:
     """Build a contrastive dual/tri-encoder: each encoder slot gets its own projection head.
 
     Args: as :func:`build_multimodal_model`; ``projection`` is one ``ProjectionHead`` spec, built
     once per slot with ``input_dim`` = that encoder's ``output_dim``. ``id2label`` (the data's
-    classes, possibly none) is only stored. ``fusion`` and ``head`` exist only to name the mistake
-    when train.yaml's default ``model/fusion`` / ``model/head`` were left in: they must be unset.
+    classes, possibly none) is only stored. There is no fusion and no classification head.
     """
-    given = [key for key, spec in (("fusion", fusion), ("head", head)) if spec]
-    if given:
-        raise ValueError(
-            f"model.{given[0]}: a contrastive model (model=contrastive) has no fusion or classification head; "
-            "remove them with ~model/fusion ~model/head on the command line, or `- override /model/fusion: null` "
-            "and `- override /model/head: null` in an experiment's defaults (see experiment/align_image_text.yaml)."
-        )
     return ContrastiveModel(ContrastiveConfig(**config_fields(
         encoders=encoders, projection=projection, id2label=id2label,
         allowed_target_prefixes=allowed_target_prefixes, trainable=trainable,
