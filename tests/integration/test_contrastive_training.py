@@ -33,7 +33,7 @@ def test_tiny_trimodal_run_writes_retrieval_metrics_and_exports(tmp_path: Path) 
         result = written[split]
         assert result["n"] == size
         for a, b in (("audio", "text"), ("audio", "image"), ("text", "image")):
-            for key in (f"r@1_{a}_{b}", f"r@10_{b}_{a}", f"r@5_{a}_{b}@8", f"chance_r@1_{a}_{b}"):
+            for key in (f"r@1_{a}_{b}", f"r@10_{b}_{a}", f"r@5_{a}_{b}@8", f"chance_r@1_{a}_{b}", f"chance_r@1_{b}_{a}"):
                 assert 0.0 <= result[key] <= 1.0, key
         assert 0.0 <= result["r@1_mean"] <= 1.0 and result["chance_r@1"] > 1 / size  # label groups
     model = AutoModel.from_pretrained(tmp_path / "run" / "export")

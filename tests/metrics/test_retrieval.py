@@ -85,7 +85,8 @@ def test_retrieval_metrics_errors() -> None:
 
 def _brute_force_grouped(query: list[list[float]], gallery: list[list[float]], groups: list[int],
                          ks: tuple[int, ...]) -> dict[int, float]:
-    """Rank = 1 + #non-positive gallery items more similar than the best positive (pure Python)."""
+    """Rank = 1 + #non-positive gallery items more similar than the best positive (pure Python);
+    identical gallery rows of one group are one item."""
     def cos(u: list[float], v: list[float]) -> float:
         dot = sum(x * y for x, y in zip(u, v))
         return dot / (math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v)))
@@ -93,7 +94,8 @@ def _brute_force_grouped(query: list[list[float]], gallery: list[list[float]], g
     ranks = []
     for i, q in enumerate(query):
         best = max(cos(q, g) for j, g in enumerate(gallery) if groups[j] == groups[i])
-        ranks.append(1 + sum(1 for j, g in enumerate(gallery) if groups[j] != groups[i] and cos(q, g) > best + 1e-9))
+        above = {(groups[j], tuple(g)) for j, g in enumerate(gallery) if groups[j] != groups[i] and cos(q, g) > best + 1e-9}
+        ranks.append(1 + len(above))
     return {k: sum(r <= k for r in ranks) / len(ranks) for k in ks}
 
 
@@ -106,6 +108,7 @@ def test_grouped_recall_matches_brute_force(seed: int) -> None:
     gallery = [[x + rng.gauss(0, 2.0) for x in q] for q in query]
     for i in range(0, n, 6):  # identical gallery rows (e.g. one caption shared by several samples)
         gallery[i + 1] = list(gallery[i])
+        groups[i + 2], gallery[i + 2] = groups[i], list(gallery[i])  # ... of one group: one item
     ks = (1, 3, 5, 10)
     q32 = torch.tensor(query, dtype=torch.float32)
     g32 = torch.tensor(gallery, dtype=torch.float32)
@@ -139,11 +142,18 @@ def test_retrieval_metrics_pairs_presence_groups() -> None:
     out = retrieval_metrics(embeddings, ks=(1,), pairs=[["image", "text"], ["audio", "text"]], groups=groups,
                             present=present, chance=True)
     assert set(out) == {"val/r@1_image_text", "val/r@1_text_image", "val/r@1_audio_text", "val/r@1_text_audio",
-                        "val/chance_r@1_image_text", "val/chance_r@1_audio_text", "val/n_image_text", "val/n_audio_text"}
+                        "val/chance_r@1_image_text", "val/chance_r@1_text_image", "val/chance_r@1_audio_text",
+                        "val/chance_r@1_text_audio", "val/n_image_text", "val/n_audio_text"}
     assert out["val/n_audio_text"] == 6.0
     rows = present["audio"]
     assert out["val/r@1_audio_text"] == recall_at_k(embeddings["audio"][rows], embeddings["text"][rows], (1,),
                                                    groups[rows])[1]
     assert out["val/chance_r@1_image_text"] == pytest.approx(2 / 10)
+    # identical gallery rows of a group are one item: two copies per group -> 5 items, 1 positive
+    text = torch.randn(5, 8).repeat_interleave(2, dim=0)
+    dup = retrieval_metrics({"image": image, "text": text}, ks=(1, 5), groups=groups, chance=True)
+    assert dup["val/chance_r@1_image_text"] == pytest.approx(1 / 5) and dup["val/chance_r@5_image_text"] == 1.0
+    assert dup["val/chance_r@1_text_image"] == pytest.approx(2 / 10)
+    assert dup["val/r@5_image_text"] == 1.0  # 5 distinct captions: every query's caption is within 5
     with pytest.raises(ValueError, match="video"):
         retrieval_metrics(embeddings, pairs=[["image", "video"]])

@@ -3,8 +3,10 @@
 Row ``i`` of the query and of the gallery describe the same sample. Without ``groups`` a query's
 only positive is the gallery row with its own index; with ``groups`` (LongTensor [N]) every gallery
 row of the query's group is a positive (e.g. samples with the same caption or the same label).
-A query's rank is ``1 + #{non-positive gallery rows more similar than its best positive}``; it is
-a hit at K when that rank is <= K (some positive ranks within K).
+A query's rank is ``1 + #{non-positive gallery items more similar than its best positive}``; it is
+a hit at K when that rank is <= K (some positive ranks within K). With groups, identical gallery
+rows of one group are one item (the ten captions of a data set where 200 samples share them are
+ten items, not 200), so a wrong caption costs one rank, not one per copy.
 """
 
 from __future__ import annotations
@@ -31,13 +33,25 @@ def _check_groups(groups: torch.Tensor | None, n: int) -> torch.Tensor | None:
     return groups.detach().to(torch.long).cpu()
 
 
+def distinct_items(gallery: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: ``True`` for the first of every set of identical gallery rows of one group."""
+    key = torch.cat([groups.to(torch.float64)[:, None], gallery.detach().to(torch.float64).cpu()], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), key.shape[0], dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(key.shape[0]), reduce="amin")
+    mask = torch.zeros(key.shape[0], dtype=torch.bool)
+    mask[first] = True
+    return mask
+
+
 @torch.no_grad()
 def match_ranks(query: torch.Tensor, gallery: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """1-based rank of each query's best positive among the gallery's non-positive rows.
 
     rank_i = 1 + #{j not positive for i : cos(q_i, g_j) > max_{p positive} cos(q_i, g_p)}; ties
     count in the query's favour. Positives of query ``i``: gallery row ``i`` (no ``groups``) or
-    every row ``j`` with ``groups[j] == groups[i]``.
+    every row ``j`` with ``groups[j] == groups[i]``; with ``groups``, identical rows of one group
+    count once (see :func:`distinct_items`).
 
     Args:
         query: [N, D]; gallery: [N, D]; groups: optional LongTensor [N].
@@ -54,6 +68,7 @@ def match_ranks(query: torch.Tensor, gallery: torch.Tensor, groups: torch.Tensor
     group_ids = _check_groups(groups, n)
     q = F.normalize(query.detach().to(torch.float64), dim=-1).cpu()
     g = F.normalize(gallery.detach().to(torch.float64), dim=-1).cpu()
+    distinct = distinct_items(gallery, group_ids) if group_ids is not None else torch.ones(n, dtype=torch.bool)
     ranks = []
     for start in range(0, n, CHUNK):
         sim = q[start : start + CHUNK] @ g.T  # [c, N]
@@ -64,7 +79,7 @@ def match_ranks(query: torch.Tensor, gallery: torch.Tensor, groups: torch.Tensor
         else:
             positive = group_ids[start : start + sim.shape[0], None] == group_ids[None, :]  # [c, N]
         best = sim.masked_fill(~positive, -math.inf).max(dim=1).values  # [c]
-        above = (sim > best[:, None] + TIE_TOLERANCE) & ~positive
+        above = (sim > best[:, None] + TIE_TOLERANCE) & ~positive & distinct[None, :]
         ranks.append(above.sum(dim=1) + 1)
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
@@ -98,29 +113,35 @@ def recall_at_k(
     return {k: float((ranks <= k).double().mean()) for k in ks}
 
 
-def chance_recall(n: int, ks: Sequence[int] = (1, 5, 10), groups: torch.Tensor | None = None) -> dict[int, float]:
+def chance_recall(
+    n: int, ks: Sequence[int] = (1, 5, 10), groups: torch.Tensor | None = None, distinct: torch.Tensor | None = None
+) -> dict[int, float]:
     """Expected Recall@K of a random ranking of ``n`` gallery rows under the same match rule.
 
-    A query with ``m`` positives among ``n`` rows is a hit at K unless all of the first K rows of a
-    random order are non-positive: ``P = 1 - C(n - m, K) / C(n, K)``, averaged over queries
-    (``m = 1`` without ``groups``, so ``K / n``).
+    A query with ``m`` positive items among ``n'`` gallery items is a hit at K unless all of the
+    first K items of a random order are non-positive: ``P = 1 - C(n' - m, K) / C(n', K)``,
+    averaged over queries (``m = 1`` and ``n' = n`` without ``groups``, so ``K / n``).
+    ``distinct`` ([N] bool, :func:`distinct_items`) marks the gallery rows that count as items.
     """
     ks = _check_ks(ks)
     group_ids = _check_groups(groups, n)
     if n == 0:
         return {k: float("nan") for k in ks}
     if group_ids is None:
-        sizes = torch.ones(n, dtype=torch.long)
+        sizes, items = [1] * n, n
     else:
-        _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-        sizes = counts[inverse]
+        keep = torch.ones(n, dtype=torch.bool) if distinct is None else distinct.cpu().to(torch.bool)
+        per_group: dict[int, int] = {}
+        for group in group_ids[keep].tolist():
+            per_group[group] = per_group.get(group, 0) + 1
+        sizes, items = [per_group[g] for g in group_ids.tolist()], int(keep.sum())
     out = {}
     for k in ks:
-        if k >= n:
+        if k >= items:
             out[k] = 1.0
             continue
-        miss = {m: math.comb(n - m, k) / math.comb(n, k) for m in set(sizes.tolist())}
-        out[k] = float(sum(1.0 - miss[m] for m in sizes.tolist()) / n)
+        miss = {m: math.comb(items - m, k) / math.comb(items, k) for m in set(sizes)}
+        out[k] = float(sum(1.0 - miss[m] for m in sizes) / n)
     return out
 
 
@@ -149,8 +170,8 @@ def retrieval_metrics(
         pairs: unordered modality pairs to evaluate (both directions each); default every pair.
         groups: optional LongTensor [N] of match groups shared by all modalities.
         present: optional modality -> BoolTensor [N]; a pair only uses rows present in both.
-        chance: also report ``{prefix}/chance_r@{k}_{a}_{b}`` (random-ranking Recall@K of the pair)
-            and ``{prefix}/n_{a}_{b}`` (rows evaluated).
+        chance: also report ``{prefix}/chance_r@{k}_{query}_{gallery}`` (random-ranking Recall@K,
+            each direction) and ``{prefix}/n_{a}_{b}`` (rows evaluated).
 
     Returns:
         Flat ``{key: recall}``.
@@ -189,8 +210,10 @@ def retrieval_metrics(
                     values = recall_at_k(q, g, ks, sub_groups)
                 for k, value in values.items():
                     out[f"{prefix}/r@{k}_{q_name}_{g_name}{suffix}"] = value
+            if chance:
+                distinct = distinct_items(g_all, sub_groups) if sub_groups is not None and len(g_all) else None
+                for k, value in chance_recall(int(rows.sum()), ks, sub_groups, distinct).items():
+                    out[f"{prefix}/chance_r@{k}_{q_name}_{g_name}"] = value
         if chance:
-            for k, value in chance_recall(int(rows.sum()), ks, sub_groups).items():
-                out[f"{prefix}/chance_r@{k}_{a}_{b}"] = value
             out[f"{prefix}/n_{a}_{b}"] = float(rows.sum())
     return out

@@ -272,7 +272,7 @@ class ContrastiveTask(TaskBase):
         full_r1 = [result[f"r@1_{q}_{g}"] for a, b in self.eval_pairs for q, g in ((a, b), (b, a))]
         result["r@1_mean"] = float(sum(full_r1) / len(full_r1))
         for k in self.ks:
-            chances = [result[f"chance_r@{k}_{a}_{b}"] for a, b in self.eval_pairs]
+            chances = [result[f"chance_r@{k}_{q}_{g}"] for a, b in self.eval_pairs for q, g in ((a, b), (b, a))]
             result[f"chance_r@{k}"] = float(sum(chances) / len(chances))
         result["n"] = float(data["uid"].shape[0])
         return result
