@@ -13,6 +13,7 @@ from transformers import (
 
 from mmtrain.hf.configuration import MultimodalConfig
 from mmtrain.hf.contrastive import ContrastiveConfig, ContrastiveModel
+from mmtrain.hf.llm import LLMConfig, LLMModel
 from mmtrain.hf.modeling import MultimodalModel
 from mmtrain.hf.pairwise import PairwiseConfig, PairwiseModel
 from mmtrain.hf.processing import MultimodalProcessor
@@ -28,5 +29,7 @@ AutoProcessor.register(PairwiseConfig, MultimodalProcessor, exist_ok=True)
 AutoConfig.register(ContrastiveConfig.model_type, ContrastiveConfig, exist_ok=True)
 AutoModel.register(ContrastiveConfig, ContrastiveModel, exist_ok=True)
 AutoProcessor.register(ContrastiveConfig, MultimodalProcessor, exist_ok=True)
+AutoConfig.register(LLMConfig.model_type, LLMConfig, exist_ok=True)
+AutoModel.register(LLMConfig, LLMModel, exist_ok=True)
 
-__all__ = ["ContrastiveConfig", "ContrastiveModel", "MultimodalConfig", "MultimodalModel", "MultimodalProcessor", "PairwiseConfig", "PairwiseModel"]
+__all__ = ["ContrastiveConfig", "ContrastiveModel", "LLMConfig", "LLMModel", "MultimodalConfig", "MultimodalModel", "MultimodalProcessor", "PairwiseConfig", "PairwiseModel"]

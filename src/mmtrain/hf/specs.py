@@ -11,6 +11,7 @@ from transformers import AutoConfig
 from mmtrain.config.plain import plain
 from mmtrain.hf.configuration import PRETRAINED_KEY, MultimodalConfig
 from mmtrain.hf.contrastive import ContrastiveConfig, ContrastiveModel
+from mmtrain.hf.llm import LLMConfig, LLMModel
 from mmtrain.hf.modeling import MultimodalModel
 from mmtrain.hf.pairwise import PairwiseConfig, PairwiseModel
 from mmtrain.paths import resolve_pretrained_path
@@ -99,6 +100,35 @@ def build_contrastive_model(
         encoders=encoders, projection=projection, id2label=id2label,
         allowed_target_prefixes=allowed_target_prefixes, trainable=trainable,
     )))
+
+
+def build_llm_model(
+    *,
+    encoders: Mapping[str, Any],
+    projector: Mapping[str, Any],
+    decoder: Mapping[str, Any],
+    id2label: Mapping[int, str],
+    allowed_target_prefixes: Sequence[str],
+    lm_vocab_size: int,
+    media_token_ids: Mapping[str, int],
+    head: Mapping[str, Any] | None = None,
+    class_token_id: int | None = None,
+    trainable: Mapping[str, bool] | None = None,
+) -> LLMModel:
+    """Build an LLM-decoder model: encoders -> per-slot projector -> pseudo-tokens in a causal LM.
+
+    Args: as :func:`build_multimodal_model`, plus ``projector`` (one spec, built per slot),
+    ``decoder`` (causal LM spec), ``head`` (classifier at the class token, or ``None``), and the
+    prompt tokenizer's facts: ``lm_vocab_size``, ``media_token_ids`` (slot -> placeholder id) and
+    ``class_token_id`` (see :class:`mmtrain.lm.prompt.PromptBuilder`).
+    """
+    parts = {"projector": projector, "decoder": decoder, **({"head": head} if head else {})}
+    return LLMModel(LLMConfig(
+        **config_fields(encoders=encoders, id2label=id2label, allowed_target_prefixes=allowed_target_prefixes,
+                        trainable=trainable, **parts),
+        lm_vocab_size=int(lm_vocab_size), media_token_ids={str(k): int(v) for k, v in plain(media_token_ids).items()},
+        class_token_id=None if class_token_id is None else int(class_token_id),
+    ))
 
 
 def config_fields(

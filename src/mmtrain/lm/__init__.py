@@ -1,0 +1,1 @@
+"""Language-model parts: decoders, projectors, prompts, tokenizers."""
