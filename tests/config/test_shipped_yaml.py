@@ -11,6 +11,8 @@ from mmtrain.config.validate import target_nodes
 from mmtrain.training.run import prepare
 
 GROUPS = config_groups()
+# Groups that only a given model kind's defaults list names (model/decoder sits in model=llm).
+HOST_KIND = {"model/decoder": "model=llm"}
 
 
 def _all_options() -> list[tuple[str, str]]:
@@ -26,7 +28,8 @@ def test_every_yaml_file_belongs_to_a_checked_group() -> None:
 
 @pytest.mark.parametrize(("group", "option"), _all_options(), ids=lambda v: str(v))
 def test_option_composes_and_binds(group: str, option: str) -> None:
-    cfg = compose_config([f"{group}={option}"])
+    host = [HOST_KIND[group]] if group in HOST_KIND else []
+    cfg = compose_config([*host, f"{group}={option}"])
     prepare(cfg)  # raises on an unknown argument, a missing one, or a refused target
     section = group.split("/")[0]
     if section == "experiment":

@@ -15,9 +15,11 @@ HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 #: Arguments the builders pass in code, by config key; never written in YAML.
 INJECTED: dict[str, frozenset[str]] = {
-    "model": frozenset({"id2label", "allowed_target_prefixes"}),
+    "model": frozenset({"id2label", "allowed_target_prefixes", "lm_vocab_size", "media_token_ids", "class_token_id"}),
     "model.fusion": frozenset({"input_dims"}),
     "model.head": frozenset({"input_dim", "num_labels"}),
+    "model.projector": frozenset({"input_dim", "output_dim"}),
+    "model.decoder": frozenset({"vocab_size"}),
     "model.projection": frozenset({"input_dim"}),
     "task": frozenset({"model", "label_names"}),
 }

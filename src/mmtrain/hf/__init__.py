@@ -11,6 +11,7 @@ from transformers import (
     AutoProcessor,
 )
 
+import mmtrain.decoders  # noqa: F401  (registers model_type "mmtrain_trm" with AutoConfig/AutoModelForCausalLM)
 from mmtrain.hf.configuration import MultimodalConfig
 from mmtrain.hf.contrastive import ContrastiveConfig, ContrastiveModel
 from mmtrain.hf.llm import LLMConfig, LLMModel

@@ -53,6 +53,7 @@ class MultimodalProcessor(ProcessorMixin):
         max_text_length: int = 64,
         augment: dict[str, Any] | None = None,
         modality_dropout: dict[str, float] | None = None,
+        prompt: dict[str, Any] | None = None,
     ) -> None:
         unknown = sorted(set(modalities) - set(MODALITIES))
         if unknown:
@@ -69,6 +70,29 @@ class MultimodalProcessor(ProcessorMixin):
         self.augment = check_augment(augment)
         self.modality_dropout = _check_dropout(modality_dropout, self.modalities)
         super().__init__(tokenizer, feature_extractor)
+        self.prompt = dict(plain(prompt)) if prompt else None
+        self.prompt_builder = self._prompt_builder(self.prompt)
+
+    def _prompt_builder(self, prompt: dict[str, Any] | None) -> Any:
+        """The LM prompt builder (LLM-decoder models), or ``None``; adds its tokens to the tokenizer."""
+        if not prompt:
+            return None
+        from mmtrain.lm.prompt import MEDIA, PromptBuilder
+
+        options = dict(prompt)
+        num_tokens = int(options.pop("num_tokens", 1))
+        media = {m: num_tokens for m in self.modalities if m in MEDIA}
+        try:
+            return PromptBuilder(self.tokenizer, media_tokens=media, **options)
+        except TypeError as err:
+            raise ValueError(f"data.processor.prompt: {err}") from err
+
+    def model_facts(self) -> dict[str, Any]:
+        """What an LLM-decoder model must know of the prompt tokenizer ({} without a prompt)."""
+        if self.prompt_builder is None:
+            return {}
+        return {"lm_vocab_size": len(self.tokenizer), "media_token_ids": self.prompt_builder.media_token_ids,
+                "class_token_id": self.prompt_builder.class_token_id}
 
     @property
     def audio_frames(self) -> int:
@@ -111,6 +135,8 @@ class MultimodalProcessor(ProcessorMixin):
         labels = [s.get("label") for s in samples]
         if all(isinstance(label, (int, np.integer)) for label in labels):
             batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
+        if self.prompt_builder is not None:
+            batch.update(self.prompt_builder(samples))
         batch.update(_item_bookkeeping(samples))
         return batch
 
@@ -273,10 +299,13 @@ def build_processor(
     max_text_length: int = 64,
     augment: dict[str, Any] | None = None,
     modality_dropout: dict[str, float] | None = None,
+    prompt: dict[str, Any] | None = None,
 ) -> MultimodalProcessor:
     """Build the processor from config values (a tokenizer folder or ``pkg:<module>``).
 
     ``audio_frames`` is the fixed log-mel window: a multiple of 100 (whole seconds at 16 kHz, hop 160).
+    ``prompt`` (LLM-decoder models): ``{template, num_tokens, class_token, max_length, overflow}``
+    for :class:`mmtrain.lm.prompt.PromptBuilder`; ``num_tokens`` pseudo-tokens per media modality.
     """
     if audio_frames <= 0 or audio_frames % 100:
         raise ValueError(f"data.processor.audio_frames must be a positive multiple of 100, got {audio_frames}")
@@ -289,5 +318,6 @@ def build_processor(
         AutoTokenizer.from_pretrained(str(folder)), extractor, modalities=list(modalities),
         image_size=image_size, num_frames=num_frames, audio_format=audio_format,
         max_text_length=max_text_length, augment=plain(augment), modality_dropout=plain(modality_dropout),
+        prompt=plain(prompt),
     )
 

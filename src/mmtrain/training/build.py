@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
-from mmtrain.config.targets import safe_instantiate
+from mmtrain.config.targets import locate_allowed, safe_instantiate
 from mmtrain.hf.base import MultimodalPreTrainedModel
 from mmtrain.hf.processing import MultimodalProcessor, model_inputs
 
@@ -26,19 +27,35 @@ def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
 
 
 def build_model(
-    cfg: DictConfig, label_names: Sequence[str], prefixes: Sequence[str], *, warm_start: bool = True
+    cfg: DictConfig,
+    label_names: Sequence[str],
+    prefixes: Sequence[str],
+    *,
+    warm_start: bool = True,
+    facts: Mapping[str, Any] | None = None,
 ) -> MultimodalPreTrainedModel:
     """The model from ``cfg.model`` with the class count from ``label_names``.
 
-    ``model.init`` (components started from an earlier run, see :mod:`mmtrain.training.warm_start`)
-    is applied when ``warm_start``; rebuilding a trained model (export, eval) skips it.
+    ``facts``: what the processor's prompt tells an LLM-decoder model (token count and marker ids,
+    :meth:`MultimodalProcessor.model_facts`). ``model.init`` (components started from an earlier
+    run, see :mod:`mmtrain.training.warm_start`) is applied when ``warm_start``; rebuilding a
+    trained model (export, eval) skips it.
     """
     model_cfg = cfg.model.copy()
     with open_dict(model_cfg):
         init = model_cfg.pop("init", None)
+    facts = dict(facts or {})
+    if facts:
+        target = locate_allowed(str(model_cfg._target_), prefixes, "model")
+        unknown = sorted(set(facts) - set(inspect.signature(target).parameters))
+        if unknown:
+            raise ValueError(
+                f"data.processor.prompt is set, but model ({model_cfg._target_}) takes no prompt; "
+                "use model=llm for an LLM decoder, or remove data.processor.prompt."
+            )
     model = safe_instantiate(
         model_cfg, prefixes, config_key="model", id2label=dict(enumerate(label_names)),
-        allowed_target_prefixes=list(prefixes),
+        allowed_target_prefixes=list(prefixes), **facts,
     )
     if warm_start and init:
         from mmtrain.training.warm_start import load_components
@@ -49,6 +66,14 @@ def build_model(
 
 def wire_processor(processor: MultimodalProcessor, model: MultimodalPreTrainedModel) -> None:
     """Make the processor emit what the model's encoders take (waveform vs log-mel audio)."""
+    facts = processor.model_facts() if hasattr(processor, "model_facts") else {}
+    for key, value in facts.items():
+        stored = getattr(model.config, key, None)
+        if stored is not None and stored != value:
+            raise ValueError(
+                f"the processor's prompt gives {key}={value} but the model was built with {stored}; "
+                "use the processor saved with the model (its tokenizer holds the marker tokens)."
+            )
     accepted = model.expected_inputs()
     if "input_values" in accepted and "input_features" not in accepted:
         processor.audio_format = "waveform"

@@ -79,10 +79,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> 
     if CONFIG_KEY not in state:
         raise ValueError(f"{file} has no embedded mmtrain config; was it written by `mmtrain train`?")
     cfg, prefixes = _stored_config(state[CONFIG_KEY], str(file))
-    model = build_model(cfg, state[LABELS_KEY], prefixes, warm_start=False)
+    processor = safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
+    model = build_model(cfg, state[LABELS_KEY], prefixes, warm_start=False, facts=processor.model_facts())
     weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(weights)
-    processor = safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
     wire_processor(processor, model)
     target = Path(out) if out else file.parent.parent / f"export-{file.stem}"
     return write_export(model, processor, target, config_yaml=state[CONFIG_KEY])

@@ -99,7 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, prefixes = prepare(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_data(cfg, prefixes)
-    model = build_model(cfg, datamodule.label_names, prefixes)
+    model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
     wire_processor(datamodule.processor, model)
     check_model_fits_data(model, datamodule.processor, datamodule.splits["train"])
     task = safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=datamodule.label_names)
