@@ -14,7 +14,9 @@ import pytest
 
 from mmtrain.data.demo import DemoSourceError, build_demo, ensure_demo, read_manifest
 from mmtrain.data.demo.spec import MEDIA, MODALITIES, SPLITS, WORDS
+from mmtrain.data.demo.views import ANSWERS, QUESTIONS, QUESTIONS_PER_ITEM
 from mmtrain.data.demo.voices import RECORDINGS, SOUNDS_DIR
+from mmtrain.data.formats.instruction import InstructionDataset
 from mmtrain.data.media import read_audio, read_audio_segment, read_image, read_video_segment, video_duration
 
 SEGMENT_KEYS = {"id", "start", "end", "text", "label", "speaker", "image_source", "corrupted"}
@@ -240,3 +242,23 @@ def test_missing_espeak_names_the_debian_package(tmp_path: Path) -> None:
     with pytest.raises(DemoSourceError, match="espeak-ng") as info:
         build_demo(tmp_path / "set", size="tiny", espeak=str(tmp_path / "no-espeak-here"))
     assert "apt-get install espeak-ng" in str(info.value)
+
+
+def test_instruction_view_loads_as_instruction_data(built: tuple[Path, Path]) -> None:
+    root = built[0]
+    for split in SPLITS:
+        rows = [json.loads(x) for x in (root / "instruction" / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == QUESTIONS_PER_ITEM * read_manifest(root)["counts"][split]["segments"]
+        for row in rows:
+            question, answer = QUESTIONS[row["kind"]]
+            assert row["prompt"] == question and row["response"] == answer(row["label"])
+            assert row["response"] in ANSWERS and row["image"].startswith(f"images/{split}/")
+        kinds_per_item: dict[str, set[str]] = {}
+        for row in rows:
+            kinds_per_item.setdefault(row["image"], set()).add(row["kind"])
+        assert all(len(k) == QUESTIONS_PER_ITEM for k in kinds_per_item.values())
+    dataset = InstructionDataset(path=str(root / "instruction" / "test.jsonl"), root=str(root),
+                                 modalities=["image", "text"])
+    sample = dataset[0]
+    assert sample["id"] == rows[0]["id"] and sample["text"] == rows[0]["prompt"]  # rows: the test split's
+    assert sample["target_text"] in ANSWERS and sample["image"].size == (MEDIA.frame_size, MEDIA.frame_size)

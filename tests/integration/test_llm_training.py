@@ -44,7 +44,8 @@ def test_trains_exports_and_predicts(tmp_path: Path) -> None:
 
 def test_an_over_long_prompt_stops_the_run_naming_the_sample(tmp_path: Path) -> None:
     cfg = compose_config([*TINY, "data.processor.prompt.max_length=8", f"run_dir={tmp_path / 'run'}"])
-    with pytest.raises(ValueError, match=r"sample '.*': the prompt takes \d+ tokens, over the budget of 8"):
+    with pytest.raises(ValueError, match=r"token budget: 16 data.train samples are over the budget of 8 tokens "
+                                         r"\(data.processor.prompt.max_length\): 'train-\d+' \(\d+ tokens\)"):
         train(cfg)
     assert not (tmp_path / "run").exists()
 

@@ -65,6 +65,10 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def sample_views(self) -> list[dict[str, Any]]:
+        """Every sample (generated in memory; cheap), for a token budget check."""
+        return [self[i] for i in range(self.num_samples)]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")

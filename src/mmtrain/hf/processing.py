@@ -18,7 +18,7 @@ from mmtrain.paths import resolve_pretrained_path
 
 MODALITIES = ("video", "image", "audio", "text")
 #: Batch entries that describe the samples rather than feed the model.
-BOOKKEEPING_KEYS = ("ids", "skipped", "item_ids", "item_scores")
+BOOKKEEPING_KEYS = ("ids", "skipped", "item_ids", "item_scores", "target_texts")
 SAMPLING_RATE = 16000
 HOP_LENGTH = 160
 

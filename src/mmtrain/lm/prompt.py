@@ -9,9 +9,14 @@ writes the projected encoder features at the placeholder positions of ``inputs_e
 Marker, placeholder and class tokens are added to the tokenizer as special tokens, in a fixed
 order, so a tokenizer built the same way always gives them the same ids.
 
-Token budget: a prompt longer than ``max_length`` is refused with the sample ids and lengths
-(``overflow="error"``), or its text is shortened (``overflow="truncate_text"``); media tokens are
-never cut.
+Instruction tuning: a sample with a ``target_text`` (the answer) gets it appended after the
+prompt (``answer_prefix`` first, the tokenizer's eos last); ``lm_labels`` hold the answer's ids and
+-100 on the prompt (markers, media placeholders, text) and on padding, so the LM loss is the
+answer's alone. The prompt alone is also given left-padded (``lm_prompt_ids``) for generation.
+
+Token budget: a sequence (prompt + answer) longer than ``max_length`` is refused with the sample
+ids and lengths (``overflow="error"``), or its text is shortened (``overflow="truncate_text"``);
+media tokens and the answer are never cut.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class PromptBuilder:
         template: the prompt with ``{video}``, ``{audio}``, ``{image}`` and ``{text}`` fields.
         media_tokens: modality -> pseudo-tokens per sample (the projector's ``num_tokens``).
         class_token: token whose final hidden state is classified (e.g. ``<EMO>``), or ``None``.
+        answer_prefix: written between the prompt and a sample's ``target_text`` (GPT-2 style BPE
+            expects the leading space of a word: ``" seven"``).
         markers: extra tokens to add (default: ``<VIDEO>``/``</VIDEO>``... for the template's modalities
             and ``<TEXT>``/``</TEXT>`` when the template writes them).
         max_length: token budget of a prompt.
@@ -55,6 +62,7 @@ class PromptBuilder:
         markers: Sequence[str] | None = None,
         max_length: int = 256,
         overflow: str = "error",
+        answer_prefix: str = " ",
     ) -> None:
         fields = set(re.findall(r"\{(\w+)\}", template))
         unknown = sorted(fields - {*MEDIA, "text"})
@@ -73,12 +81,15 @@ class PromptBuilder:
         self.class_token = class_token
         self.max_length = int(max_length)
         self.overflow = overflow
+        self.answer_prefix = str(answer_prefix)
         written = re.findall(r"</?[A-Z]+>", template)
         extra = list(dict.fromkeys([*(markers or []), *written, *(placeholder(m) for m in self.media_tokens),
                                     *([class_token] if class_token else [])]))
         tokenizer.add_special_tokens({"additional_special_tokens": extra}, replace_extra_special_tokens=False)
         if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; padding is masked anyway
             tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.eos_token_id is None:  # BERT-style: [SEP] ends an answer
+            tokenizer.eos_token = tokenizer.sep_token or tokenizer.pad_token
         self.special_tokens = extra
 
     @property
@@ -96,36 +107,73 @@ class PromptBuilder:
         values["text"] = str(sample.get("text") or "") if text is None else text
         return re.sub(r"\{(\w+)\}", lambda match: values.get(match.group(1), ""), self.template)
 
-    def _ids(self, sample: Mapping[str, Any]) -> list[int]:
-        ids = self.tokenizer(self.render(sample), add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.max_length:
+    def _tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def answer_ids(self, sample: Mapping[str, Any]) -> list[int]:
+        """The answer's ids with the closing eos (``[]`` for a sample without ``target_text``)."""
+        answer = sample.get("target_text")
+        if answer is None:
+            return []
+        return [*self._tokens(self.answer_prefix + str(answer)), int(self.tokenizer.eos_token_id)]
+
+    def prompt_ids(self, sample: Mapping[str, Any]) -> list[int]:
+        """The prompt's ids, fitted into the budget left by the answer (see the module docstring)."""
+        budget = self.max_length - len(self.answer_ids(sample))
+        ids = self._tokens(self.render(sample))
+        if len(ids) <= budget:
             return ids
         if self.overflow == "truncate_text":
-            text_ids = self.tokenizer(str(sample.get("text") or ""), add_special_tokens=False)["input_ids"]
-            keep = len(text_ids) - (len(ids) - self.max_length)
+            text_ids = self._tokens(str(sample.get("text") or ""))
+            keep = len(text_ids) - (len(ids) - budget)
             if keep >= 0:
-                shorter = self.tokenizer.decode(text_ids[:keep])
-                ids = self.tokenizer(self.render(sample, shorter), add_special_tokens=False)["input_ids"]
-                if len(ids) <= self.max_length:
-                    return ids
+                shorter = self._tokens(self.render(sample, self.tokenizer.decode(text_ids[:keep])))
+                if len(shorter) <= budget:
+                    return shorter
         raise ValueError(
-            f"sample {sample.get('id')!r}: the prompt takes {len(ids)} tokens, over the budget of "
-            f"{self.max_length} (data.processor prompt max_length); media tokens are never cut. "
+            f"sample {sample.get('id')!r}: the prompt takes {len(ids)} tokens"
+            f"{f' + {self.max_length - budget} of answer' if budget < self.max_length else ''}, over the "
+            f"budget of {self.max_length} (data.processor.prompt.max_length); media tokens are never cut. "
             "Raise the budget, shorten the template, or set overflow: truncate_text."
         )
 
     def lengths(self, samples: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Prompt length of each sample (before any truncation), for a budget report."""
-        return [len(self.tokenizer(self.render(s), add_special_tokens=False)["input_ids"]) for s in samples]
+        """Sequence length (prompt + answer) of each sample before any truncation, for a budget report."""
+        return [len(self._tokens(self.render(s))) + len(self.answer_ids(s)) for s in samples]
 
-    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """``lm_input_ids`` / ``lm_attention_mask`` [B, L], right-padded with the pad token."""
-        rows = [self._ids(s) for s in samples]
-        longest = max(len(r) for r in rows)
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Token ids of a batch.
+
+        Returns ``lm_input_ids`` / ``lm_attention_mask`` [B, L] (prompt + answer, right-padded with
+        the pad token). When every sample has a ``target_text``, also ``lm_labels`` [B, L] (answer
+        ids, -100 elsewhere), ``lm_prompt_ids`` / ``lm_prompt_mask`` [B, P] (the prompts alone,
+        LEFT-padded, for generation) and ``target_texts`` (B str).
+        """
+        prompts = [self.prompt_ids(s) for s in samples]
+        answers = [self.answer_ids(s) for s in samples]
+        with_answers = all(s.get("target_text") is not None for s in samples)
+        if not with_answers:
+            answers = [[] for _ in samples]
         pad = int(self.tokenizer.pad_token_id)
-        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-        mask = torch.zeros(len(rows), longest, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return {"lm_input_ids": ids, "lm_attention_mask": mask}
+        ids, mask = pad_rows([p + a for p, a in zip(prompts, answers)], pad)
+        out: dict[str, Any] = {"lm_input_ids": ids, "lm_attention_mask": mask}
+        if with_answers:
+            labels = torch.full_like(ids, -100)
+            for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+                labels[i, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer, dtype=torch.long)
+            out["lm_labels"] = labels
+            out["lm_prompt_ids"], out["lm_prompt_mask"] = pad_rows(prompts, pad, left=True)
+            out["target_texts"] = [str(s["target_text"]) for s in samples]
+        return out
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ``ids`` / ``mask`` [B, max length], padded on the right (or the ``left``)."""
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), int(pad_id), dtype=torch.long)
+    mask = torch.zeros(len(rows), longest, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(longest - len(row), longest) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask

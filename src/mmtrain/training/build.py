@@ -81,6 +81,31 @@ def wire_processor(processor: MultimodalProcessor, model: MultimodalPreTrainedMo
         processor.audio_format = "log_mel"
 
 
+def build_task(
+    cfg: DictConfig, prefixes: Sequence[str], model: MultimodalPreTrainedModel, label_names: Sequence[str],
+    processor: MultimodalProcessor,
+) -> pl.LightningModule:
+    """The task from ``cfg.task`` around ``model``; a task that decodes text (generation) also gets
+    the processor's ``tokenizer``."""
+    target = locate_allowed(str(cfg.task._target_), prefixes, "task")
+    extra = {"tokenizer": processor.tokenizer} if "tokenizer" in inspect.signature(target).parameters else {}
+    return safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=list(label_names),
+                            **extra)
+
+
+def token_budget(datamodule: Any, model: MultimodalPreTrainedModel) -> dict[str, Any]:
+    """With an LM prompt, check every sample's tokens before training (:mod:`mmtrain.lm.budget`);
+    returns the per-split report ({} without a prompt)."""
+    builder = getattr(datamodule.processor, "prompt_builder", None)
+    if builder is None:
+        return {}
+    from mmtrain.lm.budget import check_token_budget, lm_positions
+
+    decoder = getattr(model, "decoder", None)
+    positions = lm_positions(decoder.lm.config) if decoder is not None else None
+    return check_token_budget(builder, datamodule.splits, positions)
+
+
 def build_callbacks(cfg: DictConfig, prefixes: Sequence[str]) -> list[pl.Callback]:
     """Every non-null entry of ``cfg.callbacks``."""
     nodes = (cfg.get("callbacks") or {}).items()

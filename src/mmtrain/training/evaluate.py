@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmtrain.config.compose import ConfigError
 from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES, narrow_prefixes, runtime_prefixes, safe_instantiate
 from mmtrain.config.validate import validate_config
-from mmtrain.training.build import build_data, build_model, wire_processor
+from mmtrain.training.build import build_data, build_model, build_task, wire_processor
 from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
 from mmtrain.training.export import TRAINING_CONFIG, find_export, write_export
 
@@ -60,7 +60,7 @@ def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | No
     if datamodule.label_names != labels:
         raise ValueError(f"the data's labels {datamodule.label_names} differ from the model's {labels}.")
     wire_processor(datamodule.processor, model)
-    task = safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=labels)
+    task = build_task(cfg, prefixes, model, labels, datamodule.processor)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False)
     loop = trainer.validate if split == "val" else trainer.test

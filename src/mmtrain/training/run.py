@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mmtrain.config.targets import allow_prefixes, runtime_prefixes, safe_instantiate
+from mmtrain.config.targets import allow_prefixes, runtime_prefixes
 from mmtrain.config.validate import check_signature, validate_config
 from mmtrain.report.html import write_report
 from mmtrain.training.ledger import SkipLedger
@@ -21,7 +21,9 @@ from mmtrain.training.build import (
     build_data,
     build_loggers,
     build_model,
+    build_task,
     check_model_fits_data,
+    token_budget,
     wire_processor,
 )
 
@@ -101,8 +103,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_data(cfg, prefixes)
     model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
     wire_processor(datamodule.processor, model)
+    budget = token_budget(datamodule, model)
     check_model_fits_data(model, datamodule.processor, datamodule.splits["train"])
-    task = safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=datamodule.label_names)
+    task = build_task(cfg, prefixes, model, datamodule.label_names, datamodule.processor)
 
     run_dir = make_run_dir(cfg)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -129,6 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics["test_only_one_modality"] = unimodal_results(trainer, task, datamodule)
         task.results["test"] = fused
     metrics.update({split: task.results[split] for split in ("val", "test") if split in task.results})
+    if budget:
+        metrics["token_budget"] = budget
     ledger = next((c for c in trainer.callbacks if isinstance(c, SkipLedger)), None)
     if ledger is not None:
         metrics["skipped"] = ledger.summary()

@@ -36,7 +36,7 @@ from mmtrain.data.demo.voices import SOUNDS_DIR, VoiceBank, voices_by_split
 
 Progress = Callable[[str, int, int], None]  # (split, clips done, clips in split)
 FOLDERS = ("videos", "labels", "images", "audio")
-TABLE_FOLDERS = ("parquet", "pairs", "metadata")
+TABLE_FOLDERS = ("parquet", "pairs", "metadata", "instruction")
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 DATASET_NAME = "spoken_digits"
 # Bump when the layout or the generation changes, so ``ensure_demo`` rebuilds older sets.
-FORMAT_VERSION = 2  # 2: trimodal metadata view, denser pair CSVs (issue 4)
+FORMAT_VERSION = 3  # 2: trimodal metadata view, denser pair CSVs (issue 4); 3: instruction view (issue 5)
 SPLITS = ("train", "val", "test")
 MODALITIES = ("video", "audio", "text")
 

@@ -9,7 +9,10 @@ clean spoken digit (``audio/<split>/<id>.wav``). From those:
 - ``metadata/<split>_audio_text.jsonl`` (``audio_path, text``, ...),
   ``metadata/<split>_image_text.jsonl`` (``image_path, caption``, ...) and
   ``metadata/<split>_image_audio_text.jsonl`` (``image_path, audio_path, caption, text``, ...: the
-  same segment's still and spoken digit together, for tri-modal alignment).
+  same segment's still and spoken digit together, for tri-modal alignment);
+- ``instruction/<split>.jsonl``: ``id, image, prompt, response, kind`` — questions about the still
+  (which digit, even or odd, the digit plus one, greater than four), ``QUESTIONS_PER_ITEM`` per item,
+  for visual question answering with an LM decoder.
 
 All paths inside these files are relative to the data set root.
 """
@@ -34,6 +37,16 @@ from mmtrain.data.demo.voices import write_wav
 QUESTION = "Which digit is shown?"
 SIMILAR_SHARE = 0.2  # share of pairs showing the same digit twice
 PAIRS_PER_ITEM = 3  # each item is the first image of this many pairs (dense enough for Bradley-Terry)
+QUESTIONS_PER_ITEM = 2
+# Question kind -> (question, answer of digit d). Answers are single words.
+QUESTIONS = {
+    "digit": ("Which digit is shown?", lambda d: WORDS[d]),
+    "parity": ("Is the digit even or odd?", lambda d: "odd" if d % 2 else "even"),
+    "plus_one": ("What is the digit plus one?", lambda d: WORDS[d + 1] if d < 9 else "ten"),
+    "greater": ("Is the digit greater than four?", lambda d: "yes" if d > 4 else "no"),
+}
+#: Every answer the instruction view can hold (the label set of constrained answering).
+ANSWERS = (*WORDS, "ten", "even", "odd", "yes", "no")
 
 
 @dataclass(frozen=True)
@@ -163,8 +176,25 @@ def write_metadata(root: Path, split: str, items: list[Item]) -> list[Path]:
             write_jsonl(root / "metadata" / f"{split}_image_audio_text.jsonl", trimodal_rows)]
 
 
+def instruction_rows(items: list[Item], rng: np.random.Generator, per_item: int = QUESTIONS_PER_ITEM) -> list[dict]:
+    """``per_item`` distinct question kinds per item, drawn at random."""
+    kinds = list(QUESTIONS)
+    rows = []
+    for item in items:
+        for kind in (kinds[k] for k in rng.choice(len(kinds), size=per_item, replace=False).tolist()):
+            question, answer = QUESTIONS[kind]
+            rows.append({"id": f"{item.sample_id}/{kind}", "image": item.image_path, "prompt": question,
+                         "response": answer(item.label), "kind": kind, "label": item.label})
+    return rows
+
+
+def write_instruction(root: Path, split: str, items: list[Item], seed: int) -> Path:
+    rng = np.random.default_rng([seed, SPLITS.index(split), 888])
+    return write_jsonl(root / "instruction" / f"{split}.jsonl", instruction_rows(items, rng))
+
+
 def write_split_views(root: Path, split: str, items: list[Item], seed: int, *, row_group_size: int) -> list[Path]:
     """All tabular views of a split; returns the files written."""
     return [write_parquet(root, split, items, row_group_size=row_group_size), write_pairs(root, split, items, seed),
-            *write_metadata(root, split, items)]
+            *write_metadata(root, split, items), write_instruction(root, split, items, seed)]
 

@@ -290,6 +290,11 @@ class RecordDataset(Dataset):
         }
         return load_media(sample, loaders)
 
+    def sample_views(self) -> list[dict[str, Any]]:
+        """Each sample's plain fields with ``<modality>: True`` for the media it has (no decoding);
+        what a token budget check needs."""
+        return [{**record.fields, **{m: True for m in record.media}} for record in self.records]
+
     @property
     def ids(self) -> list[str]:
         """Sample ids in index order (no decoding)."""
