@@ -79,7 +79,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from mmtrain.training.predict import predict
 
-    result = predict(args.export_dir, video=args.video, audio=args.audio, image=args.image, text=args.text)
+    result = predict(args.export_dir, video=args.video, audio=args.audio, image=args.image, text=args.text,
+                     choices=args.choice, max_new_tokens=args.max_new_tokens)
     console.print_json(json.dumps(result))
     return 0
 
@@ -163,12 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="one sample through an exported model", description=(
         "Classify a sample, compare two items (pairwise models: give a modality twice, "
         "--image a.png --image b.png) or embed a sample (contrastive models: embeddings and cosine "
-        "similarity of every given pair of modalities)."))
+        "similarity of every given pair of modalities) or answer a question (instruction-tuned LLM "
+        "models: --image x.png --text 'Which digit is shown?', optionally --choice a --choice b)."))
     predict.add_argument("export_dir", help="an export/ folder (save_pretrained) or its run directory")
     predict.add_argument("--video", action="append", help="video file (frames sampled uniformly)")
     predict.add_argument("--audio", action="append", help="audio or video file (resampled to 16 kHz mono)")
     predict.add_argument("--image", action="append", help="image file")
-    predict.add_argument("--text", action="append", help="text")
+    predict.add_argument("--text", action="append", help="text (for an instruction-tuned LLM: the question)")
+    predict.add_argument("--choice", action="append",
+                         help="instruction-tuned LLM: answer with the likeliest of these (repeat the flag)")
+    predict.add_argument("--max-new-tokens", type=int, default=16, help="instruction-tuned LLM: answer length cap")
     predict.set_defaults(func=_predict)
 
     export = sub.add_parser("export", help="write a save_pretrained folder from a training checkpoint")

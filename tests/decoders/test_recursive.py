@@ -269,11 +269,19 @@ def test_decoder_yaml_builds_and_reads_inputs_embeds(name: str) -> None:
 
 @pytest.mark.parametrize("name", DECODER_YAMLS)
 def test_decoder_yaml_builds_through_causal_lm_decoder(name: str) -> None:
-    """The same specs through the LLM model's part (vocab_size injected -> resize_token_embeddings)."""
+    """The same specs through the LLM model's part (vocab_size injected); its loss at the answer
+    positions only equals the LM's own loss over full logits."""
     from mmtrain.lm.decoder import CausalLMDecoder
 
     spec = {k: v for k, v in _spec(name).items() if k != "_target_"}
-    decoder = CausalLMDecoder(**spec, vocab_size=64)
+    decoder = CausalLMDecoder(**spec, vocab_size=64).eval()
     assert decoder.hidden_size == 32 and decoder.vocab_size == 64
-    out = decoder(decoder.embed(torch.randint(0, 64, (2, 5))), torch.ones(2, 5, dtype=torch.long))
-    assert out.logits.shape == (2, 5, 64)
+    embeds, mask = decoder.embed(torch.randint(0, 64, (2, 5))), torch.ones(2, 5, dtype=torch.long)
+    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 7, 8, -100, -100]])
+    out = decoder(embeds, mask, labels, full_logits=True)
+    assert out.logits.shape == (2, 5, 64) and out.hidden_states[-1].shape == (2, 5, 32)
+    reference = decoder.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
+    assert torch.allclose(out.logits, reference.logits, atol=1e-5)
+    assert torch.allclose(out.loss, reference.loss, atol=1e-5) and int(out.token_count) == 5
+    cheap = decoder(embeds, mask, labels)
+    assert cheap.logits is None and torch.allclose(cheap.loss, reference.loss, atol=1e-5)

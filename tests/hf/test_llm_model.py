@@ -95,11 +95,14 @@ def test_lm_loss_ignores_masked_targets() -> None:
     b = batch(prompt)
     labels = b["lm_input_ids"].clone()
     labels[b["lm_attention_mask"] == 0] = -100
-    out = model(**b, lm_labels=labels)
+    out = model(**b, lm_labels=labels, return_lm_logits=True)
     assert out.logits is None and torch.isfinite(out.lm_loss) and out.loss is out.lm_loss
+    assert int(out.lm_token_count) == int((labels[:, 1:] != -100).sum())
     logits = out.lm_logits[:, :-1].reshape(-1, out.lm_logits.shape[-1])
     expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
     assert torch.allclose(out.lm_loss, expected, atol=1e-5)
+    assert torch.allclose(out.lm_nll_sum, expected * out.lm_token_count, atol=1e-4)
+    assert model(**b, lm_labels=labels).lm_logits is None  # the full vocabulary projection only on request
 
 
 def test_placeholder_count_that_does_not_match_the_projector_is_named() -> None:

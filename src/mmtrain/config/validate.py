@@ -21,7 +21,7 @@ INJECTED: dict[str, frozenset[str]] = {
     "model.projector": frozenset({"input_dim", "output_dim"}),
     "model.decoder": frozenset({"vocab_size"}),
     "model.projection": frozenset({"input_dim"}),
-    "task": frozenset({"model", "label_names", "tokenizer"}),
+    "task": frozenset({"model", "label_names", "prompt"}),
 }
 
 #: Keys the builders take out of a node before building it (``data.prepare`` runs first, alone;

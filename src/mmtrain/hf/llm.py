@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from transformers.utils import ModelOutput
 from mmtrain.encoders.base import EncoderOutput
 from mmtrain.hf.base import MultimodalPreTrainedModel, run_part
 from mmtrain.hf.configuration import MultimodalConfig
+from mmtrain.lm import lora as lora_lib
 
 
 class LLMConfig(MultimodalConfig):
@@ -31,6 +33,8 @@ class LLMConfig(MultimodalConfig):
         lm_vocab_size: the prompt tokenizer's length (marker tokens included).
         media_token_ids: encoder slot -> id of its placeholder token.
         class_token_id: id of the class token (needed with a ``head``).
+        lora: LoRA on the LM (``r``, ``alpha``, ``dropout``, ``target_modules``, ``quantize``) or
+            ``None``; see :mod:`mmtrain.lm.lora`.
     """
 
     model_type = "mmtrain_llm"
@@ -42,18 +46,23 @@ class LLMConfig(MultimodalConfig):
     lm_vocab_size: int | None = None
     media_token_ids: dict[str, int] | None = None
     class_token_id: int | None = None
+    lora: dict[str, Any] | None = None
 
 
 @dataclass
 class LLMOutput(ModelOutput):
     """``loss`` (classification CE + LM loss, whichever apply), ``logits`` [B, C] (with a head),
-    ``lm_loss``, ``lm_logits`` [B, L, V], ``hidden`` [B, L, E] (the LM's last hidden states)."""
+    ``lm_loss`` (mean NLL of the ``lm_labels`` tokens), ``lm_logits`` [B, L, V] (``return_lm_logits``
+    only), ``hidden`` [B, L, E] (the LM's last hidden states), ``lm_nll_sum`` / ``lm_token_count``
+    (summed NLL and number of scored tokens, for perplexity)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     lm_logits: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+    lm_nll_sum: torch.Tensor | None = None
+    lm_token_count: torch.Tensor | None = None
 
 
 class LLMModel(MultimodalPreTrainedModel):
@@ -67,13 +76,17 @@ class LLMModel(MultimodalPreTrainedModel):
     config_class = LLMConfig
 
     def __init__(self, config: LLMConfig) -> None:
+        lora = lora_lib.lora_settings(config.lora, config.trainable)  # checked before anything is built
         super().__init__(config)
         if not config.decoder or not config.projector:
             raise ValueError("LLMConfig needs 'decoder' and 'projector' specs.")
         missing = sorted(set(config.encoders) - set(config.media_token_ids or {}))
         if missing:
             raise ValueError(f"LLMConfig.media_token_ids has no placeholder token for encoder slots {missing}.")
-        self.decoder = self.build_part("decoder", vocab_size=config.lm_vocab_size)
+        if lora and lora["quantize"]:
+            self.decoder = lora_lib.build_quantized_decoder(config.decoder, config.lm_vocab_size, lora["quantize"])
+        else:
+            self.decoder = self.build_part("decoder", vocab_size=config.lm_vocab_size)
         width = int(self.decoder.hidden_size)
         self.projector = nn.ModuleDict(
             {name: self.build_part("projector", input_dim=dim, output_dim=width) for name, dim in self.encoder_dims.items()}
@@ -84,6 +97,41 @@ class LLMModel(MultimodalPreTrainedModel):
                 raise ValueError("a classification head needs the class token (LLMConfig.class_token_id).")
             self.head = self.build_part("head", input_dim=width, num_labels=config.num_labels)
         self.finish_init()
+        if lora:  # after post_init: the LM's base weights freeze, adapters and new token rows train
+            rows = lora_lib.new_token_ids(config.decoder, config.lm_vocab_size, config.class_token_id)
+            lora_lib.apply_lora(self.decoder, lora, rows)
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, pretrained_model_name_or_path: str | Path, *model_args: Any, **kwargs: Any
+    ) -> "LLMModel":
+        """As :meth:`MultimodalPreTrainedModel.from_pretrained`; an adapter-only export (it holds
+        ``adapter_config.json``) loads through :meth:`from_adapter` on the base LM it records."""
+        if lora_lib.is_adapter_export(pretrained_model_name_or_path):
+            return cls.from_adapter(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)  # type: ignore[return-value]
+
+    @classmethod
+    def from_adapter(
+        cls, folder: str | Path, base: str | Path | None = None, *, full_precision: bool = False
+    ) -> "LLMModel":
+        """Load an adapter-only export (``export/adapter``, see :mod:`mmtrain.lm.lora`).
+
+        Args:
+            folder: the adapter export (peft adapter + the weights outside the LM + config).
+            base: folder of the base LM (its ``save_pretrained``); default: the one recorded at export.
+            full_precision: load a QLoRA adapter on the unquantized base (e.g. on CPU, or to merge).
+        """
+        config = lora_lib.adapter_model_config(cls.config_class, folder, base, full_precision)
+        model = cls(config)
+        lora_lib.load_adapter_weights(model, folder)
+        return model.eval()
+
+    def merged(self) -> "LLMModel":
+        """A copy with the LoRA adapters folded into the LM (``config.lora`` ``None``): a plain export."""
+        if self.config.lora is None:
+            raise ValueError("this model has no LoRA (config.lora is None); there is nothing to merge.")
+        return lora_lib.merged_copy(self)
 
     def components(self) -> dict[str, nn.Module]:
         parts = {**super().components(), "projector": self.projector, "decoder": self.decoder}
@@ -140,10 +188,13 @@ class LLMModel(MultimodalPreTrainedModel):
         lm_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         lm_labels: torch.Tensor | None = None,
+        return_lm_logits: bool = False,
         **batch: Any,
     ) -> LLMOutput:
+        """``return_lm_logits``: also the LM's logits at every position (costly with a 50k vocabulary;
+        the LM loss needs them only at the answer positions and computes just those)."""
         embeds = self.inputs_embeds(lm_input_ids, self.pseudo_tokens(batch))
-        out = self.decoder(embeds, lm_attention_mask, labels=lm_labels)
+        out = self.decoder(embeds, lm_attention_mask, labels=lm_labels, full_logits=return_lm_logits)
         hidden = out.hidden_states[-1]
         logits = loss = None
         if self.head is not None:
@@ -153,4 +204,39 @@ class LLMModel(MultimodalPreTrainedModel):
                 loss = nn.functional.cross_entropy(logits, labels)
         if out.loss is not None:
             loss = out.loss if loss is None else loss + out.loss
-        return LLMOutput(loss=loss, logits=logits, lm_loss=out.loss, lm_logits=out.logits, hidden=hidden)
+        return LLMOutput(loss=loss, logits=logits, lm_loss=out.loss, lm_logits=out.logits, hidden=hidden,
+                         lm_nll_sum=out.nll_sum, lm_token_count=out.token_count)
+
+    def prompt_embeds(self, lm_prompt_ids: torch.Tensor, **batch: Any) -> torch.Tensor:
+        """Embeddings ``[B, P, E]`` of the (left-padded) prompts with the media pseudo-tokens in place."""
+        return self.inputs_embeds(lm_prompt_ids, self.pseudo_tokens(batch))
+
+    @torch.no_grad()
+    def generate_answers(
+        self,
+        lm_prompt_ids: torch.Tensor,
+        lm_prompt_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        **batch: Any,
+    ) -> torch.Tensor:
+        """Greedy answers ``[B, N]`` (new token ids, eos kept, then padding) to the prompts of a batch
+        (``lm_prompt_ids`` / ``lm_prompt_mask`` [B, P] from the processor, plus the encoders' inputs)."""
+        from mmtrain.lm.generate import greedy_generate
+
+        embeds = self.prompt_embeds(lm_prompt_ids, **batch)
+        return greedy_generate(self.decoder, embeds, lm_prompt_mask, max_new_tokens=max_new_tokens,
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+
+    @torch.no_grad()
+    def score_answers(
+        self, lm_prompt_ids: torch.Tensor, lm_prompt_mask: torch.Tensor, *, candidates: list[list[int]], **batch: Any
+    ) -> torch.Tensor:
+        """Log-probability ``[B, C]`` of each candidate answer (token ids, eos included) after each prompt;
+        ``argmax(-1)`` is the answer constrained to the candidates."""
+        from mmtrain.lm.generate import score_candidates
+
+        embeds = self.prompt_embeds(lm_prompt_ids, **batch)
+        return score_candidates(self.decoder, embeds, lm_prompt_mask, candidates)

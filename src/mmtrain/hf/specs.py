@@ -114,13 +114,15 @@ def build_llm_model(
     head: Mapping[str, Any] | None = None,
     class_token_id: int | None = None,
     trainable: Mapping[str, bool] | None = None,
+    lora: Mapping[str, Any] | None = None,
 ) -> LLMModel:
     """Build an LLM-decoder model: encoders -> per-slot projector -> pseudo-tokens in a causal LM.
 
     Args: as :func:`build_multimodal_model`, plus ``projector`` (one spec, built per slot),
     ``decoder`` (causal LM spec), ``head`` (classifier at the class token, or ``None``), and the
     prompt tokenizer's facts: ``lm_vocab_size``, ``media_token_ids`` (slot -> placeholder id) and
-    ``class_token_id`` (see :class:`mmtrain.lm.prompt.PromptBuilder`).
+    ``class_token_id`` (see :class:`mmtrain.lm.prompt.PromptBuilder`). ``lora``: LoRA on the LM
+    (``r``, ``alpha``, ``dropout``, ``target_modules``, ``quantize``; see :mod:`mmtrain.lm.lora`) or ``None``.
     """
     parts = {"projector": projector, "decoder": decoder, **({"head": head} if head else {})}
     return LLMModel(LLMConfig(
@@ -128,6 +130,7 @@ def build_llm_model(
                         trainable=trainable, **parts),
         lm_vocab_size=int(lm_vocab_size), media_token_ids={str(k): int(v) for k, v in plain(media_token_ids).items()},
         class_token_id=None if class_token_id is None else int(class_token_id),
+        lora=None if lora is None else dict(plain(lora)),
     ))
 
 

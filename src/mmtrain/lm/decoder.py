@@ -10,6 +10,7 @@ so the rebuilt model of an export has exactly the trained shapes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,7 +61,11 @@ class CausalLMDecoder(nn.Module):
         super().__init__()
         folder = resolve_pretrained_path(pretrained_path)
         hf_config = build_hf_config(model_type, config, folder)
+        if folder is None and vocab_size is not None:  # random init: build at the final size, no resize
+            hf_config.vocab_size = int(vocab_size)
         lm = build_hf_model(_AutoCausalLM, hf_config, folder)
+        if getattr(lm, "loss_type", None) is None:  # some LM classes leave it unset (transformers warns)
+            lm.loss_type = "ForCausalLM"
         embeddings = lm.get_input_embeddings()
         if vocab_size is not None and int(vocab_size) != embeddings.num_embeddings:
             if int(vocab_size) < embeddings.num_embeddings and folder is not None:
@@ -87,9 +92,36 @@ class CausalLMDecoder(nn.Module):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ) -> Any:
-        """Run the LM on ``inputs_embeds`` ``[B, L, E]``; returns its ``CausalLMOutput`` with
-        ``hidden_states`` (the last one is ``[B, L, E]``) and ``loss`` when ``labels`` [B, L] are given
-        (-100 ignored, shifted inside the LM)."""
-        return self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
-                       output_hidden_states=True, use_cache=False)
+        *,
+        full_logits: bool = False,
+    ) -> DecoderOutput:
+        """Run the LM on ``inputs_embeds`` ``[B, L, E]``.
+
+        The vocabulary projection (``[.., V]``, 50k wide for GPT-2's tokenizer) is the costly part,
+        so it runs only where needed: at the scored positions when ``labels`` ``[B, L]`` are given
+        (token ``t+1`` is predicted at ``t``; -100 ignored), everywhere only with ``full_logits``.
+        """
+        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
+                      use_cache=False, **({} if full_logits else {"logits_to_keep": 1}))
+        hidden = out.hidden_states[-1]  # [B, L, E]: after the final norm, what the LM head reads
+        result = DecoderOutput(hidden_states=out.hidden_states, logits=out.logits if full_logits else None)
+        if labels is not None:
+            targets = labels[:, 1:]
+            scored = targets != -100  # [B, L-1]
+            logits = self.lm.get_output_embeddings()(hidden[:, :-1][scored])  # [N, V]
+            result.nll_sum = nn.functional.cross_entropy(logits.float(), targets[scored], reduction="sum")
+            result.token_count = scored.sum()
+            result.loss = result.nll_sum / result.token_count.clamp(min=1)
+        return result
+
+
+@dataclass
+class DecoderOutput:
+    """``hidden_states`` (tuple; the last is ``[B, L, E]``), ``logits`` ``[B, L, V]`` (``full_logits``
+    only), and with labels: ``loss`` (mean answer-token NLL), ``nll_sum`` and ``token_count``."""
+
+    hidden_states: tuple[torch.Tensor, ...]
+    logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    nll_sum: torch.Tensor | None = None
+    token_count: torch.Tensor | None = None

@@ -85,10 +85,14 @@ def build_task(
     cfg: DictConfig, prefixes: Sequence[str], model: MultimodalPreTrainedModel, label_names: Sequence[str],
     processor: MultimodalProcessor,
 ) -> pl.LightningModule:
-    """The task from ``cfg.task`` around ``model``; a task that decodes text (generation) also gets
-    the processor's ``tokenizer``."""
+    """The task from ``cfg.task`` around ``model``; a task that writes or reads text (generation) also
+    gets the processor's ``prompt`` builder."""
     target = locate_allowed(str(cfg.task._target_), prefixes, "task")
-    extra = {"tokenizer": processor.tokenizer} if "tokenizer" in inspect.signature(target).parameters else {}
+    extra = {}
+    if "prompt" in inspect.signature(target).parameters:
+        if getattr(processor, "prompt_builder", None) is None:
+            raise ValueError(f"task {cfg.task._target_} needs an LM prompt: set data.processor.prompt (and model=llm).")
+        extra["prompt"] = processor.prompt_builder
     return safe_instantiate(cfg.task, prefixes, config_key="task", model=model, label_names=list(label_names),
                             **extra)
 

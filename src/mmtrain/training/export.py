@@ -1,4 +1,10 @@
-"""Write and read export folders (model + processor + training config)."""
+"""Write and read export folders (model + processor + training config).
+
+A model with LoRA (``model.lora``, see :mod:`mmtrain.lm.lora`) is exported twice: merged into
+``folder`` (a plain model, ``lora: null``) and adapter-only into ``folder/adapter`` (the peft
+adapter plus the weights outside the LM; only when the LM came from a pretrained folder). Each
+gets the processor and the training config, so either can be evaluated or served.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,22 @@ TRAINING_CONFIG = "training_config.yaml"
 
 
 def write_export(model: nn.Module, processor: MultimodalProcessor, folder: Path, *, config_yaml: str) -> Path:
-    """``save_pretrained`` the model and processor into ``folder`` with the training config beside them."""
+    """``save_pretrained`` the model and processor into ``folder`` with the training config beside them.
+
+    With LoRA, ``folder`` holds the merged model and ``folder/adapter`` the adapter-only export.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    (folder / TRAINING_CONFIG).write_text(config_yaml)
+    folders = [folder]
+    if getattr(getattr(model, "config", None), "lora", None):
+        from mmtrain.lm.lora import write_lora_exports
+
+        adapter = write_lora_exports(model, folder)
+        folders += [adapter] if adapter is not None else []
+    else:
+        model.save_pretrained(folder)
+    for target in folders:
+        processor.save_pretrained(target)
+        (target / TRAINING_CONFIG).write_text(config_yaml)
     return folder
 
 

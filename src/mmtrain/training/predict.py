@@ -3,7 +3,9 @@
 A classifier returns its label and class probabilities; a pairwise comparator takes two items of
 a modality (``--image a.png --image b.png``) and returns First / Second / Similar with
 probabilities; a contrastive model returns each given modality's embedding and the cosine
-similarity of every pair of them.
+similarity of every pair of them. An LLM-decoder model with a classification head returns its
+label; one without (instruction-tuned) writes an answer to the prompt (``--text`` is the question),
+greedy, or picks the likeliest of ``--choice`` answers.
 """
 
 from __future__ import annotations
@@ -55,12 +57,17 @@ def predict(
     audio: Inputs = None,
     image: Inputs = None,
     text: Inputs = None,
+    choices: Sequence[str] | None = None,
+    max_new_tokens: int = 16,
 ) -> dict[str, Any]:
-    """Run one sample through the export in ``export_dir``; modalities not given are marked absent."""
+    """Run one sample through the export in ``export_dir``; modalities not given are marked absent.
+
+    ``choices`` / ``max_new_tokens``: for an instruction-tuned LLM model (see the module docstring)."""
     from transformers import AutoModel, AutoProcessor
 
     import mmtrain  # noqa: F401  (registers the Auto classes)
     from mmtrain.hf.contrastive import ContrastiveModel
+    from mmtrain.hf.llm import LLMModel
     from mmtrain.hf.pairwise import PairwiseModel
 
     folder = find_export(export_dir)
@@ -78,9 +85,13 @@ def predict(
     elif pairs:
         raise ValueError(f"--{pairs[0]} was given more than once; only pairwise models take two items.")
     batch = model_inputs(processor([sample]))
+    result: dict[str, Any] = {"modalities_used": given}
+    if isinstance(model, LLMModel) and model.head is None:
+        return {**_answer(model, processor, batch, choices, max_new_tokens), **result}
+    if choices:
+        raise ValueError("--choice is for instruction-tuned LLM models (model=llm without a head).")
     with torch.no_grad():
         output = model(**batch)
-    result: dict[str, Any] = {"modalities_used": given}
     if isinstance(model, ContrastiveModel):
         embeddings = {m: output.embeddings[m][0] for m in given if m in output.embeddings}
         result["embeddings"] = {m: [round(float(x), 6) for x in e] for m, e in embeddings.items()}
@@ -91,3 +102,18 @@ def predict(
         }
         return result
     return {**_labels(output.logits.softmax(-1)[0], model.config.id2label), **result}
+
+
+def _answer(model: Any, processor: Any, batch: dict[str, Any], choices: Sequence[str] | None,
+            max_new_tokens: int) -> dict[str, Any]:
+    """The LLM's answer to one prompt: greedy, or the likeliest of ``choices`` with their probabilities."""
+    builder, tokenizer = processor.prompt_builder, processor.tokenizer
+    prompt = {"lm_prompt_ids": batch.pop("lm_input_ids"), "lm_prompt_mask": batch.pop("lm_attention_mask")}
+    if choices:
+        candidates = [builder.answer_ids({"target_text": c}) for c in choices]
+        scores = model.score_answers(**prompt, **batch, candidates=candidates)[0].softmax(-1)
+        return {"answer": choices[int(scores.argmax())],
+                "choice_probabilities": {c: round(float(p), 6) for c, p in zip(choices, scores)}}
+    ids = model.generate_answers(**prompt, **batch, max_new_tokens=max_new_tokens,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return {"answer": tokenizer.decode(ids[0], skip_special_tokens=True).strip()}

@@ -1,0 +1,122 @@
+"""Instruction tuning of an LLM-decoder model: LM loss on the answer, generation metrics.
+
+Training minimises the LM loss of the answer tokens (the prompt, media placeholders and padding
+are -100 in ``lm_labels``, see :mod:`mmtrain.lm.prompt`). At validation and test end:
+
+- ``perplexity``: ``exp`` of the mean answer-token NLL over the split;
+- greedy answers (``max_new_tokens``) from the prompts alone, scored against the reference
+  answers with corpus ``bleu``, ``rouge_l`` and ``exact_match`` (:mod:`mmtrain.metrics.generation`);
+- with ``choices`` (the label set), classification by generation: the answer is the choice the LM
+  gives the highest probability (:func:`mmtrain.lm.generate.score_candidates`), ``choice_acc`` its
+  accuracy against the reference, and ``choice_acc_chance`` that of always answering the most
+  frequent reference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmtrain.hf.processing import model_inputs
+from mmtrain.lm.prompt import PromptBuilder
+from mmtrain.metrics.generation import ExactMatch, GenerationMetrics, normalize_answer
+from mmtrain.tasks.base import OptimizerFactory, SchedulerFactory, TaskBase
+
+GENERATION_KEYS = ("lm_prompt_ids", "lm_prompt_mask")
+
+
+class GenerationTask(TaskBase):
+    """Trains an ``LLMModel`` on prompt -> answer samples.
+
+    Args:
+        model: an ``LLMModel`` (``generate_answers`` / ``score_answers`` are used).
+        optimizer, scheduler, param_groups: see :class:`TaskBase`.
+        prompt: the processor's prompt builder (injected): its tokenizer decodes answers, and it
+            writes ``choices`` as it writes answers (prefix, text, eos).
+        label_names: the data's class names (injected; unused: instruction data is unlabelled).
+        max_new_tokens: most tokens generated per answer.
+        choices: answers to choose among (constrained answering); ``None`` skips it.
+        generate_on_val: generate (and score choices) at validation too, not only at test.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        prompt: PromptBuilder,
+        label_names: list[str] | None = None,
+        scheduler: SchedulerFactory | None = None,
+        param_groups: dict[str, dict[str, float]] | None = None,
+        max_new_tokens: int = 8,
+        choices: list[str] | None = None,
+        generate_on_val: bool = True,
+    ) -> None:
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups)
+        self.prompt = prompt
+        self.tokenizer = prompt.tokenizer
+        self.max_new_tokens = int(max_new_tokens)
+        self.choices = [str(c) for c in choices] if choices else None
+        self.generate_on_val = bool(generate_on_val)
+        self.metrics = nn.ModuleDict({f"{s}_metrics": GenerationMetrics() for s in ("val", "test")})
+        self.choice_acc = nn.ModuleDict({f"{s}_choice": ExactMatch() for s in ("val", "test")})
+        self.results: dict[str, dict[str, Any]] = {}
+        self._choice_ids = [prompt.answer_ids({"target_text": c}) for c in self.choices] if self.choices else None
+        self._references: dict[str, list[str]] = {"val": [], "test": []}
+
+    def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+        if batch.get("lm_labels") is None:
+            raise ValueError(
+                f"a {split} batch has no answers (lm_labels): instruction tuning needs samples with a "
+                "target_text (e.g. data=instruction) and data.processor.prompt set."
+            )
+        inputs = {k: v for k, v in model_inputs(batch).items() if k not in (*GENERATION_KEYS, "labels")}
+        out = self.model(**inputs)
+        loss = out.lm_loss
+        size = self.batch_size_of(batch)
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=size, on_step=split == "train", on_epoch=True)
+        if split != "train":
+            self._evaluate(batch, out, split)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], out: Any, split: str) -> None:
+        metrics = self.metrics[f"{split}_metrics"]
+        metrics.update_nll(out.lm_nll_sum.detach(), out.lm_token_count)
+        if split == "val" and (not self.generate_on_val or self.trainer.sanity_checking):
+            return
+        inputs = {k: v for k, v in model_inputs(batch).items() if k not in ("labels", "lm_labels")}
+        answers = self.model.generate_answers(
+            **inputs, max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        texts = [t.strip() for t in self.tokenizer.batch_decode(answers, skip_special_tokens=True)]
+        metrics.update(texts, list(batch["target_texts"]))
+        self._references[split] += list(batch["target_texts"])
+        if self._choice_ids is not None:
+            picked = self.model.score_answers(**inputs, candidates=self._choice_ids).argmax(dim=-1)
+            self.choice_acc[f"{split}_choice"].update([self.choices[int(i)] for i in picked], list(batch["target_texts"]))
+
+    def _finish(self, split: str) -> None:
+        result = self.metrics[f"{split}_metrics"].compute()  # resets
+        choice, refs = self.choice_acc[f"{split}_choice"], self._references[split]
+        if choice.update_called:
+            result["choice_acc"] = float(choice.compute())
+            result["choice_acc_chance"] = Counter(map(normalize_answer, refs)).most_common(1)[0][1] / len(refs)
+        choice.reset()
+        self._references[split] = []
+        self.results[split] = result
+        for key, value in result.items():
+            self.log(f"{split}/{key}", value, prog_bar=key in ("perplexity", "exact_match"))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.metrics["val_metrics"].compute()  # resets
+            self._references["val"] = []
+        else:
+            self._finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test")
