@@ -147,5 +147,5 @@ def test_random_init_lm_gets_the_merged_export_only(tmp_path: Path) -> None:
 
 def test_a_missing_base_lm_is_named(exported, tmp_path: Path) -> None:
     _, _, folder, _ = exported
-    with pytest.raises(FileNotFoundError, match=r"base LM folder .*nowhere.* does not exist; pass base="):
+    with pytest.raises(FileNotFoundError, match=r"base LM folder of .* does not exist .*nowhere.*; pass base="):
         LLMModel.from_adapter(folder / "adapter", base=tmp_path / "nowhere")

@@ -58,6 +58,7 @@ def test_learns_to_answer_exports_and_predicts(colour_data: Path, tmp_path: Path
     test = metrics["test"]
     assert set(test) >= {"perplexity", "bleu", "rouge_l", "exact_match", "choice_acc", "choice_acc_chance"}
     assert test["exact_match"] == 1.0 and test["choice_acc"] == 1.0 and test["choice_acc_chance"] == 0.5
+    assert test["bleu"] == 1.0 and test["rouge_l"] == 1.0  # vqa_digits scores one-word answers with BLEU-1
     # 12 short epochs move the answer tokens far above uniform over GPT-2's 50k tokens (not to certainty)
     assert 1.0 <= test["perplexity"] < 50257 / 20
     assert metrics["token_budget"]["train"]["samples"] == 32

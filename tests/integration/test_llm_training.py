@@ -56,3 +56,17 @@ def test_a_prompt_with_a_classifier_model_is_refused(tmp_path: Path) -> None:
                           f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(ValueError, match="takes no prompt"):
         train(cfg)
+
+
+@pytest.mark.parametrize(("family", "tokenizer"), [("qwen2", "builtin:qwen2.5"), ("llama", "builtin:llama3"),
+                                                   ("trm", "builtin:gpt2")])
+def test_another_lm_family_and_tokenizer_by_config_alone(family: str, tokenizer: str, tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, f"model/decoder={family}", f"data.processor.tokenizer={tokenizer}",
+                          "trainer.max_epochs=1", f"run_dir={tmp_path / 'run'}"])
+    metrics = train(cfg)
+    config = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
+    assert config["decoder"]["model_type"] == {"trm": "mmtrain_trm"}.get(family, family)
+    model = AutoModel.from_pretrained(tmp_path / "run" / "export")
+    processor = AutoProcessor.from_pretrained(tmp_path / "run" / "export")
+    assert model.decoder.vocab_size == len(processor.tokenizer) == config["lm_vocab_size"]
+    assert metrics["global_steps"] == 2 and 0.0 <= metrics["test"]["acc"] <= 1.0

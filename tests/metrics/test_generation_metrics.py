@@ -185,3 +185,14 @@ def test_two_gloo_ranks_give_the_single_process_result(tmp_path: Path) -> None:
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == pytest.approx(expected)
     assert expected["perplexity"] == pytest.approx(math.exp(3 / 5))
+
+
+def test_bleu_1_scores_one_word_answers_that_bleu_4_cannot() -> None:
+    preds, refs = ["seven", "odd", "yes", "two"], ["seven", "even", "yes", "two"]
+    four, one = CorpusBLEU(), CorpusBLEU(max_order=1)
+    four.update(preds, refs)
+    one.update(preds, refs)
+    assert float(four.compute()) == 0.0  # no 2-grams at all
+    assert float(one.compute()) == pytest.approx(0.75)  # 3 of 4 unigrams match, equal lengths
+    with pytest.raises(ValueError, match="max_order must be 1..4"):
+        CorpusBLEU(max_order=5)

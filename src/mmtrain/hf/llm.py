@@ -83,8 +83,9 @@ class LLMModel(MultimodalPreTrainedModel):
         missing = sorted(set(config.encoders) - set(config.media_token_ids or {}))
         if missing:
             raise ValueError(f"LLMConfig.media_token_ids has no placeholder token for encoder slots {missing}.")
-        if lora and lora["quantize"]:
-            self.decoder = lora_lib.build_quantized_decoder(config.decoder, config.lm_vocab_size, lora["quantize"])
+        if lora and lora["quantize"]:  # QLoRA: the pretrained LM loaded 4/8-bit (CUDA + bitsandbytes)
+            self.decoder = lora_lib.build_quantized_decoder(config.decoder, config.lm_vocab_size,
+                                                            lora["quantize"])
         else:
             self.decoder = self.build_part("decoder", vocab_size=config.lm_vocab_size)
         width = int(self.decoder.hidden_size)
@@ -104,17 +105,18 @@ class LLMModel(MultimodalPreTrainedModel):
     @classmethod
     def from_pretrained(  # type: ignore[override]
         cls, pretrained_model_name_or_path: str | Path, *model_args: Any, **kwargs: Any
-    ) -> "LLMModel":
+    ) -> LLMModel:
         """As :meth:`MultimodalPreTrainedModel.from_pretrained`; an adapter-only export (it holds
         ``adapter_config.json``) loads through :meth:`from_adapter` on the base LM it records."""
         if lora_lib.is_adapter_export(pretrained_model_name_or_path):
             return cls.from_adapter(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)  # type: ignore[return-value]
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return model  # type: ignore[return-value]
 
     @classmethod
     def from_adapter(
         cls, folder: str | Path, base: str | Path | None = None, *, full_precision: bool = False
-    ) -> "LLMModel":
+    ) -> LLMModel:
         """Load an adapter-only export (``export/adapter``, see :mod:`mmtrain.lm.lora`).
 
         Args:
@@ -127,7 +129,7 @@ class LLMModel(MultimodalPreTrainedModel):
         lora_lib.load_adapter_weights(model, folder)
         return model.eval()
 
-    def merged(self) -> "LLMModel":
+    def merged(self) -> LLMModel:
         """A copy with the LoRA adapters folded into the LM (``config.lora`` ``None``): a plain export."""
         if self.config.lora is None:
             raise ValueError("this model has no LoRA (config.lora is None); there is nothing to merge.")

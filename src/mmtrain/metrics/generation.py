@@ -74,7 +74,8 @@ def _reference_lists(preds: Sequence[str], targets: Targets) -> list[list[str]]:
 
 
 class CorpusBLEU(BLEUScore):
-    """Corpus BLEU-4 on lowercased whitespace tokens, no smoothing (see the module docstring).
+    """Corpus BLEU-``max_order`` (default 4) on lowercased whitespace tokens, no smoothing (see the
+    module docstring). One-word answers have no 2-grams: score them with ``max_order=1``.
 
     ``update(preds [N] str, targets [N] str or [N] lists of reference str)``; ``compute()`` -> scalar
     tensor in ``[0, 1]``.
@@ -82,8 +83,10 @@ class CorpusBLEU(BLEUScore):
 
     full_state_update = False  # sum states: batches/ranks combine without re-running update
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(n_gram=4, smooth=False, **kwargs)
+    def __init__(self, max_order: int = 4, **kwargs: Any) -> None:
+        if not 1 <= int(max_order) <= 4:
+            raise ValueError(f"BLEU max_order must be 1..4, got {max_order}.")
+        super().__init__(n_gram=int(max_order), smooth=False, **kwargs)
 
     def update(self, preds: Sequence[str], targets: Targets) -> None:  # type: ignore[override]
         references = _reference_lists(preds, targets)
@@ -206,9 +209,9 @@ class GenerationMetrics(nn.Module):
     epoch end (synced across DDP ranks by torchmetrics) returns the dict and resets.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, bleu_max_order: int = 4) -> None:
         super().__init__()
-        self.bleu = CorpusBLEU()
+        self.bleu = CorpusBLEU(bleu_max_order)
         self.rouge_l = RougeL()
         self.exact_match = ExactMatch()
         self.perplexity = TokenPerplexity()

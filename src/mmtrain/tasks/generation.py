@@ -40,6 +40,7 @@ class GenerationTask(TaskBase):
         max_new_tokens: most tokens generated per answer.
         choices: answers to choose among (constrained answering); ``None`` skips it.
         generate_on_val: generate (and score choices) at validation too, not only at test.
+        bleu_max_order: longest n-gram of BLEU (4; 1 for one-word answers, which have no 2-grams).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class GenerationTask(TaskBase):
         max_new_tokens: int = 8,
         choices: list[str] | None = None,
         generate_on_val: bool = True,
+        bleu_max_order: int = 4,
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups)
         self.prompt = prompt
@@ -61,7 +63,7 @@ class GenerationTask(TaskBase):
         self.max_new_tokens = int(max_new_tokens)
         self.choices = [str(c) for c in choices] if choices else None
         self.generate_on_val = bool(generate_on_val)
-        self.metrics = nn.ModuleDict({f"{s}_metrics": GenerationMetrics() for s in ("val", "test")})
+        self.metrics = nn.ModuleDict({f"{s}_metrics": GenerationMetrics(bleu_max_order) for s in ("val", "test")})
         self.choice_acc = nn.ModuleDict({f"{s}_choice": ExactMatch() for s in ("val", "test")})
         self.results: dict[str, dict[str, Any]] = {}
         self._choice_ids = [prompt.answer_ids({"target_text": c}) for c in self.choices] if self.choices else None
