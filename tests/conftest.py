@@ -1,11 +1,13 @@
-"""Shared fixtures: a marker module whose import would leave a file behind."""
+"""Shared fixtures: a marker module whose import would leave a file behind; one intra-op thread."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 MARKER_MODULE = """
 from pathlib import Path
@@ -25,3 +27,12 @@ def marker_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str,
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name, marker
     sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add overhead (20x slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ from mmtrain.decoders.recursive import apply_rotary, rotary_cos_sin
 VOCAB = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (20x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides: object) -> TinyRecursiveForCausalLM:

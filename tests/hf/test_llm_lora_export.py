@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lm.test_lora import (
+    BASE_VOCAB,  # tests/ is on sys.path (rootdir of the test packages)
+)
+from lm.test_lora import (
+    DECODERS as FAMILIES,  # family -> (tiny base LM config, LoRA targets)
+)
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
@@ -19,17 +25,6 @@ from mmtrain.training.export import TRAINING_CONFIG, write_export
 
 from .test_llm_model import AUDIO, HEAD, TEMPLATE, VIDEO, batch
 
-BASE_VOCAB = 30522  # the MiniLM tokenizer's own size; the prompt's tokens are new rows after it
-#: family -> (tiny base LM config, LoRA target modules)
-FAMILIES = {
-    "gpt2": ({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_inner": 64, "n_positions": 64, "bos_token_id": 0,
-              "eos_token_id": 0}, ["c_attn", "c_proj"]),
-    "llama": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "num_key_value_heads": 1, "max_position_embeddings": 64, "tie_word_embeddings": False},
-              ["q_proj", "v_proj"]),
-    "mmtrain_trm": ({"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_recursions": 2,
-                     "max_position_embeddings": 64}, ["q_proj", "v_proj", "down_proj"]),
-}
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 

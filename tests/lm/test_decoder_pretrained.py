@@ -55,3 +55,8 @@ def test_emotion_llm_trains_on_a_local_pretrained_lm(lm_folder: Path, tmp_path: 
     stored = json.loads((tmp_path / "run" / "export" / "config.json").read_text())["decoder"]
     assert metrics["global_steps"] == 2 and stored["pretrained_path"] is None  # the export is self-contained
     assert stored["config"]["n_embd"] == 32
+    # emotion_llm tunes with LoRA: on a pretrained LM the adapter-only export sits beside the merged one
+    adapter = tmp_path / "run" / "export" / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    merged_bytes = (tmp_path / "run" / "export" / "model.safetensors").stat().st_size
+    assert (adapter / "adapter_model.safetensors").stat().st_size < merged_bytes / 20
