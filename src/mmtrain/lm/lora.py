@@ -151,8 +151,11 @@ def _targets(lm: nn.Module, target_modules: str | Sequence[str]) -> list[tuple[s
 
 def new_token_ids(decoder_spec: Mapping[str, Any], vocab_size: int | None, class_token_id: int | None) -> list[int]:
     """Embedding rows to train with LoRA: ids >= the LM's own vocab size (the rows
-    ``resize_token_embeddings`` added for the prompt's tokens) plus the class token's row."""
+    ``resize_token_embeddings`` added for the prompt's tokens) plus the class token's row. A
+    random-init LM (no ``pretrained_path``) has no pretrained rows to keep: all its rows train."""
     ids = {int(class_token_id)} if class_token_id is not None else set()
+    if vocab_size is not None and not decoder_spec.get("pretrained_path"):
+        return list(range(int(vocab_size)))
     if vocab_size is not None and decoder_spec.get("model_type"):
         folder = resolve_pretrained_path(decoder_spec.get("pretrained_path"))
         own = int(build_hf_config(str(decoder_spec["model_type"]), decoder_spec.get("config"), folder).vocab_size)
