@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from mmtrain.lm.decoder import CausalLMDecoder
+from mmtrain.lm.prompt import pad_rows
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,13 +50,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     for index, row in enumerate(rows):
         if len(row) == 0:
             raise ValueError(f"left_pad: row {index} is empty; every prompt needs at least one real token.")
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        ids[index, width - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
-        mask[index, width - len(row):] = 1
-    return ids, mask
+    return pad_rows(rows, pad_id, left=True)
 
 
 def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
