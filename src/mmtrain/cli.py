@@ -212,6 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
+    except OSError as err:  # a checkpoint that cannot be written (full disk, unwritable run_dir)
+        from mmtrain.training.checkpoint_io import EXIT_CHECKPOINT_WRITE, CheckpointWriteError
+
+        if not isinstance(err, CheckpointWriteError):
+            raise
+        console.print(f"[bold red]error:[/] {err.strerror}", highlight=False)
+        return EXIT_CHECKPOINT_WRITE
+    except SystemExit as err:  # SIGTERM: a checkpoint was written; exit 143
+        from mmtrain.training.signals import TrainingTerminated
+
+        if not isinstance(err, TrainingTerminated):
+            raise
+        console.print(f"[bold yellow]{err}[/]", highlight=False)
+        return int(err.code)
 
 
 if __name__ == "__main__":

@@ -191,3 +191,76 @@ def test_reading_holds_one_row_group_not_the_file(tmp_path: Path) -> None:
         count += 1
     assert count == rows
     assert peak < 1.5 * group_bytes, (peak, group_bytes, file_bytes)  # one row group of image bytes at a time
+
+
+def _rank_batches(files: list[Path], rank: int, world: int, workers: int, epoch: int = 0,
+                  **kwargs: object) -> tuple[ParquetDataset, list[list[str]]]:
+    dataset = ParquetDataset(files=[str(p) for p in files], rank=rank, world_size=world, seed=4, **kwargs)
+    dataset.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=3, num_workers=workers, collate_fn=list)
+    return dataset, [_ids(batch) for batch in loader]
+
+
+@pytest.fixture
+def uneven(tmp_path: Path) -> list[Path]:
+    """23 rows in 7 row groups (4,4,2 and 4,4,4,1): no split by row group is even over 2 ranks."""
+    return [_write(tmp_path / "a.parquet", 10), _write(tmp_path / "b.parquet", 13, start=10)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_even_shards_give_every_rank_the_same_rows_and_batches(uneven: list[Path], workers: int,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # Under DDP a rank with one batch more waits forever in the gradient all-reduce: the train split
+    # (shuffle, so even_shards by default) gives each rank rows // world rows, in the same batches.
+    for epoch in range(3):
+        with caplog.at_level("INFO", logger="mmtrain.data.formats.parquet"):
+            shards = [_rank_batches(uneven, rank, 2, workers, epoch, shuffle=True) for rank in (0, 1)]
+        assert [d.even_shards for d, _ in shards] == [True, True]
+        assert [len(d) for d, _ in shards] == [11, 11] and shards[0][0].rows_left_out() == 1
+        assert [len(batches) for _, batches in shards] == [len(shards[0][1])] * 2
+        sizes = [[len(b) for b in batches] for _, batches in shards]
+        assert sizes[0] == sizes[1], "the same batches on both ranks"
+        rows = [i for _, batches in shards for batch in batches for i in batch]
+        assert len(rows) == 22 and len(set(rows)) == 22, "each row at most once per epoch"
+    if workers == 0:  # (worker processes log on their own)
+        assert "1 of 23 rows left out so that each of the 2 ranks yields 11 rows" in caplog.text
+    left_out = []
+    for epoch in range(4):
+        shards = [_rank_batches(uneven, rank, 2, 0, epoch, shuffle=True)[1] for rank in (0, 1)]
+        seen = {i for batches in shards for batch in batches for i in batch}
+        left_out += sorted({f"s{i:03d}" for i in range(23)} - seen)
+    assert len(left_out) == 4 and len(set(left_out)) > 1, "the left-out row changes with the epoch's shuffle"
+
+
+def test_evaluation_splits_keep_every_row_split_by_row_group(uneven: list[Path]) -> None:
+    # Without shuffle (val/test) whole row groups go to the ranks: nothing is left out, counts may differ.
+    shards = [_rank_batches(uneven, rank, 2, 0) for rank in (0, 1)]
+    assert [d.even_shards for d, _ in shards] == [False, False]
+    counts = [len(d) for d, _ in shards]
+    assert counts == [11, 12] and shards[0][0].rows_left_out() == 0
+    rows = [i for _, batches in shards for batch in batches for i in batch]
+    assert sorted(rows) == [f"s{i:03d}" for i in range(23)]
+    forced = [_rank_batches(uneven, rank, 2, 0, even_shards=True)[0] for rank in (0, 1)]
+    assert [len(d) for d in forced] == [11, 11]
+
+
+def test_even_shards_refuse_more_ranks_than_rows(tmp_path: Path) -> None:
+    dataset = ParquetDataset(files=str(_write(tmp_path / "few.parquet", 3)), rank=0, world_size=4, shuffle=True)
+    with pytest.raises(ValueError, match="3 rows .* cannot be shared by 4 processes"):
+        len(dataset)
+
+
+@pytest.mark.parametrize(("world", "size"), [(1, 5), (2, 4)])
+def test_batch_size_makes_worker_shards_whole_batches(uneven: list[Path], world: int, size: int) -> None:
+    # Lightning ends an epoch of a sized stream after len(loader) = ceil(len / batch_size) batches; two
+    # workers each ending on a partial batch make one more (12 + 11 rows in 5s: 3 + 3 > 5 batches),
+    # whose rows would never be trained on.
+    for rank in range(world):
+        plain = ParquetDataset(files=[str(p) for p in uneven], rank=rank, world_size=world, shuffle=True)
+        aligned = ParquetDataset(files=[str(p) for p in uneven], rank=rank, world_size=world, shuffle=True,
+                                 batch_size=size)
+        for dataset, exact in ((plain, False), (aligned, True)):
+            loader = DataLoader(dataset, batch_size=size, num_workers=2, collate_fn=list)
+            batches = list(loader)
+            assert sum(map(len, batches)) == len(dataset) == 23 // world
+            assert (len(batches) == len(loader)) is exact, (world, rank, exact, len(batches), len(loader))

@@ -7,6 +7,14 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from mmtrain.data.resumable import (
+    EpochSampler,
+    KeyedDataset,
+    KeyedIterable,
+    ResumableLoader,
+    SeededCollate,
+    dataset_fingerprint,
+)
 from mmtrain.hf.processing import MultimodalProcessor
 
 
@@ -18,6 +26,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         processor: turns a list of raw samples into a batch.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
+        seed: run seed; the train order and augmentation of every epoch derive from it
+            (:mod:`mmtrain.data.resumable`), so a resumed run sees the same batches.
     """
 
     def __init__(
@@ -29,6 +39,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         test: Dataset | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.splits: dict[str, Dataset] = {"train": train}
@@ -39,6 +50,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.processor = processor
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
+        self.seed = int(seed)
         self.label_names = self._label_names()
 
     def _label_names(self) -> list[str]:
@@ -57,25 +69,52 @@ class MultimodalDataModule(pl.LightningDataModule):
             if callable(getattr(dataset, "set_epoch", None)):
                 dataset.set_epoch(epoch)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[Any]:
+    def _loader(self, split: str) -> DataLoader[Any]:
+        """Val/test batches in dataset order (Lightning shards them over ranks under DDP)."""
         if split not in self.splits:
             raise ValueError(f"no '{split}' dataset configured (data.{split}).")
-        dataset = self.splits[split]
-        iterable = isinstance(dataset, IterableDataset)
         return DataLoader(
-            dataset,
+            self.splits[split],
             batch_size=self.batch_size,
-            shuffle=shuffle and not iterable,  # a streamed dataset shuffles itself (set_epoch)
+            shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=self.processor.collate_train if split == "train" else self.processor.collate,
+            collate_fn=self.processor.collate,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", shuffle=True)
+    def _progress(self) -> tuple[int, int]:
+        """``(epoch, train batches finished in it)`` as the trainer counts them."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> ResumableLoader:
+        """Train batches in a per-epoch order from ``seed``, resumable mid-epoch (:class:`ResumableLoader`)."""
+        dataset = self.splits["train"]
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if isinstance(dataset, IterableDataset):
+            if hasattr(dataset, "batch_size") and dataset.batch_size is None:
+                dataset.batch_size = self.batch_size  # worker shards of whole batches: len(loader) is exact
+            keyed: Dataset = KeyedIterable(dataset)
+            sampler = None
+        else:
+            keyed = KeyedDataset(dataset, self.seed)
+            sampler = EpochSampler(dataset, seed=self.seed, num_replicas=world, rank=rank)
+        return ResumableLoader(
+            keyed,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=SeededCollate(self.processor.collate_train, self.seed),
+            persistent_workers=self.num_workers > 0,
+            progress=self._progress,
+            fingerprint=dataset_fingerprint(dataset),
+        )
 
     def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

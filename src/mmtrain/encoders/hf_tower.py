@@ -130,6 +130,7 @@ def build_hf_model(
             pretrained_folder,
             config=hf_config,
             local_files_only=True,
+            weights_only=True,  # a pytorch_model.bin is unpickled weights-only (safetensors preferred)
             dtype=torch.get_default_dtype(),
             key_mapping=key_mapping,
             output_loading_info=True,

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from mmtrain.training.nonfinite import NonFiniteGuard, StepPlace
+
 log = logging.getLogger(__name__)
 # Lightning warns about modules in eval mode at fit start; frozen components are, on purpose
 # (MultimodalPreTrainedModel.train), and on_fit_start names them instead.
@@ -33,6 +35,13 @@ class TaskBase(pl.LightningModule):
             (``head``, ``fusion``, ``encoders.image``...), e.g. ``{head: {lr: 1e-3}}``; each
             trainable parameter joins the group of the longest path it lies under, the rest keep
             the optimizer's own settings.
+        nonfinite: what a training step with a NaN/Inf loss or gradient does (checked before
+            gradient clipping, over the whole accumulation window): ``abort`` raises
+            :class:`~mmtrain.training.nonfinite.NonFiniteLossError` naming the step and the sample
+            ids, with no update applied; ``skip`` leaves weights and optimizer state unchanged,
+            logs a warning and ``train/nonfinite_skipped`` and lists the step in
+            :attr:`nonfinite_skips`. A skipped step still counts in ``trainer.global_step`` and the
+            LR scheduler still advances (both count batches consumed, not updates applied).
     """
 
     def __init__(
@@ -42,12 +51,24 @@ class TaskBase(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         param_groups: dict[str, dict[str, float]] | None = None,
+        nonfinite: str = "abort",
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
+        self.nonfinite_guard = NonFiniteGuard(nonfinite)  # raises ValueError on an unknown policy
+
+    @property
+    def nonfinite(self) -> str:
+        """The NaN/Inf policy, ``abort`` or ``skip``."""
+        return self.nonfinite_guard.policy
+
+    @property
+    def nonfinite_skips(self) -> list[dict[str, Any]]:
+        """Skipped steps so far: ``{step, epoch, batch_idx, reason, ids}`` each (kept in checkpoints)."""
+        return self.nonfinite_guard.skips
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters split by ``param_groups`` (default group first, empty ones dropped).
@@ -88,6 +109,7 @@ class TaskBase(pl.LightningModule):
             log.info("frozen (no gradients, kept in eval mode): %s", ", ".join(frozen))
 
     def on_train_epoch_start(self) -> None:
+        self.nonfinite_guard.reset()
         datamodule = getattr(self.trainer, "datamodule", None)
         if callable(getattr(datamodule, "set_epoch", None)):
             datamodule.set_epoch(self.current_epoch)
@@ -96,9 +118,64 @@ class TaskBase(pl.LightningModule):
         """Loss of one batch for ``split`` (``train``/``val``/``test``); subclasses implement it."""
         raise NotImplementedError
 
-    # A batch whose samples were all skipped (undecodable media) has no ids: no step is taken.
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self.step(batch, "train") if batch["ids"] else None
+        """The batch's loss; for a batch whose samples were all skipped (undecodable media, no ids):
+
+        * one process: ``None``, so Lightning runs no backward and the optimizer changes nothing
+          (every gradient is ``None``; Adam moments and weight decay are left alone);
+        * under DDP (``world_size > 1``): a zero loss that touches every trainable parameter, see
+          :meth:`empty_batch_loss`. The rank joins the gradient all-reduce, so the other ranks do not
+          wait for it forever; it contributes zero gradients to the average, and the optimizer steps
+          on every rank as usual (with the other ranks' samples; if every rank's batch was empty the
+          gradients are all zero, and Adam-style moments still decay and weight decay still applies).
+        """
+        if not batch["ids"]:
+            trainer = self._trainer
+            if trainer is None or int(trainer.world_size) <= 1:
+                return None
+            loss = self.empty_batch_loss()
+            self.nonfinite_guard.record([], loss)
+            return loss
+        loss = self.step(batch, "train")
+        self.nonfinite_guard.record(batch["ids"], loss)
+        return loss
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable[[], Any] | None = None
+    ) -> None:
+        """Runs the closure, checks loss and gradients (before clipping), then steps, skips or aborts.
+
+        Lightning calls this once per accumulation window; clipping, the precision plugin and the
+        ``on_before_optimizer_step`` hooks run inside ``optimizer.step`` as usual, and not at all for a
+        skipped step. With fp16 AMP (a GradScaler) only the loss is checked: the scaler already skips
+        steps whose gradients overflow.
+        """
+        if optimizer_closure is None:
+            optimizer.step()
+            return
+        self.nonfinite_guard.step(
+            optimizer, optimizer_closure, StepPlace(self.trainer.global_step, epoch, batch_idx),
+            names=lambda: {id(p): n for n, p in self.named_parameters()},
+            check_grads=getattr(self.trainer.precision_plugin, "scaler", None) is None,
+            device=self.device, announce=self.trainer.is_global_zero,
+        )
+        if self.nonfinite == "skip":  # every step, so a zero is visible too
+            self.log("train/nonfinite_skipped", float(len(self.nonfinite_skips)), on_step=True, on_epoch=False,
+                     batch_size=1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_skips"] = [dict(s) for s in self.nonfinite_skips]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_guard.skips = [dict(s) for s in checkpoint.get("nonfinite_skips", [])]
+
+    def empty_batch_loss(self) -> torch.Tensor:
+        """``0 * sum(p)`` over every trainable parameter: a zero loss whose backward gives every
+        parameter a zero gradient, so DDP's reducer all-reduces every bucket, as for a real batch."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return torch.zeros((), device=self.device, requires_grad=True)
+        return torch.stack([p.sum().float() for p in params]).sum() * 0.0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self.step(batch, "val") if batch["ids"] else None

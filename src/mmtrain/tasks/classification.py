@@ -21,6 +21,7 @@ class ClassificationTask(TaskBase):
         label_names: class names (from the data's label map).
         loss: loss module taking ``(logits, labels)``; cross-entropy when ``None``.
         param_groups: optimizer settings per model part (see :class:`TaskBase`).
+        nonfinite: NaN/Inf policy, ``abort`` or ``skip`` (see :class:`TaskBase`).
     """
 
     #: Whether train()'s ``evaluate_unimodal`` may test the model with one modality at a time.
@@ -35,8 +36,10 @@ class ClassificationTask(TaskBase):
         scheduler: SchedulerFactory | None = None,
         loss: nn.Module | None = None,
         param_groups: dict[str, dict[str, float]] | None = None,
+        nonfinite: str = "abort",
     ) -> None:
-        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups)
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
+                         nonfinite=nonfinite)
         self.label_names = list(label_names)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.

@@ -4,6 +4,10 @@ Training: for every configured slot pair ``(a, b)`` the pair's own loss (default
 :class:`~mmtrain.losses.contrastive.SymmetricInfoNCE`, so each pair learns its own temperature;
 optionally wrapped in :class:`~mmtrain.losses.matryoshka.MatryoshkaLoss`) runs on the samples that
 have both modalities; the train loss is the mean over the pairs that had at least two such samples.
+Under DDP (``gather_negatives``, the default) the embeddings of every rank's batch are gathered
+first, with gradients (:func:`gather_rows`), so the in-batch negatives are those of the global batch:
+two processes with ``batch_size=B`` train like one with ``2B`` (CLIP's recipe), not like two
+independent batches of ``B``.
 
 Evaluation: the embeddings of the WHOLE val/test split are collected (and, under DDP, gathered from
 every rank with ``LightningModule.all_gather``, so each rank scores the full set), then Recall@K is
@@ -20,6 +24,7 @@ from itertools import combinations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mmtrain.hf.processing import model_inputs
@@ -42,7 +47,7 @@ class ContrastiveTask(TaskBase):
 
     Args:
         model: the contrastive model (forward returns ``embeddings`` / ``present`` per slot).
-        optimizer, scheduler, param_groups: see :class:`TaskBase`. The losses' temperatures are
+        optimizer, scheduler, param_groups, nonfinite: see :class:`TaskBase`. The losses' temperatures are
             trained too, in their own group without weight decay.
         label_names: class names the runner injects; stored, not used for the loss.
         loss: the loss of ONE slot pair, ``loss(a [B,E], b [B,E]) -> scalar``: a ``_partial_``
@@ -56,6 +61,9 @@ class ContrastiveTask(TaskBase):
         match_by: retrieval positives: ``id`` (only the sample's own partner), ``text`` (samples
             with identical text ``input_ids`` are interchangeable) or ``label`` (same class).
         ks: Recall cut-offs (1 is always added: ``r@1_mean`` is the monitored summary).
+        gather_negatives: under DDP, compute the train loss on the embeddings of all ranks' batches
+            (global in-batch negatives; the gradient equals the single-process one for the same global
+            batch); False keeps each rank's loss on its own batch. No effect in one process.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class ContrastiveTask(TaskBase):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         param_groups: dict[str, dict[str, float]] | None = None,
+        nonfinite: str = "abort",
         label_names: Sequence[str] | None = None,
         loss: LossSpec = None,
         pairs: Sequence[Sequence[str]] | None = None,
@@ -72,8 +81,10 @@ class ContrastiveTask(TaskBase):
         matryoshka: dict[str, Any] | None = None,
         match_by: str = "id",
         ks: Sequence[int] = (1, 5, 10),
+        gather_negatives: bool = True,
     ) -> None:
-        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups)
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
+                         nonfinite=nonfinite)
         self.label_names = list(label_names or [])
         slots = list(model.encoders)
         self.pairs = self._check_pairs(pairs, slots, "task.pairs")
@@ -84,6 +95,7 @@ class ContrastiveTask(TaskBase):
         if any(int(k) <= 0 for k in ks):
             raise ValueError(f"task.ks must be positive integers, got {list(ks)}.")
         self.ks = sorted({int(k) for k in ks} | {1})
+        self.gather_negatives = bool(gather_negatives)
         width = int(model.embedding_dim)
         self.eval_dims = [d for d in model.matryoshka_dims if d < width]
         self.losses = nn.ModuleDict()
@@ -159,13 +171,57 @@ class ContrastiveTask(TaskBase):
                 out[self.pair_name(a, b)] = self.losses[self.pair_name(a, b)](embeddings[a][rows], embeddings[b][rows])
         return out
 
+    def _world(self) -> int:
+        trainer = self._trainer  # None outside a Trainer (unit tests): one process
+        return int(trainer.world_size) if trainer is not None else 1
+
+    def global_batch(self, embeddings: dict[str, torch.Tensor],
+                     present: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The train batch of every rank (rank order), embeddings with gradients; unchanged in one process
+        or with ``gather_negatives=False``. A collective: every rank calls it once per train step."""
+        if not self.gather_negatives or self._world() <= 1:
+            return embeddings, present
+        slots = list(self.model.encoders)  # the same slots, in the same order, on every rank
+        local = next(iter(embeddings.values()))
+        rows, width = local.shape[0], int(self.model.embedding_dim)
+        absent = torch.zeros(rows, width, device=local.device)
+        count = torch.tensor([rows], device=local.device)
+        counts = [int(c) for c in self.all_gather(count).reshape(-1).tolist()]
+        flags = torch.stack([present[n] if n in present else torch.zeros(rows, dtype=torch.bool, device=local.device)
+                             for n in slots], dim=1).to(torch.uint8)  # gloo gathers no bool
+        flags = gather_rows(flags, counts).bool()
+        gathered = {n: gather_rows(embeddings.get(n, absent).float(), counts) for n in slots}
+        return gathered, {n: flags[:, i] for i, n in enumerate(slots)}
+
+    def train_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean of the pair losses over the (global, see :meth:`global_batch`) batch."""
+        embeddings, present = self.global_batch(embeddings, present)
+        return self._mean_loss(embeddings, present)
+
+    def _mean_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = self.pair_losses(embeddings, present)
+        if losses:
+            return torch.stack(list(losses.values())).mean()
+        # no pair has two samples: a zero loss that still touches every embedding (DDP-safe)
+        return sum(e.sum() for e in embeddings.values()) * 0.0
+
+    def empty_batch_loss(self) -> torch.Tensor:
+        """Under DDP with ``gather_negatives``, a rank whose batch was all skipped still joins the
+        gather (with no rows) and computes the global loss, so its collectives match the other ranks'."""
+        loss = super().empty_batch_loss()
+        if not self.gather_negatives or self._world() <= 1:
+            return loss
+        width = int(self.model.embedding_dim)
+        embeddings = {n: torch.zeros(0, width, device=self.device, requires_grad=True) for n in self.model.encoders}
+        present = {n: torch.zeros(0, dtype=torch.bool, device=self.device) for n in self.model.encoders}
+        return loss + self.train_loss(embeddings, present)
+
     def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         output = self(batch)
-        losses = self.pair_losses(output.embeddings, output.present)
-        if losses:
-            loss = torch.stack(list(losses.values())).mean()
-        else:  # no pair has two samples: a zero loss that still touches every embedding (DDP-safe)
-            loss = sum(e.sum() for e in output.embeddings.values()) * 0.0
+        if split == "train":
+            loss = self.train_loss(output.embeddings, output.present)
+        else:  # this rank's batch; the split-level retrieval below gathers every rank's embeddings
+            loss = self._mean_loss(output.embeddings, output.present)
         size = self.batch_size_of(batch)
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=size, on_step=split == "train", on_epoch=True)
         if split == "train":
@@ -298,3 +354,35 @@ class ContrastiveTask(TaskBase):
 
     def on_test_epoch_end(self) -> None:
         self._finish("test")
+
+
+class _GatherRows(torch.autograd.Function):
+    """Concatenates every rank's rows; backward sums the gradient of the whole over ranks and returns
+    this rank's rows of it (each rank's loss may depend on every rank's rows)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:  # type: ignore[override]
+        rank = dist.get_rank()
+        padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.start, ctx.rows = sum(counts[:rank]), counts[rank]
+        return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.start + ctx.rows], None
+
+
+def gather_rows(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """``[sum(counts), ...]``: the ``[counts[r], ...]`` tensors of all ranks in rank order, differentiable.
+
+    With every rank computing the same loss ``L`` from the result, the gradient reaching this rank's
+    rows is ``world_size * dL/drows``; DDP's mean over ranks then gives each parameter ``dL/dparam``,
+    exactly the gradient of one process holding the whole batch. A collective (all_gather forward,
+    all_reduce backward): call it on every rank in the same order.
+    """
+    return _GatherRows.apply(tensor, list(counts))

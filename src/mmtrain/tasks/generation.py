@@ -10,6 +10,10 @@ are -100 in ``lm_labels``, see :mod:`mmtrain.lm.prompt`). At validation and test
   gives the highest probability (:func:`mmtrain.lm.generate.score_candidates`), ``choice_acc`` its
   accuracy against the reference, and ``choice_acc_chance`` that of always answering the most
   frequent reference.
+
+Under DDP every metric covers the whole split: the torchmetrics states are reduced over ranks, and
+the references behind ``choice_acc_chance`` are gathered from every rank, each sample once (by id:
+the repeats ``DistributedSampler`` pads a split with are dropped).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mmtrain.hf.processing import model_inputs
@@ -33,7 +38,7 @@ class GenerationTask(TaskBase):
 
     Args:
         model: an ``LLMModel`` (``generate_answers`` / ``score_answers`` are used).
-        optimizer, scheduler, param_groups: see :class:`TaskBase`.
+        optimizer, scheduler, param_groups, nonfinite: see :class:`TaskBase`.
         prompt: the processor's prompt builder (injected): its tokenizer decodes answers, and it
             writes ``choices`` as it writes answers (prefix, text, eos).
         label_names: the data's class names (injected; unused: instruction data is unlabelled).
@@ -52,12 +57,14 @@ class GenerationTask(TaskBase):
         label_names: list[str] | None = None,
         scheduler: SchedulerFactory | None = None,
         param_groups: dict[str, dict[str, float]] | None = None,
+        nonfinite: str = "abort",
         max_new_tokens: int = 8,
         choices: list[str] | None = None,
         generate_on_val: bool = True,
         bleu_max_order: int = 4,
     ) -> None:
-        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups)
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
+                         nonfinite=nonfinite)
         self.prompt = prompt
         self.tokenizer = prompt.tokenizer
         self.max_new_tokens = int(max_new_tokens)
@@ -67,7 +74,8 @@ class GenerationTask(TaskBase):
         self.choice_acc = nn.ModuleDict({f"{s}_choice": ExactMatch() for s in ("val", "test")})
         self.results: dict[str, dict[str, Any]] = {}
         self._choice_ids = [prompt.answer_ids({"target_text": c}) for c in self.choices] if self.choices else None
-        self._references: dict[str, list[str]] = {"val": [], "test": []}
+        #: ``(sample id, normalised reference)`` of this rank's scored samples, per split.
+        self._references: dict[str, list[tuple[str, str]]] = {"val": [], "test": []}
 
     def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         if batch.get("lm_labels") is None:
@@ -96,17 +104,19 @@ class GenerationTask(TaskBase):
         )
         texts = [t.strip() for t in self.tokenizer.batch_decode(answers, skip_special_tokens=True)]
         metrics.update(texts, list(batch["target_texts"]))
-        self._references[split] += list(batch["target_texts"])
+        self._references[split] += [(str(i), normalize_answer(t)) for i, t in zip(batch["ids"], batch["target_texts"])]
         if self._choice_ids is not None:
             picked = self.model.score_answers(**inputs, candidates=self._choice_ids).argmax(dim=-1)
             self.choice_acc[f"{split}_choice"].update([self.choices[int(i)] for i in picked], list(batch["target_texts"]))
 
     def _finish(self, split: str) -> None:
         result = self.metrics[f"{split}_metrics"].compute()  # resets
-        choice, refs = self.choice_acc[f"{split}_choice"], self._references[split]
-        if choice.update_called:
+        choice = self.choice_acc[f"{split}_choice"]
+        # every rank's references: the condition below is the same on all ranks (compute() is a collective)
+        refs = split_references(self._references[split]) if self._choice_ids is not None else {}
+        if refs:
             result["choice_acc"] = float(choice.compute())
-            result["choice_acc_chance"] = Counter(map(normalize_answer, refs)).most_common(1)[0][1] / len(refs)
+            result["choice_acc_chance"] = Counter(refs.values()).most_common(1)[0][1] / len(refs)
         choice.reset()
         self._references[split] = []
         self.results[split] = result
@@ -122,3 +132,14 @@ class GenerationTask(TaskBase):
 
     def on_test_epoch_end(self) -> None:
         self._finish("test")
+
+
+def split_references(local: list[tuple[str, str]]) -> dict[str, str]:
+    """``{sample id: reference}`` over every rank (a collective under ``torch.distributed``: call it on
+    all ranks), each id once."""
+    pairs = list(local)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[list[tuple[str, str]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, pairs)  # plain str pairs between ranks of this run
+        pairs = [pair for part in gathered for pair in (part or [])]
+    return dict(pairs)

@@ -40,7 +40,7 @@ class PairwiseTask(ClassificationTask):
 
     Args:
         model: a model with ``compare_both_orders(**batch) -> (logits_ab, logits_ba)`` [B, C] each.
-        optimizer, scheduler, param_groups: see :class:`~mmtrain.tasks.base.TaskBase`.
+        optimizer, scheduler, param_groups, nonfinite: see :class:`~mmtrain.tasks.base.TaskBase`.
         label_names: the data's classes; must include ``First`` and ``Second`` (and may ``Similar``).
         loss: loss on ``(logits, labels)``; cross-entropy when ``None``.
         swap_weight: weight of the swap-consistency term (0 disables it).
@@ -60,12 +60,13 @@ class PairwiseTask(ClassificationTask):
         scheduler: SchedulerFactory | None = None,
         loss: nn.Module | None = None,
         param_groups: dict[str, dict[str, float]] | None = None,
+        nonfinite: str = "abort",
         swap_weight: float = 0.5,
         bt_outcome: str = "expected",
         bt_l2: float = 1e-2,
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, label_names=label_names, scheduler=scheduler,
-                         loss=loss, param_groups=param_groups)
+                         loss=loss, param_groups=param_groups, nonfinite=nonfinite)
         names = list(label_names)
         if "First" not in names or "Second" not in names:
             raise ValueError(f"task: PairwiseTask needs the labels First and Second (and optionally Similar), got {names}.")

@@ -23,7 +23,11 @@ def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
         safe_instantiate(prepare_node, prefixes, config_key="data.prepare")
     with open_dict(data_cfg):
         data_cfg.pop("prepare", None)
-    return safe_instantiate(data_cfg, prefixes, config_key="data")
+    extra = {}
+    target = locate_allowed(str(data_cfg._target_), prefixes, "data")
+    if "seed" in inspect.signature(target).parameters and "seed" not in data_cfg:
+        extra["seed"] = int(cfg.seed)  # the train order and augmentation derive from the run seed
+    return safe_instantiate(data_cfg, prefixes, config_key="data", **extra)
 
 
 def build_model(

@@ -7,14 +7,29 @@ contrastive), or ``question`` (-> ``text``) with ``answer`` (-> ``target_text``)
 
 Streaming: the unit of work is one row group. A pass reads one row group at a time with
 ``ParquetFile.read_row_group(i, columns=<only the used ones>)`` (no pre-buffering, no threads), so
-Arrow holds one row group's columns at a time, never the file. Row groups are split across
-distributed ranks first (``units[rank::world_size]``), then across the DataLoader workers of each
-rank (``[worker_id::num_workers]``): every row is yielded exactly once per epoch over all ranks and
-workers (global shard ``worker_id * world_size + rank`` of ``world_size * num_workers``), and a
-rank's rows do not depend on its worker count, which makes ``len()`` exact per rank. With
-``shuffle``, the row-group order and the rows inside each group are permuted from
-``(seed, epoch)``; call :meth:`set_epoch` before each epoch. The epoch lives in a shared-memory
-tensor, so DataLoader workers that persist across epochs see it too.
+Arrow holds one row group's columns at a time, never the file. With ``shuffle``, the row-group order
+and the rows inside each group are permuted from ``(seed, epoch)``; call :meth:`set_epoch` before
+each epoch. The epoch lives in a shared-memory tensor, so DataLoader workers that persist across
+epochs see it too. The epoch's rows are shared among distributed ranks and, within a rank, among
+its DataLoader workers, in one of two ways (``even_shards``):
+
+* even (training; the default with ``shuffle``): the epoch's row stream (row groups in epoch order,
+  rows in their in-group order) is cut into ``world_size`` equal contiguous blocks of
+  ``rows // world_size``, one per rank. Every rank yields the same number of rows in the same
+  number of batches - under DDP a rank with more batches would wait forever for the others in the
+  gradient all-reduce. The last ``rows % world_size`` rows of each epoch's stream (at most
+  ``world_size - 1``, different rows each epoch with ``shuffle``) are left out and logged.
+* by row group (evaluation; the default without ``shuffle``): whole row groups go to the ranks
+  (``units[rank::world_size]``). Every row is yielded exactly once per pass over all ranks, none left
+  out; ranks may get different counts, which evaluation tolerates (metrics are reduced over ranks
+  at the end of the pass).
+
+A rank's share is then cut into contiguous blocks, one per DataLoader worker (a reader opens only
+the row groups its block touches). With ``batch_size`` (the loader's) the blocks are whole batches,
+so the workers' batches add up to exactly ``ceil(len() / batch_size)`` = ``len(loader)``, the count
+Lightning stops an epoch at; without it the blocks are near-equal in rows, and a worker's partial
+last batch can push the real count above ``len(loader)``, whose extra batches Lightning never reads.
+Either way a rank's rows do not depend on its worker count, which makes ``len()`` exact per rank.
 
 Construction reads only the footers (schema, row counts) and the label column (to reject an
 unknown label with its file and row; rows are numbered from 0 within each file, in errors, in
@@ -26,6 +41,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +58,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mmtrain.data.formats.common import LabelMap, check_modalities
 from mmtrain.data.media import MediaError, read_image
 from mmtrain.data.skips import SkippedSample, load_media
+
+log = logging.getLogger(__name__)
 
 OFFERED = ("image", "text")
 
@@ -109,6 +127,12 @@ class ParquetDataset(IterableDataset):
         seed: seed of the shuffle and of the text dropout.
         rank, world_size: override the distributed rank (default: ``torch.distributed`` if
             initialised, else a single process).
+        even_shards: give every rank exactly ``rows // world_size`` rows per epoch (needed to
+            train under DDP; see the module docstring), or split whole row groups over ranks with
+            no row left out (evaluation). ``None`` follows ``shuffle`` (train splits shuffle,
+            evaluation splits do not). Can also be set as an attribute before iterating.
+        batch_size: the DataLoader's batch size, so that worker shards are whole batches (see the
+            module docstring); ``None`` splits rows evenly over workers. Also settable as an attribute.
 
     Yields: ``{"id": str, "image": PIL RGB, "text": str, "target_text": str (QA), "label": int
     (if labelled), "meta": {"file", "row"}}`` or a :class:`~mmtrain.data.skips.SkippedSample`.
@@ -130,6 +154,8 @@ class ParquetDataset(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        even_shards: bool | None = None,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -149,6 +175,11 @@ class ParquetDataset(IterableDataset):
         self.text_column, self.target_column, self.label_column = text_column, target_column, label_column
         self.text_dropout, self.shuffle, self.seed = float(text_dropout), bool(shuffle), int(seed)
         self.rank, self.world_size = rank, world_size
+        self.even_shards = bool(shuffle) if even_shards is None else bool(even_shards)
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size}")
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self._logged_epoch = -1
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.units: list[_Unit] = []
         self._layouts = [self._inspect(i, path, image_column, id_column) for i, path in enumerate(self.files)]
@@ -211,47 +242,111 @@ class ParquetDataset(IterableDataset):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def _rank_units(self, epoch: int) -> list[_Unit]:
+    @property
+    def total_rows(self) -> int:
+        """Rows in all files (from the parquet footers)."""
+        return sum(unit.rows for unit in self.units)
+
+    def _epoch_units(self, epoch: int) -> list[_Unit]:
         units = self.units
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(units))
             units = [units[i] for i in order]
+        return units
+
+    def _rank_units(self, epoch: int) -> list[_Unit]:
         rank, world = self._rank()
-        return units[rank::world]
+        return self._epoch_units(epoch)[rank::world]
+
+    def rows_per_rank(self) -> int:
+        """Rows every rank yields per epoch with ``even_shards``: ``total_rows // world_size``.
+
+        Raises:
+            ValueError: fewer rows than ranks.
+        """
+        world = self._rank()[1]
+        quota = self.total_rows // world
+        if quota == 0:
+            raise ValueError(f"{type(self).__name__}: {self.total_rows} rows in {self.files} cannot be shared by "
+                             f"{world} processes; use fewer devices or more data.")
+        return quota
+
+    def rows_left_out(self) -> int:
+        """Rows no rank yields in an epoch (``total_rows % world_size`` with ``even_shards``, else 0)."""
+        if not self.even_shards:
+            return 0
+        return self.total_rows - self._rank()[1] * self.rows_per_rank()
+
+    def _rank_slices(self, epoch: int) -> list[tuple[_Unit, int, int]]:
+        """This rank's share of the epoch as ``(unit, start, stop)`` slices of each group's row order."""
+        if not self.even_shards:
+            return [(unit, 0, unit.rows) for unit in self._rank_units(epoch)]
+        quota = self.rows_per_rank()
+        rank = self._rank()[0]
+        return _cut([(unit, 0, unit.rows) for unit in self._epoch_units(epoch)], rank * quota, (rank + 1) * quota)
+
+    def _worker_block(self, rows: int, worker: int, workers: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` of the rank's share that worker ``worker`` of ``workers`` yields."""
+        if self.batch_size:  # whole batches (the last one partial): no worker adds a batch of its own
+            batches = -(-rows // self.batch_size)
+            first, last = batches * worker // workers, batches * (worker + 1) // workers
+            return min(rows, first * self.batch_size), min(rows, last * self.batch_size)
+        share, extra = divmod(rows, workers)
+        start = worker * share + min(worker, extra)
+        return start, start + share + (1 if worker < extra else 0)
+
+    def _plan(self, epoch: int, worker: int = 0, workers: int = 1) -> list[tuple[_Unit, int, int]]:
+        """``(unit, start, stop)``: the slices of each row group's (epoch) row order this reader yields."""
+        share = self._rank_slices(epoch)
+        if workers == 1:
+            return share
+        return _cut(share, *self._worker_block(sum(stop - start for _, start, stop in share), worker, workers))
 
     def __len__(self) -> int:
         """Rows this rank yields per epoch (over all its workers), from parquet metadata."""
+        if self.even_shards:
+            return self.rows_per_rank()
         return sum(unit.rows for unit in self._rank_units(self.epoch))
 
     # ------------------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, Any] | SkippedSample]:
         epoch = self.epoch
-        units = self._rank_units(epoch)
         worker = get_worker_info()
-        if worker is not None:
-            units = units[worker.id :: worker.num_workers]
+        plan = self._plan(epoch, *((worker.id, worker.num_workers) if worker is not None else (0, 1)))
+        self._announce(epoch, worker.id if worker is not None else 0)
         handle: pq.ParquetFile | None = None
         current = -1
         try:
-            for unit in units:
+            for unit, start, stop in plan:
                 if unit.file != current:
                     if handle is not None:
                         handle.close()
                     handle, current = pq.ParquetFile(self.files[unit.file], pre_buffer=False), unit.file
-                yield from self._group(handle, unit, epoch)
+                yield from self._group(handle, unit, epoch, start, stop)
         finally:
             if handle is not None:
                 handle.close()
 
-    def _group(self, handle: pq.ParquetFile, unit: _Unit, epoch: int) -> Iterator[dict[str, Any] | SkippedSample]:
+    def _announce(self, epoch: int, worker: int) -> None:
+        """Log, once per epoch (rank 0, first worker), how many rows the even split leaves out."""
+        left = self.rows_left_out()
+        if left and worker == 0 and self._rank()[0] == 0 and epoch != self._logged_epoch:
+            self._logged_epoch = epoch
+            world = self._rank()[1]
+            log.info("parquet epoch %d: %d of %d rows left out so that each of the %d ranks yields %d rows "
+                     "(the rows differ per epoch with shuffle)", epoch, left, self.total_rows, world,
+                     self.rows_per_rank())
+
+    def _group(self, handle: pq.ParquetFile, unit: _Unit, epoch: int, start: int = 0,
+               stop: int | None = None) -> Iterator[dict[str, Any] | SkippedSample]:
         layout = self._layouts[unit.file]
         table = handle.read_row_group(unit.group, columns=layout.read, use_threads=False)
         columns = {name: table.column(name).to_pylist() for name in layout.read}
         del table  # the Python copies are all that is kept of this row group
-        order = range(unit.rows)
+        order: Sequence[int] = range(unit.rows)
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch, unit.file, unit.group]).permutation(unit.rows)
-        for offset in order:
+        for offset in order[start:stop]:
             yield self._sample(columns, int(offset), unit, epoch, layout)
         columns.clear()
 
@@ -278,6 +373,19 @@ class ParquetDataset(IterableDataset):
         cell = columns[layout.image][offset]
         data = cell.get("bytes") if layout.kind == "struct" and cell is not None else cell
         return load_media(sample, {"image": lambda: _decode(data, f"{path} row {row} column {layout.image}")})
+
+
+def _cut(slices: list[tuple[_Unit, int, int]], start: int, stop: int) -> list[tuple[_Unit, int, int]]:
+    """Rows ``[start, stop)`` of the stream that ``slices`` make, as slices again."""
+    out, offset = [], 0
+    for unit, low, high in slices:
+        first, last = max(start, offset), min(stop, offset + high - low)
+        if first < last:
+            out.append((unit, low + first - offset, low + last - offset))
+        offset += high - low
+        if offset >= stop:
+            break
+    return out
 
 
 def _decode(data: bytes | None, where: str) -> Any:

@@ -1,0 +1,159 @@
+"""``StepCheckpoint``: the resume points of a run, written every N optimizer steps and at epoch end.
+
+Best-k checkpoints stay with Lightning's ``ModelCheckpoint`` (``callbacks.checkpoint``); this
+callback writes the checkpoints a run resumes from:
+
+* ``last-step<global step>.ckpt`` every ``every_n_train_steps`` optimizer steps (never in the middle
+  of gradient accumulation, never on an epoch's last batch: the epoch-end one follows) and after
+  every epoch (after its validation, so early-stopping and best-k states are inside);
+* the newest ``keep_last`` of them are kept, an older one is deleted only after the new one is
+  committed to disk (:class:`~mmtrain.training.checkpoint_io.AtomicCheckpointIO`);
+* ``last.ckpt`` is a symlink to the newest of them;
+* with ``keep_every_n_epochs: k``, the checkpoint after every k-th epoch is named
+  ``epoch<e>-step<s>.ckpt`` and never rotated away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
+
+log = logging.getLogger(__name__)
+
+RESUME_PREFIXES = ("last-step", "epoch")
+LAST_NAME = "last.ckpt"  # a symlink to the newest resume checkpoint
+
+
+class StepCheckpoint(Checkpoint):
+    """Resume checkpoints every ``every_n_train_steps`` steps and at each epoch end, rotated.
+
+    Args:
+        dirpath: checkpoint directory (``${run_dir}/checkpoints``).
+        every_n_train_steps: optimizer steps between mid-epoch checkpoints (0: epoch ends only).
+        keep_last: how many of the newest ``last-step*`` checkpoints to keep (>= 1).
+        keep_every_n_epochs: also keep the checkpoint of every k-th epoch for good (None: none).
+    """
+
+    def __init__(self, *, dirpath: str, every_n_train_steps: int = 50, keep_last: int = 2,
+                 keep_every_n_epochs: int | None = None) -> None:
+        if keep_last < 1:
+            raise ValueError(f"callbacks.resume_checkpoint.keep_last must be >= 1, got {keep_last}")
+        if every_n_train_steps < 0:
+            raise ValueError(f"callbacks.resume_checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
+        if keep_every_n_epochs is not None and keep_every_n_epochs < 1:
+            raise ValueError(f"callbacks.resume_checkpoint.keep_every_n_epochs must be >= 1 or null, "
+                             f"got {keep_every_n_epochs}")
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = int(every_n_train_steps)
+        self.keep_last = int(keep_last)
+        self.keep_every_n_epochs = keep_every_n_epochs
+        self.rotating: list[str] = []  # names of the kept last-step checkpoints, oldest first
+        self._saved_step = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rotating": list(self.rotating)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rotating = list(state_dict.get("rotating", []))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if (
+            self.every_n_train_steps
+            and step > 0
+            and step % self.every_n_train_steps == 0
+            and step != self._saved_step
+            and (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+            and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            self._save(trainer, f"last-step{step:07d}.ckpt", rotate=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch, step = trainer.current_epoch, trainer.global_step
+        if self.keep_every_n_epochs and (epoch + 1) % self.keep_every_n_epochs == 0:
+            self._save(trainer, f"epoch{epoch:03d}-step{step:07d}.ckpt", rotate=False)
+        else:
+            self._save(trainer, f"last-step{step:07d}.ckpt", rotate=True)
+
+    def save_now(self, trainer: pl.Trainer, name: str) -> None:
+        """Write a resume checkpoint now (e.g. on SIGTERM), as one of the rotated ``last`` ones."""
+        self._save(trainer, name, rotate=True)
+
+    def _save(self, trainer: pl.Trainer, name: str, *, rotate: bool) -> None:
+        self._saved_step = trainer.global_step
+        if rotate:
+            self.rotating = [n for n in self.rotating if n != name] + [name]
+        trainer.save_checkpoint(str(self.dirpath / name))  # atomic; the old ones go only after this
+        if trainer.is_global_zero:
+            point_last_at(self.dirpath, name)
+        if rotate:
+            while len(self.rotating) > self.keep_last:
+                old = self.dirpath / self.rotating.pop(0)
+                if trainer.is_global_zero and old.exists():
+                    trainer.strategy.remove_checkpoint(str(old))
+
+
+def point_last_at(directory: Path, name: str) -> None:
+    """Make ``last.ckpt`` a relative symlink to ``name``, replaced atomically (never dangling mid-way)."""
+    link, temporary = directory / LAST_NAME, directory / f".{LAST_NAME}.tmp"
+    temporary.unlink(missing_ok=True)
+    os.symlink(name, temporary)
+    os.replace(temporary, link)
+
+
+def resume_candidates(checkpoint_dir: Path) -> list[Path]:
+    """The run's resume checkpoints, newest first (global step, then write time)."""
+    found = []
+    for path in checkpoint_dir.glob("*.ckpt"):
+        match = re.search(r"step(\d+)\.ckpt$", path.name)
+        if is_resume_name(path.name) and match:
+            found.append((int(match.group(1)), path.stat().st_mtime_ns, path))
+    return [path for _, _, path in sorted(found, reverse=True)]
+
+
+def is_resume_name(name: str) -> bool:
+    """``last-step<N>.ckpt`` / ``epoch<e>-step<N>.ckpt``: the checkpoints a run resumes from."""
+    return name.startswith(RESUME_PREFIXES) and re.search(r"step\d+\.ckpt$", name) is not None
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The newest resume checkpoint of ``run_dir`` that verifies; damaged ones are reported and passed over.
+
+    ``None`` when the run was stopped before its first checkpoint: it starts again from step 0 (and its
+    checkpoints, e.g. a best one, are removed: they will be written again).
+
+    Raises:
+        FileNotFoundError: checkpoints exist but none is intact.
+    """
+    from mmtrain.training.checkpoint_io import find_resume_checkpoint
+
+    checkpoint_dir = run_dir / "checkpoints"
+    if not resume_candidates(checkpoint_dir):
+        log.warning("%s holds no resume checkpoint yet (stopped before the first one): training %s again "
+                    "from the start", checkpoint_dir, run_dir)
+        drop_checkpoints_after(checkpoint_dir, -1)
+        return None
+    return find_resume_checkpoint(checkpoint_dir, accept=is_resume_name)
+
+
+def drop_checkpoints_after(checkpoint_dir: Path, step: int) -> None:
+    """Remove this run's checkpoints written after global step ``step`` (manifest-listed files only):
+    the resumed run writes them again, under the same names."""
+    from mmtrain.training.checkpoint_io import AtomicCheckpointIO, read_manifest
+
+    try:
+        entries = read_manifest(checkpoint_dir)["checkpoints"]
+    except FileNotFoundError:
+        return
+    io = AtomicCheckpointIO()
+    for name, entry in entries.items():
+        if int(entry.get("global_step") or 0) > step and (checkpoint_dir / name).exists():
+            log.info("removing %s (written after the resume point)", name)
+            io.remove_checkpoint(checkpoint_dir / name)

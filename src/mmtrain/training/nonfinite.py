@@ -1,0 +1,276 @@
+"""NaN/Inf policy of a training step (``task.nonfinite``): ``abort`` or ``skip``.
+
+:class:`~mmtrain.tasks.base.TaskBase` records every training micro-batch (sample ids, loss) and, in
+its ``optimizer_step``, runs Lightning's closure (training_step + zero_grad + backward) itself, then
+asks :meth:`NonFiniteGuard.step` to inspect the losses of the accumulation window and the gradients
+(BEFORE clipping: clipping a NaN/Inf gradient turns every gradient into NaN) and to either
+
+- step the optimizer as usual (Lightning's clipping and ``on_before_optimizer_step`` hooks run inside
+  ``optimizer.step``, exactly as without the guard);
+- ``abort``: raise :class:`NonFiniteLossError` naming step, epoch, batch, what was non-finite and the
+  sample ids; the optimizer is not stepped, so the weights are those of the previous step;
+- ``skip``: zero the gradients and do not step: weights and optimizer state (Adam moments, step
+  count) stay as they were. The step is recorded in :attr:`NonFiniteGuard.skips` and logged.
+
+Under ``torch.distributed`` the decision is all-reduced (MAX of the flags) so every rank skips or
+aborts together, and the details (ids, parameter names) are gathered from every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.optim import Optimizer
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("abort", "skip")
+MAX_IDS_SHOWN = 20
+MAX_PARAMS_SHOWN = 5
+ADVICE = (
+    "check these samples (inf/nan features, empty or corrupt inputs, extreme labels), lower the "
+    "learning rate or keep trainer.gradient_clip_val set, or set task.nonfinite=skip to skip such "
+    "steps (they are counted and listed in metrics.json)"
+)
+
+
+class NonFiniteLossError(ValueError):
+    """A training step had a NaN/Inf loss or gradient under ``task.nonfinite=abort``.
+
+    A ``ValueError`` so that ``mmtrain train`` prints the message without a traceback and exits
+    non-zero (``cli.USER_ERRORS``).
+    """
+
+
+def check_policy(policy: str) -> str:
+    """``policy`` if it is one of :data:`POLICIES`.
+
+    Raises:
+        ValueError: any other value, naming the allowed ones.
+    """
+    if policy not in POLICIES:
+        raise ValueError(
+            f"task.nonfinite must be one of {list(POLICIES)}, got {policy!r}: 'abort' stops training at a "
+            "step with a NaN/Inf loss or gradient, 'skip' leaves the weights unchanged and counts the step."
+        )
+    return str(policy)
+
+
+@dataclass
+class MicroBatch:
+    """One training batch of the current accumulation window."""
+
+    ids: list[str]
+    loss: torch.Tensor  # detached
+
+
+@dataclass
+class Finding:
+    """What was non-finite in one optimizer step (merged over every rank)."""
+
+    loss_ids: list[str] = field(default_factory=list)  # ids of the batches whose loss was NaN/Inf
+    loss_values: list[float] = field(default_factory=list)
+    grads: dict[int, list[str]] = field(default_factory=dict)  # param group -> params with NaN/Inf grads
+    window_ids: list[str] = field(default_factory=list)  # every id the step's gradients came from
+
+    @property
+    def ids(self) -> list[str]:
+        """The samples to blame: the batches with a non-finite loss, else the whole window."""
+        return self.loss_ids or self.window_ids
+
+    @property
+    def reason(self) -> str:
+        """``loss``, ``gradients`` or ``loss and gradients``."""
+        parts = [name for name, bad in (("loss", self.loss_ids), ("gradients", self.grads)) if bad]
+        return " and ".join(parts) or "loss"
+
+    def merge(self, other: Finding) -> None:
+        """Adds another rank's finding to this one."""
+        self.loss_ids += other.loss_ids
+        self.loss_values += other.loss_values
+        self.window_ids += other.window_ids
+        for group, names in other.grads.items():
+            known = self.grads.setdefault(group, [])
+            known += [n for n in names if n not in known]
+
+    def describe(self) -> str:
+        """What was non-finite, e.g. ``the loss (nan) and the gradients of param group 0 (model.w)``."""
+        parts = []
+        if self.loss_ids:
+            values = sorted({str(v) for v in self.loss_values})
+            parts.append(f"the loss ({', '.join(values)})")
+        for group, names in sorted(self.grads.items()):
+            more = f" (+{len(names) - MAX_PARAMS_SHOWN} more)" if len(names) > MAX_PARAMS_SHOWN else ""
+            parts.append(f"the gradients of param group {group} ({', '.join(names[:MAX_PARAMS_SHOWN])}{more})")
+        return " and ".join(parts)
+
+    def ids_text(self) -> str:
+        """The blamed ids, at most :data:`MAX_IDS_SHOWN` of them."""
+        ids = self.ids
+        more = f" (+{len(ids) - MAX_IDS_SHOWN} more)" if len(ids) > MAX_IDS_SHOWN else ""
+        which = "of the batch(es) with the non-finite loss" if self.loss_ids else "of the step's batch(es)"
+        return f"sample ids {which}: {ids[:MAX_IDS_SHOWN]}{more}"
+
+
+@dataclass(frozen=True)
+class StepPlace:
+    """Where a step is: ``step`` is ``trainer.global_step`` during it (optimizer steps done before)."""
+
+    step: int
+    epoch: int
+    batch_idx: int
+
+    def __str__(self) -> str:
+        return f"optimizer step {self.step} (epoch {self.epoch}, batch {self.batch_idx})"
+
+
+def replay_closure(loss: Any, closure: Callable[[], Any]) -> Callable[[], Any]:
+    """A closure returning ``loss`` (already computed) on its first call and re-running ``closure``
+    after (optimizers such as LBFGS evaluate the closure several times)."""
+    calls = 0
+
+    def replayed() -> Any:
+        nonlocal calls
+        calls += 1
+        return loss if calls == 1 else closure()
+
+    return replayed
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gradients(optimizer: Optimizer) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(group index, parameter, gradient values)`` of every parameter that has a gradient."""
+    out = []
+    for index, group in enumerate(optimizer.param_groups):
+        for param in group["params"]:
+            if param.grad is not None:
+                grad = param.grad._values() if param.grad.is_sparse else param.grad
+                out.append((index, param, grad))
+    return out
+
+
+def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A 0-d bool tensor on ``device``: no NaN/Inf in any of ``tensors`` (no host sync)."""
+    if not tensors:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
+
+
+class NonFiniteGuard:
+    """Applies the ``abort``/``skip`` policy at each optimizer step (see the module docstring).
+
+    Args:
+        policy: ``abort`` or ``skip``.
+    """
+
+    def __init__(self, policy: str = "abort") -> None:
+        self.policy = check_policy(policy)
+        self.window: list[MicroBatch] = []
+        #: One entry per skipped step: ``{step, epoch, batch_idx, reason, ids}`` (JSON-ready).
+        self.skips: list[dict[str, Any]] = []
+
+    def record(self, ids: list[str], loss: torch.Tensor | None) -> None:
+        """Notes a training batch of the current accumulation window."""
+        if loss is not None:
+            self.window.append(MicroBatch([str(i) for i in ids], loss.detach()))
+
+    def reset(self) -> None:
+        """Starts a new accumulation window (after every optimizer step, taken or not)."""
+        self.window = []
+
+    def check(
+        self, optimizer: Optimizer, *, names: Callable[[], dict[int, str]], check_grads: bool = True,
+        device: torch.device | None = None,
+    ) -> Finding | None:
+        """What was non-finite in this step on ANY rank (``None``: nothing; the same answer on every rank).
+
+        Args:
+            optimizer: its parameters' ``.grad`` are checked (call before clipping).
+            names: returns ``id(parameter) -> name`` (only called when something is non-finite).
+            check_grads: False leaves gradients to a GradScaler (fp16 AMP skips overflowing steps itself).
+            device: where the flags live (the module's device; NCCL needs CUDA tensors).
+        """
+        device = device or torch.device("cpu")
+        grads = _gradients(optimizer) if check_grads else []
+        losses_ok = _all_finite([mb.loss for mb in self.window], device)
+        grads_ok = _all_finite([g for _, _, g in grads], device)
+        flags = torch.stack([~losses_ok, ~grads_ok]).to(torch.float32)
+        if _distributed():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if not bool(flags.any()):
+            return None
+        finding = self._local_finding(grads, names)
+        if _distributed():
+            # plain dicts of str/int/float lists between ranks of this run (no class is sent)
+            gathered: list[dict[str, Any] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, asdict(finding))
+            finding = Finding()
+            for other in gathered:
+                if other is not None:
+                    finding.merge(Finding(**other))
+        return finding
+
+    def _local_finding(
+        self, grads: list[tuple[int, torch.Tensor, torch.Tensor]], names: Callable[[], dict[int, str]]
+    ) -> Finding:
+        finding = Finding(window_ids=[i for mb in self.window for i in mb.ids])
+        for mb in self.window:
+            if not bool(torch.isfinite(mb.loss).all()):
+                finding.loss_ids += mb.ids
+                finding.loss_values += [float(v) for v in mb.loss.detach().flatten()[:1].cpu()]
+        bad = [(group, param) for group, param, grad in grads if not bool(torch.isfinite(grad).all())]
+        if bad:
+            by_id = names()
+            for group, param in bad:
+                finding.grads.setdefault(group, []).append(by_id.get(id(param), f"<unnamed {tuple(param.shape)}>"))
+        return finding
+
+    def step(
+        self, optimizer: Any, closure: Callable[[], Any], place: StepPlace, *,
+        names: Callable[[], dict[int, str]], check_grads: bool = True, device: torch.device | None = None,
+        announce: bool = True,
+    ) -> bool:
+        """Runs ``closure`` (forward + backward), then steps ``optimizer`` or applies the policy.
+
+        Args:
+            optimizer: Lightning's optimizer (its ``step`` runs clipping and the precision plugin).
+            closure: Lightning's training closure; it must run exactly once per step.
+            place: step / epoch / batch, for the report.
+            announce: log the skip warning (True on global rank 0 only).
+
+        Returns:
+            True when the optimizer stepped, False when the step was skipped.
+
+        Raises:
+            NonFiniteLossError: under ``abort``, before any update.
+        """
+        try:
+            loss = closure()
+            finding = self.check(optimizer, names=names, check_grads=check_grads, device=device)
+            if finding is None:
+                optimizer.step(closure=replay_closure(loss, closure))
+                return True
+            if self.policy == "abort":
+                raise NonFiniteLossError(
+                    f"non-finite training step (task.nonfinite=abort) at {place}: NaN/Inf in "
+                    f"{finding.describe()}; {finding.ids_text()}. Training stopped with no update applied "
+                    f"at this step. What to do: {ADVICE}."
+                )
+            optimizer.zero_grad()
+            self.skips.append({"step": place.step, "epoch": place.epoch, "batch_idx": place.batch_idx,
+                               "reason": finding.reason, "ids": finding.ids})
+            if announce:
+                log.warning("task.nonfinite=skip: skipped %s: NaN/Inf in %s; %s; weights and optimizer state "
+                            "left unchanged; %d step(s) skipped so far.", place, finding.describe(),
+                            finding.ids_text(), len(self.skips))
+            return False
+        finally:
+            self.reset()

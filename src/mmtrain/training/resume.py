@@ -1,0 +1,153 @@
+"""Exact resume: per-step random streams, a per-step loss log, and what a checkpoint must carry.
+
+Lightning restores weights, optimizer, scheduler, loop counters and callback states. What it does
+not restore, this module and :mod:`mmtrain.data.resumable` do:
+
+* **Random numbers.** :class:`ExactResume` seeds Python, NumPy and torch at the start of every
+  train batch from ``(seed, rank, epoch, batch)``; dropout in step *n* is the same whether the run
+  was interrupted or not, and whenever the checkpoint was written. The generators' states are also
+  saved and restored, for code that draws numbers outside a step.
+* **Data position and augmentation** (the train loader's own state; see ``mmtrain.data.resumable``).
+* **Run files.** ``train_steps.csv`` (one line per train batch: epoch, batch, global step, loss) and
+  the skip ledger are cut back to their length at the checkpoint, so the replayed steps are not
+  written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from mmtrain.data.resumable import ResumableLoader, ResumeMismatch, derive_seed, seed_all
+
+log = logging.getLogger(__name__)
+
+STEPS_NAME = "train_steps.csv"
+STEPS_HEADER = "epoch,batch,global_step,loss\n"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy and torch CPU generator states, in weights-only-loadable types."""
+    version, mt_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+def truncate(path: Path, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (lines written after a checkpoint); absent files are left."""
+    if path.exists() and path.stat().st_size > size:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+
+
+def append_line(path: Path, line: str, header: str = "") -> None:
+    """One ``O_APPEND`` write (survives a kill of the process right after it)."""
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, ((header if new else "") + line).encode())
+    finally:
+        os.close(fd)
+
+
+class ExactResume(pl.Callback):
+    """Seeds every train batch, logs each step's loss, and checks a resume keeps what exactness needs.
+
+    Args:
+        run_dir: the run directory (``train_steps.csv`` is written there by global rank 0).
+        seed: the run seed.
+    """
+
+    def __init__(self, *, run_dir: str, seed: int) -> None:
+        self.steps_path = Path(run_dir) / STEPS_NAME
+        self.seed = int(seed)
+        self._restored: dict[str, Any] | None = None
+
+    def _contract(self, trainer: pl.Trainer) -> dict[str, Any]:
+        return {"seed": self.seed, "accumulate_grad_batches": int(trainer.accumulate_grad_batches)}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        size = self.steps_path.stat().st_size if self.steps_path.exists() else 0
+        loader = trainer.train_dataloader if trainer is not None else None
+        return {
+            "steps_bytes": size,
+            "rng": rng_state(),
+            "contract": self._contract(trainer) if trainer is not None else {},
+            "data": loader.state_dict() if isinstance(loader, ResumableLoader) else {},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._restored is None:
+            return
+        state, self._restored = self._restored, None
+        saved, now = state.get("contract", {}), self._contract(trainer)
+        changed = [f"{key} was {saved[key]}, now {now[key]}" for key in now if key in saved and saved[key] != now[key]]
+        if changed:
+            raise ResumeMismatch(
+                "cannot resume exactly: " + "; ".join(changed) + ". Use the settings of the interrupted run, "
+                "or start a new run (without resume=)."
+            )
+        set_rng_state(state["rng"])
+        self._restore_data_position(trainer, state.get("data") or {})
+        if trainer.is_global_zero:
+            truncate(self.steps_path, int(state.get("steps_bytes", 0)))
+            from mmtrain.training.checkpointing import drop_checkpoints_after
+
+            # written after the resume point (e.g. a best-k one): the replay writes them again
+            drop_checkpoints_after(self.steps_path.parent / "checkpoints", trainer.global_step)
+
+    @staticmethod
+    def _restore_data_position(trainer: pl.Trainer, data: dict[str, Any]) -> None:
+        """Point the train loader at the checkpoint's position and restart its iterator.
+
+        Lightning creates the train iterator (and prefetches a batch) before it restores a checkpoint
+        whenever ``configure_optimizers`` asks for ``estimated_stepping_batches``, so the position
+        is applied here, after the restore, and the iterator made again.
+        """
+        loader = trainer.train_dataloader
+        if not data or not isinstance(loader, ResumableLoader):
+            return
+        loader.load_state_dict(data)
+        fetcher = trainer.fit_loop._data_fetcher  # private in Lightning 2.6 (pinned): the prefetching iterator
+        if fetcher is not None:
+            iter(fetcher)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        seed_all(derive_seed(self.seed, "step", trainer.global_rank, trainer.current_epoch, batch_idx))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        value = repr(float(loss)) if isinstance(loss, torch.Tensor) else ""
+        append_line(self.steps_path, f"{trainer.current_epoch},{batch_idx},{trainer.global_step},{value}\n",
+                    header=STEPS_HEADER)

@@ -1,0 +1,150 @@
+"""SIGTERM during training: write a checkpoint, then exit with :data:`EXIT_SIGTERM` (143 = 128 + 15).
+
+How Lightning 2.6.6 handles SIGTERM: while ``fit``/``validate``/``test`` run, its signal connector
+installs a handler that only sets ``trainer.received_sigterm`` (and chains any handler installed
+before). The loops check the flag after each training batch (after the optimizer step and
+``on_train_batch_end``), after each evaluation batch and at epoch end, and raise
+``SIGTERMException`` -- a ``SystemExit`` *without a code*, so an uncaught one ends the process with
+status **0**, as if training had succeeded. ``_call_and_handle_interrupt`` calls every callback's
+``on_exception`` with it, tears down and re-raises it. (Only Ctrl-C, KeyboardInterrupt, is turned
+into ``sys.exit(1)`` there.)
+
+So mmtrain:
+
+* :class:`SigtermCheckpoint` (a callback) saves ``<dirpath>/last-step<step>.ckpt`` through
+  ``trainer.save_checkpoint`` (the Trainer's CheckpointIO plugin: atomic + manifest) in
+  ``on_exception`` when fitting; the checkpoint holds the full state at the step training stopped.
+* :func:`exit_on_sigterm` (a context manager around the trainer calls of a run) turns
+  ``SIGTERMException`` into :class:`TrainingTerminated`, a ``SystemExit(143)`` naming the checkpoint.
+  It is a ``SystemExit``, so ``except Exception`` (k-fold, stages) does not swallow it and an uncaught
+  one still exits 143; the CLI catches it to print a message. A SIGTERM that lands after the last
+  check of ``fit`` (in ``on_train_end``) is noticed at fit teardown: the next ``validate``/``test``
+  stops at once and the run exits 143 (the fit's checkpoints are complete).
+
+Lightning restores the previous SIGTERM handler before ``on_fit_end`` and outside its calls (building
+data or the model, writing the report); there SIGTERM keeps its default action: the process dies by
+the signal (shell status 143, ``returncode == -15`` from Python), with no training state to save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+#: Process exit status after SIGTERM (128 + SIGTERM): not 0 (success) and not 1 (error).
+EXIT_SIGTERM = 143
+
+
+class TrainingTerminated(SystemExit):
+    """The run stopped on SIGTERM; ``code`` is :data:`EXIT_SIGTERM`.
+
+    Attributes:
+        checkpoint: the checkpoint written on the way out (``None`` if none was: not fitting, or it failed).
+        global_step: the trainer's step when training stopped.
+        error: why no checkpoint could be written, if it could not.
+    """
+
+    def __init__(self, checkpoint: Path | None = None, global_step: int | None = None, error: str | None = None):
+        super().__init__(EXIT_SIGTERM)
+        self.checkpoint, self.global_step, self.error = checkpoint, global_step, error
+
+    def __str__(self) -> str:
+        where = f" at step {self.global_step}" if self.global_step is not None else ""
+        if self.checkpoint is not None:
+            saved = f"checkpoint written to {self.checkpoint}; resume from it"
+        elif self.error:
+            saved = f"no checkpoint could be written ({self.error}); the earlier checkpoints are intact"
+        else:
+            saved = "training had finished; its checkpoints are complete"
+        return f"stopped by SIGTERM{where}: {saved} (exit code {EXIT_SIGTERM})."
+
+
+class SigtermCheckpoint(pl.Callback):
+    """On SIGTERM while fitting, save ``<dirpath>/<filename>.ckpt`` through the trainer.
+
+    Args:
+        dirpath: the checkpoint folder (``<run_dir>/checkpoints``).
+        filename: file name without ``.ckpt``, formatted with ``step`` (global step) and ``epoch``;
+            the default matches the resume checkpoints of :mod:`mmtrain.training.checkpointing`, so
+            ``resume=`` continues from it (it is also the newest step in the manifest).
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last-step{step:07d}") -> None:
+        if not filename:
+            raise ValueError("SigtermCheckpoint: filename must not be empty")
+        self.dirpath, self.filename = Path(dirpath), filename
+        self.received = False
+        self.saved: Path | None = None
+        self.global_step: int | None = None
+        self.error: str | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or self.received:
+            return
+        self.received, self.global_step = True, trainer.global_step
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        path = self.dirpath / (self.filename.format(step=trainer.global_step, epoch=trainer.current_epoch) + ".ckpt")
+        from mmtrain.training.checkpointing import StepCheckpoint
+
+        rotation = next((c for c in trainer.callbacks if isinstance(c, StepCheckpoint)), None)
+        try:
+            if rotation is not None and rotation.dirpath == self.dirpath:  # joins the rotation, moves last.ckpt
+                rotation.save_now(trainer, path.name)
+            else:
+                trainer.save_checkpoint(path, weights_only=False)  # full state: optimizer, loops, callbacks
+        except Exception as err:  # noqa: BLE001  (the exit must still say SIGTERM; the reason is kept)
+            self.error = f"{type(err).__name__}: {err}"
+            log.error("SIGTERM at step %d: could not write %s: %s", trainer.global_step, path, err)
+            return
+        self.saved = path
+        log.warning("SIGTERM at step %d: wrote %s", trainer.global_step, path)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.received_sigterm and not self.received:  # arrived after the loops' last check
+            self.received, self.global_step = True, trainer.global_step
+            log.warning("SIGTERM after %s finished at step %d; stopping before the next stage",
+                        stage, trainer.global_step)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.received:
+            raise self.terminated()
+
+    def terminated(self) -> TrainingTerminated:
+        """The exception a run ends with after SIGTERM."""
+        return TrainingTerminated(self.saved, self.global_step, self.error)
+
+
+@contextlib.contextmanager
+def exit_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
+    """Around a run's ``trainer.fit``/``validate``/``test`` calls: SIGTERM -> :class:`TrainingTerminated`.
+
+    Use with a :class:`SigtermCheckpoint` in ``trainer.callbacks`` (without one, no checkpoint is
+    written on SIGTERM but the exit code is still :data:`EXIT_SIGTERM`).
+    """
+    def callback() -> SigtermCheckpoint | None:
+        return next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)), None)
+
+    try:
+        yield
+    except SIGTERMException as err:
+        found = callback()
+        raise (found.terminated() if found else TrainingTerminated(global_step=trainer.global_step)) from err
+    found = callback()
+    if found is not None and found.received:
+        raise found.terminated()
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The process exit status for ``err`` if it is a SIGTERM stop (ours or Lightning's), else ``None``."""
+    if isinstance(err, (TrainingTerminated, SIGTERMException)):
+        return EXIT_SIGTERM
+    return None

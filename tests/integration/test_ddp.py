@@ -1,0 +1,249 @@
+"""DDP on CPU as a user runs it: ``mmtrain train ... trainer=ddp_cpu`` (2 gloo processes) against one process.
+
+The same command is trained (a) in one process with ``data.batch_size=2B`` and (b) in two with
+``data.batch_size=B``: the global batches hold the same samples (``EpochSampler`` shards one per-epoch
+permutation over ranks), so both runs take the same optimizer steps. Randomness that depends on the
+local batch or the rank (augmentation, modality dropout, dropout) is switched off.
+
+Then the pieces that make results global, on two real gloo ranks: the contrastive loss on gathered
+embeddings (its gradient equals one process's), the skip-ledger sums, the generation references.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from mmtrain.losses.contrastive import SymmetricInfoNCE
+from mmtrain.tasks.classification import ClassificationTask
+from mmtrain.tasks.contrastive import gather_rows
+from mmtrain.tasks.generation import split_references
+from mmtrain.training.faults import compare_runs, final_checkpoint, kill_overrides
+from mmtrain.training.ledger import padding_seen, sum_over_ranks
+
+# The real demo set at its tiny size (mp4 + label JSON: 16 train, 8 val, 8 test samples), video and
+# audio towers + bottleneck fusion, with nothing random left in training. A resume point every 3 steps.
+BASE = ["experiment=demo", "data.prepare.size=tiny", "data.num_workers=0", "data.processor.augment=null",
+        "data.processor.modality_dropout=null", "model.fusion.dropout=0", "model.encoders.video.dropout=0",
+        "model.encoders.audio.dropout=0", "~model/encoders/text", "trainer.max_epochs=2", "callbacks.progress=null",
+        "evaluate_unimodal=false", "callbacks.resume_checkpoint.every_n_train_steps=3"]
+PER_RANK_BATCH = 2
+DDP = ["trainer=ddp_cpu", f"data.batch_size={PER_RANK_BATCH}"]
+ONE = [f"data.batch_size={2 * PER_RANK_BATCH}"]
+# Weights of the 1- and 2-process runs may differ only by float rounding: under DDP each rank averages
+# the loss over its half batch and gloo averages the two gradients, a different summation order than
+# one mean over the whole batch (then Adam's update, 8 steps). Measured: 3.9e-6 (weights up to ~1.0).
+# One epoch less training moves them by 1.6e-2, a different global batch by 2.5e-2.
+WEIGHT_TOLERANCE = 1e-4
+SIGKILLED = -9
+TIMES: dict[str, float] = {}
+
+
+def mmtrain(*overrides: str, cwd: Path, name: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "mmtrain.cli", "train", *overrides], check=False, cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+    TIMES[name] = round(time.perf_counter() - started, 1)
+    return done
+
+
+def killed_ddp_run(*overrides: str, cwd: Path, name: str) -> int:
+    """Run a DDP command whose rank 0 kills itself (KillSwitch); then end the job as a scheduler would:
+    the other rank, left waiting in a collective, is killed with its process group. Returns rank 0's code."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "mmtrain.cli", "train", *overrides], cwd=cwd, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    code = process.wait(timeout=300)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the group of the session started above: its rank 1
+    except ProcessLookupError:
+        pass
+    for _ in range(100):  # until nothing of that job is left
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    TIMES[name] = round(time.perf_counter() - started, 1)
+    return code
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose data/ holds the tiny demo set (built by the first run)."""
+    return tmp_path_factory.mktemp("ddp")
+
+
+@pytest.fixture(scope="module")
+def runs(workspace: Path) -> dict[str, Path]:
+    out = {}
+    for name, extra in (("one_process", ONE), ("two_processes", DDP)):
+        run_dir = workspace / name
+        done = mmtrain(*BASE, *extra, f"run_dir={run_dir}", cwd=workspace, name=name)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        out[name] = run_dir
+    return out
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(runs: dict[str, Path]) -> None:
+    one, two = (torch.load(final_checkpoint(runs[n]), map_location="cpu", weights_only=True)
+                for n in ("one_process", "two_processes"))
+    assert one["global_step"] == two["global_step"] == 2 * 16 // (2 * PER_RANK_BATCH)
+    assert one["state_dict"].keys() == two["state_dict"].keys()
+    diffs = {k: float((v.double() - two["state_dict"][k].double()).abs().max()) for k, v in one["state_dict"].items()
+             if v.is_floating_point()}
+    worst = max(diffs, key=diffs.get)
+    print(f"\nweights: max |1 process - 2 processes| = {diffs[worst]:.3g} ({worst}); wall times {TIMES}")
+    assert diffs[worst] <= WEIGHT_TOLERANCE, (worst, diffs[worst])
+    first, second = metrics(runs["one_process"]), metrics(runs["two_processes"])
+    for split in ("val", "test"):
+        print(f"{split}: acc {first[split]['acc']:.4f} vs {second[split]['acc']:.4f}, "
+              f"macro_f1 {first[split]['macro_f1']:.4f} vs {second[split]['macro_f1']:.4f}")
+        assert second[split]["confusion"] == first[split]["confusion"], split
+        assert second[split]["acc"] == pytest.approx(first[split]["acc"], abs=1e-6)
+        assert second[split]["macro_f1"] == pytest.approx(first[split]["macro_f1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_metrics_and_skip_ledger_cover_every_sample_not_one_rank(workspace: Path, runs: dict[str, Path]) -> None:
+    counts = json.loads((workspace / "data" / "spoken_digits" / "manifest.json").read_text())["counts"]
+    size = {split: counts[split]["segments"] for split in ("train", "val", "test")}
+    assert size == {"train": 16, "val": 8, "test": 8}
+    passes = {"train": 2, "val": 3, "test": 1}  # 2 epochs; val after each + the final re-score of the best
+    expected = {split: {"seen": passes[split] * size[split], "skipped": 0} for split in size}
+    for name in ("one_process", "two_processes"):
+        result = metrics(runs[name])
+        assert result["skipped"] == expected, name
+        for split in ("val", "test"):  # the confusion matrix counts each sample of the split once
+            assert sum(map(sum, result[split]["confusion"])) == size[split], (name, split)
+
+
+@pytest.mark.slow
+def test_resume_with_another_world_size_is_refused(workspace: Path) -> None:
+    run_dir = workspace / "world_one"
+    killed = mmtrain(*BASE, *ONE, *kill_overrides(5), f"run_dir={run_dir}", cwd=workspace, name="killed_1_process")
+    assert killed.returncode == SIGKILLED, killed.stderr[-3000:]
+    refused = mmtrain(*BASE, *ONE, "trainer=ddp_cpu", f"resume={run_dir}", cwd=workspace, name="refused_resume_ddp")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output[-3000:]
+    assert "cannot resume exactly" in output and "world size (trainer.devices x nodes) was 1, now 2" in output
+    assert "Traceback" not in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_resume_after_sigkill_is_bit_identical(workspace: Path, runs: dict[str, Path]) -> None:
+    # 4 steps per epoch; killed after step 7, so it goes on from step 6, in the middle of epoch 2.
+    run_dir = workspace / "ddp_killed"
+    code = killed_ddp_run(*BASE, *DDP, *kill_overrides(7), f"run_dir={run_dir}", cwd=workspace, name="killed_ddp")
+    assert code == SIGKILLED
+    resumed = mmtrain(*BASE, *DDP, f"resume={run_dir}", cwd=workspace, name="resumed_ddp")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+    assert metrics(run_dir)["resumed_from"] == "last-step0000006.ckpt"
+    assert compare_runs(runs["two_processes"], run_dir) == []
+    print(f"\nwall times (s): {TIMES}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+GLOBAL_ROWS = 6
+SPLITS = {"uneven": [4, 2], "one_rank_empty": [6, 0]}  # rows per rank of a 6-sample global batch
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(GLOBAL_ROWS, 4, generator=generator), torch.randn(GLOBAL_ROWS, 4, generator=generator)
+
+
+def _collectives_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    result: dict = {}
+    for name, counts in SPLITS.items():
+        a, b = _batch()
+        loss_fn = SymmetricInfoNCE()
+        start = sum(counts[:rank])
+        mine = slice(start, start + counts[rank])
+        local_a, local_b = a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True)
+        loss = loss_fn(gather_rows(local_a, counts), gather_rows(local_b, counts))
+        loss.backward()
+        temperature = loss_fn.log_temperature.grad.clone()
+        dist.all_reduce(temperature)  # DDP's gradient mean over ranks
+        # Embedding gradients reach the parameters below them, whose gradients DDP divides by world.
+        result[name] = {"loss": loss.item(), "rows": [start, start + counts[rank]],
+                        "grad_a": (local_a.grad / world).tolist(), "grad_b": (local_b.grad / world).tolist(),
+                        "temperature": (temperature / world).item()}
+    result["ledger"] = sum_over_ranks([rank + 1, 10 * rank])
+    ids = range(rank, 5, world)  # rank 0: 0, 2, 4; rank 1: 1, 3 and a padding repeat of sample 0
+    references = [(f"s{i}", "no" if i % 3 == 0 else "yes") for i in ids] + ([("s0", "no")] if rank == 1 else [])
+    result["references"] = split_references(references)
+    dist.destroy_process_group()
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+@pytest.mark.slow  # two interpreters importing torch + lightning (~10 s on 2 busy cores)
+def test_gathered_results_on_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
+    mp.spawn(_collectives_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    a, b = (t.requires_grad_(True) for t in _batch())
+    loss_fn = SymmetricInfoNCE()
+    loss = loss_fn(a, b)  # one process, the whole batch
+    loss.backward()
+    for name in SPLITS:
+        for result in (r[name] for r in ranks):
+            low, high = result["rows"]
+            assert result["loss"] == pytest.approx(loss.item(), abs=1e-6), name  # global in-batch negatives
+            assert torch.allclose(torch.tensor(result["grad_a"]).reshape(-1, 4), a.grad[low:high], atol=1e-6)
+            assert torch.allclose(torch.tensor(result["grad_b"]).reshape(-1, 4), b.grad[low:high], atol=1e-6)
+            assert result["temperature"] == pytest.approx(loss_fn.log_temperature.grad.item(), abs=1e-6)
+    # skip-ledger counts summed over ranks; generation references: every rank's, each sample once
+    assert [r["ledger"] for r in ranks] == [[3, 10], [3, 10]]
+    expected = {"s0": "no", "s1": "yes", "s2": "yes", "s3": "no", "s4": "yes"}
+    assert [r["references"] for r in ranks] == [expected, expected]
+
+
+def test_distributed_sampler_padding_is_not_counted_as_seen() -> None:
+    # 13 samples over 2 ranks: DistributedSampler gives each 7, rank 1's last one repeats sample 0.
+    samplers = [DistributedSampler(range(13), num_replicas=2, rank=r, shuffle=False) for r in (0, 1)]
+    assert [list(s)[-1] for s in samplers] == [12, 0]
+    assert [padding_seen(s, 7) for s in samplers] == [0, 1]
+    assert padding_seen(samplers[1], 6) == 0, "the repeat comes last: a pass cut short may not reach it"
+    assert padding_seen(DistributedSampler(range(12), num_replicas=2, rank=1), 6) == 0
+    assert padding_seen(None, 5) == 0
+
+
+def test_an_all_skipped_batch_still_joins_the_gradient_all_reduce_under_ddp() -> None:
+    task = ClassificationTask(model=nn.Linear(3, 2), optimizer=partial(torch.optim.SGD, lr=0.1), label_names=["a", "b"])
+    assert task.training_step({"ids": []}, 0) is None  # one process: no backward, no update
+    task._trainer = SimpleNamespace(world_size=2)  # what a DDP rank's module sees
+    loss = task.training_step({"ids": []}, 0)
+    assert loss is not None and float(loss) == 0.0
+    loss.backward()  # under DDP this backward is what all-reduces every gradient bucket
+    grads = [p.grad for p in task.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)

@@ -1,0 +1,137 @@
+"""Exact resume after SIGKILL, as a user does it: kill a real ``mmtrain train`` process, run the same
+command with ``resume=<run dir>``, and end bit-identical to a run that was never killed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmtrain.training.faults import compare_runs, final_checkpoint, kill_overrides
+
+pytestmark = pytest.mark.slow
+
+# The demo data at its tiny size (real mp4, augmentation, modality dropout, fusion dropout):
+# 16 train samples in batches of 2 -> 8 steps per epoch, 2 epochs; a resume point every 3 steps.
+BASE = ["experiment=demo", "data.prepare.size=tiny", "data.batch_size=2", "trainer.max_epochs=2",
+        "callbacks.progress=null", "callbacks.resume_checkpoint.every_n_train_steps=3", "evaluate_unimodal=false",
+        "callbacks.grad_audit.every_n_steps=4"]
+SIGKILLED = -9
+
+
+def mmtrain(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mmtrain.cli", "train", *overrides], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose data/ holds the tiny demo set (built once by the first run)."""
+    return tmp_path_factory.mktemp("resume")
+
+
+@pytest.fixture(scope="module")
+def references(workspace: Path) -> dict[int, Path]:
+    """One uninterrupted run per worker count."""
+    runs = {}
+    for workers in (0, 2):
+        run_dir = workspace / f"reference_w{workers}"
+        done = mmtrain(*BASE, f"data.num_workers={workers}", f"run_dir={run_dir}", cwd=workspace)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[workers] = run_dir
+    return runs
+
+
+def kill_and_resume(workspace: Path, name: str, step: int, hook: str, workers: int,
+                    resume_workers: int | None = None) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    run_dir = workspace / name
+    killed = mmtrain(*BASE, f"data.num_workers={workers}", *kill_overrides(step, hook), f"run_dir={run_dir}",
+                     cwd=workspace)
+    assert killed.returncode == SIGKILLED, killed.stderr[-3000:]
+    workers = workers if resume_workers is None else resume_workers
+    resumed = mmtrain(*BASE, f"data.num_workers={workers}", f"resume={run_dir}", cwd=workspace)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return run_dir, resumed
+
+
+def test_uninterrupted_runs_repeat_and_worker_count_does_not_matter(references: dict[int, Path]) -> None:
+    # Augmentation is seeded per batch from (seed, epoch, ids), not per worker: 0 and 2 workers agree.
+    assert compare_runs(references[0], references[2]) == []
+    steps = (references[0] / "train_steps.csv").read_text().splitlines()
+    assert steps[0] == "epoch,batch,global_step,loss" and len(steps) == 1 + 16
+
+
+@pytest.mark.parametrize(
+    ("hook", "step", "workers", "why"),
+    [
+        ("train_batch_start", 0, 0, "the very first batch, before any checkpoint"),
+        ("train_batch_end", 8, 0, "the last batch of an epoch, before its validation"),
+        ("validation_batch", 8, 0, "during validation"),
+        ("train_batch_end", 9, 0, "the first batch of the second epoch"),
+        ("train_batch_end", 5, 2, "mid-epoch with 2 data workers"),
+        ("validation_batch", 8, 2, "during validation with 2 data workers"),
+    ],
+)
+def test_sigkill_then_resume_is_bit_identical(workspace: Path, references: dict[int, Path], hook: str, step: int,
+                                              workers: int, why: str) -> None:
+    run_dir, resumed = kill_and_resume(workspace, f"{hook}_{step}_w{workers}", step, hook, workers)
+    assert compare_runs(references[workers], run_dir) == [], why
+    # the replayed steps are not logged twice
+    assert (run_dir / "train_steps.csv").read_text() == (references[workers] / "train_steps.csv").read_text()
+    if step == 0:
+        assert "again from the start" in " ".join((resumed.stdout + resumed.stderr).split())
+
+
+def test_resume_with_another_worker_count_is_exact(workspace: Path, references: dict[int, Path]) -> None:
+    run_dir, _ = kill_and_resume(workspace, "workers_2_then_0", 5, "train_batch_end", workers=2, resume_workers=0)
+    assert compare_runs(references[0], run_dir) == []
+
+
+def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(workspace: Path,
+                                                                       references: dict[int, Path]) -> None:
+    run_dir = workspace / "damaged"
+    killed = mmtrain(*BASE, "data.num_workers=0", *kill_overrides(11, "train_batch_end"), f"run_dir={run_dir}",
+                     cwd=workspace)
+    assert killed.returncode == SIGKILLED
+    newest = final_checkpoint(run_dir)
+    assert newest.name == "last-step0000009.ckpt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit, same size
+    newest.write_bytes(bytes(data))
+    resumed = mmtrain(*BASE, "data.num_workers=0", f"resume={run_dir}", cwd=workspace)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = " ".join((resumed.stdout + resumed.stderr).split())
+    assert "last-step0000009.ckpt" in output and "checksum" in output
+    assert "from last-step0000008.ckpt" in output
+    assert compare_runs(references[0], run_dir) == []
+
+
+def test_resume_with_another_batch_size_is_refused(workspace: Path) -> None:
+    run_dir = workspace / "batch_size"
+    killed = mmtrain(*BASE, *kill_overrides(4, "train_batch_end"), f"run_dir={run_dir}", cwd=workspace)
+    assert killed.returncode == SIGKILLED
+    before = torch.load(final_checkpoint(run_dir), map_location="cpu", weights_only=True)["global_step"]
+    resumed = mmtrain(*BASE, "data.batch_size=4", f"resume={run_dir}", cwd=workspace)
+    message = " ".join((resumed.stdout + resumed.stderr).split())
+    assert resumed.returncode != 0
+    assert "cannot resume exactly" in message and "data.batch_size was 2, now 4" in message
+    # nothing was lost: the checkpoint it refused is still there and intact
+    assert torch.load(final_checkpoint(run_dir), map_location="cpu", weights_only=True)["global_step"] == before
+
+
+def test_sigterm_writes_a_checkpoint_exits_143_and_resumes_exactly(workspace: Path,
+                                                                   references: dict[int, Path]) -> None:
+    run_dir = workspace / "sigterm"
+    stopped = mmtrain(*BASE, "data.num_workers=0", *kill_overrides(5, "train_batch_end", "TERM"),
+                      f"run_dir={run_dir}", cwd=workspace)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert final_checkpoint(run_dir).name == "last-step0000005.ckpt"  # written at the step it stopped
+    assert not (run_dir / "metrics.json").exists()  # never reported as a finished run
+    resumed = mmtrain(*BASE, "data.num_workers=0", f"resume={run_dir}", cwd=workspace)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert compare_runs(references[0], run_dir) == []
