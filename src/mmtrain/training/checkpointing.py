@@ -90,7 +90,7 @@ class StepCheckpoint(Checkpoint):
         self._saved_step = trainer.global_step
         if rotate:
             self.rotating = [n for n in self.rotating if n != name] + [name]
-        trainer.save_checkpoint(str(self.dirpath / name))  # atomic; the old ones go only after this
+        trainer.save_checkpoint(str(self.dirpath / name), weights_only=False)  # full state; atomic, the old ones go after
         if trainer.is_global_zero:
             point_last_at(self.dirpath, name)
         if rotate:
