@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from _cli import run_mmtrain
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -22,9 +21,7 @@ TINY = ["data.prepare.size=tiny", "data.batch_size=8", "trainer.max_epochs=2", "
 
 
 def mmtrain(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "mmtrain.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=600)
+    return run_mmtrain(*args, cwd=cwd)
 
 
 def write_media(folder: Path) -> tuple[Path, Path]:

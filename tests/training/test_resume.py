@@ -3,13 +3,12 @@ command with ``resume=<run dir>``, and end bit-identical to a run that was never
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _cli import run_mmtrain
 
 from mmtrain.training.faults import compare_runs, final_checkpoint, kill_overrides
 
@@ -24,9 +23,7 @@ SIGKILLED = -9
 
 
 def mmtrain(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "mmtrain.cli", "train", *overrides], cwd=cwd, capture_output=True,
-                          text=True, env=env, timeout=600)
+    return run_mmtrain("train", *overrides, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
