@@ -202,6 +202,7 @@ def _collectives_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     ids = range(rank, 5, world)  # rank 0: 0, 2, 4; rank 1: 1, 3 and a padding repeat of sample 0
     references = [(f"s{i}", "no" if i % 3 == 0 else "yes") for i in ids] + ([("s0", "no")] if rank == 1 else [])
     result["references"] = split_references(references)
+    dist.barrier()  # both ranks done before teardown (else gloo may abort one)
     dist.destroy_process_group()
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
 

@@ -168,6 +168,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     metrics.update(preds[rank::world], targets[rank::world])
     metrics.update_nll(float(rank + 1), rank + 2)  # total nll 3 over 5 tokens
     result = metrics.compute()
+    dist.barrier()  # both ranks done before teardown (else gloo may abort one)
     dist.destroy_process_group()
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
 

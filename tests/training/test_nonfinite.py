@@ -236,6 +236,7 @@ for step, bad_rank in enumerate((None, 1)):  # only rank 1 sees a NaN loss, at s
     unchanged.append(all(torch.equal(p, b) for p, b in zip(model.parameters(), before)))
 Path(out_dir, "rank%d.json" % rank).write_text(json.dumps(
     {"stepped": stepped, "unchanged": unchanged, "skips": guard.skips}))
+dist.barrier()  # both ranks done before teardown (else gloo may abort one)
 dist.destroy_process_group()
 """
 
