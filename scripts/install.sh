@@ -7,15 +7,16 @@ PYTHON=${PYTHON:-python3}
 
 # Debian packages the built-in demo set is made from: real recorded digits in five voices and a
 # speech synthesiser. Skipped when present; MMTRAIN_SKIP_APT=1 skips the step altogether.
-# (asterisk-prompt-*: the held-out val/test speakers.)
+# (asterisk-prompt-*: the held-out val/test speakers.) chromium: the headless browser the report test
+# (tests/report/test_browser.py) opens report.html in.
 DEBIAN_PACKAGES="espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav
   asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-es-co asterisk-prompt-fr-armelle
-  asterisk-prompt-it-menardi-wav"
+  asterisk-prompt-it-menardi-wav chromium"
 if [ "${MMTRAIN_SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1; then
   missing=$(for p in $DEBIAN_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then
     SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
-    echo "installing Debian packages for the demo set: $missing"
+    echo "installing Debian packages (demo set, report test browser): $missing"
     $SUDO apt-get install -y --no-install-recommends $missing >/dev/null \
       || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends $missing >/dev/null; }
   fi

@@ -78,3 +78,12 @@ def test_stage_and_fold_summaries_get_one_row_each(tmp_path: Path) -> None:
 def test_a_folder_that_is_not_a_run_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         write_report(tmp_path)
+
+
+def test_a_section_that_cannot_be_built_is_named_and_the_rest_renders(tmp_path: Path) -> None:
+    metrics = {"epochs": 1, "val": {"acc": 0.5, "per_class_acc": {"a": 1.0}, "confusion": "not a matrix"},
+               "test": {"acc": 0.5, "per_class_acc": {"a": 1.0, "b": 0.0}, "confusion": [[1, 0], ["x", 0]]}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report(tmp_path).read_text()
+    assert 'id="metrics"' in page and 'id="timings"' in page
+    assert "section classes could not be built" in page

@@ -198,6 +198,9 @@ class MultimodalPreTrainedModel(PreTrainedModel):
                 f"got keys {sorted(k for k, v in batch.items() if v is not None)}."
             )
         present = batch.get(f"{name}_present", batch.get(f"{modality_of(name)}_present"))
+        cache = getattr(self, "feature_cache", None)  # frozen-encoder outputs on disk (hf/feature_cache.py)
+        if cache is not None:
+            return cache.encode(name, lambda: self.encoders[name](**kwargs), kwargs).with_presence(present)
         return self.encoders[name](**kwargs).with_presence(present)
 
     def encode(self, **batch: Any) -> dict[str, EncoderOutput]:

@@ -31,6 +31,7 @@ from mmtrain.hf.processing import model_inputs
 from mmtrain.losses.contrastive import SymmetricInfoNCE
 from mmtrain.losses.matryoshka import MatryoshkaLoss
 from mmtrain.metrics.retrieval import retrieval_metrics
+from mmtrain.report.examples import retrieval_examples, write_retrieval_examples
 from mmtrain.tasks.base import OptimizerFactory, SchedulerFactory, TaskBase
 
 MATCH_RULES = ("id", "text", "label")
@@ -112,6 +113,7 @@ class ContrastiveTask(TaskBase):
             self.losses[self.pair_name(a, b)] = pair_loss
         self.results: dict[str, dict[str, Any]] = {}
         self._collected: dict[str, list[dict[str, torch.Tensor]]] = {"val": [], "test": []}
+        self.id_names: dict[int, str] = {}  # uid -> sample id, for the report's retrieval examples
 
     # -- construction helpers ---------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class ContrastiveTask(TaskBase):
         record.update({f"present/{n}": p.detach() for n, p in output.present.items()})
         device = next(iter(output.embeddings.values())).device
         record["uid"] = torch.tensor([stable_key(str(i).encode()) for i in batch["ids"]], device=device)
+        self.id_names.update(zip(record["uid"].tolist(), map(str, batch["ids"])))
         record["group"] = self.group_keys(batch, record["uid"])
         return record
 
@@ -334,11 +337,16 @@ class ContrastiveTask(TaskBase):
         return result
 
     def _finish(self, split: str) -> None:
-        result = self.split_results(self.gathered(split), split)
+        data = self.gathered(split)
+        result = self.split_results(data, split)
         self.results[split] = result
         # Every rank computed the same values from the gathered set: no reduction needed.
         for key, value in result.items():
             self.log(f"{split}/{key}", value, prog_bar=key == "r@1_mean", sync_dist=False, rank_zero_only=False)
+        trainer = self._trainer  # a training run (it logs; `mmtrain eval` does not): examples for report.html
+        if split == "test" and trainer is not None and trainer.loggers and trainer.is_global_zero:
+            examples = retrieval_examples(data, self.eval_pairs, self.id_names)
+            write_retrieval_examples(trainer.default_root_dir, split, examples)
 
     def on_validation_epoch_start(self) -> None:
         self._collected["val"] = []

@@ -121,9 +121,28 @@ def build_callbacks(cfg: DictConfig, prefixes: Sequence[str]) -> list[pl.Callbac
 
 
 def build_loggers(cfg: DictConfig, prefixes: Sequence[str]) -> list[Any]:
-    """Every non-null entry of ``cfg.logger``."""
+    """Every non-null entry of ``cfg.logger``; all but TensorBoard get the resolved config as params.
+
+    TensorBoard is left out: the run's ``config.yaml`` lies next to its events, and its hparams would
+    add an ``hp_metric`` curve. A W&B run that an earlier ``train`` in this process left open (a
+    stage, a fold) is finished first, or Lightning's ``WandbLogger`` would log into it.
+    """
+    import sys
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from omegaconf import OmegaConf
+
+    wandb = sys.modules.get("wandb")  # only if a config's target imported it: never imported here
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
     nodes = (cfg.get("logger") or {}).items()
-    return [safe_instantiate(n, prefixes, config_key=f"logger.{k}") for k, n in nodes if n is not None]
+    loggers = [safe_instantiate(n, prefixes, config_key=f"logger.{k}") for k, n in nodes if n is not None]
+    params = None
+    for logger in loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            params = params or OmegaConf.to_container(cfg, resolve=True)
+            logger.log_hyperparams(params)
+    return loggers
 
 
 def check_model_fits_data(model: MultimodalPreTrainedModel, processor: MultimodalProcessor, dataset: Any) -> None:

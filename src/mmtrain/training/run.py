@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes
 from mmtrain.config.validate import check_signature, validate_config
+from mmtrain.hf.feature_cache import setup_feature_cache
 from mmtrain.report.html import write_report
 from mmtrain.training.ledger import SkipLedger
 from mmtrain.training.signals import exit_on_sigterm
@@ -224,6 +225,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("run directory: %s", run_dir)
     trainer = build_trainer(cfg, prefixes, run_dir)
+    cache = setup_feature_cache(cfg.get("feature_cache"), model, datamodule,
+                                {s: OmegaConf.to_container(cfg.data[s], resolve=True) for s in datamodule.splits})
+    if cache is not None:
+        trainer.callbacks.append(cache)
 
     with exit_on_sigterm(trainer):
         metrics = fit_and_test(cfg, trainer, task, datamodule, run_dir, checkpoint)
@@ -236,6 +241,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ledger = next((c for c in trainer.callbacks if isinstance(c, SkipLedger)), None)
     if ledger is not None:
         metrics["skipped"] = ledger.summary()
+    if cache is not None:
+        metrics["feature_cache"] = cache.cache.summary()
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_report(run_dir)

@@ -1,0 +1,69 @@
+"""What every benchmark shares: a result row, paired timing, and the table they are printed in.
+
+A benchmark module exposes ``run(quick: bool) -> list[Result]`` (``benchmarks/run_all.py`` calls
+each) and a ``main()`` for running it alone. Every ratio is measured against a baseline timed in the
+same run, never against a stored number.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=150)  # the table stays readable when the output is a file or a pipe
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measurement against its baseline.
+
+    Attributes:
+        name: what was measured, against what.
+        value, baseline: the two measurements, already formatted with their units.
+        ratio: value / baseline as the goal reads it (``None`` when not a ratio).
+        goal: e.g. ``"<= 1.05"``; ``""`` when the row only reports.
+        met: whether ``ratio`` meets ``goal`` (``None`` when there is no goal).
+    """
+
+    name: str
+    value: str
+    baseline: str
+    ratio: float | None
+    goal: str = ""
+    met: bool | None = None
+
+
+def goal_row(name: str, value: str, baseline: str, ratio: float, bound: float, *, at_most: bool) -> Result:
+    """A :class:`Result` whose ``ratio`` must be ``<= bound`` (``at_most``) or ``>= bound``."""
+    met = ratio <= bound if at_most else ratio >= bound
+    return Result(name, value, baseline, ratio, f"{'<=' if at_most else '>='} {bound:g}", met)
+
+
+def paired_medians(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall times of two actions run alternately (after a warm-up of each), so that load from
+    other processes hits both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for action, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            action()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def print_table(title: str, results: Sequence[Result]) -> bool:
+    """Print ``results`` as one table; True when every goal is met."""
+    table = Table(title=title)
+    for column in ("measurement", "value", "baseline", "ratio", "goal", "met"):
+        table.add_column(column, justify="left" if column in ("measurement", "goal") else "right")
+    for r in results:
+        met = "" if r.met is None else ("[green]yes[/]" if r.met else "[red]no[/]")
+        table.add_row(r.name, r.value, r.baseline, "" if r.ratio is None else f"{r.ratio:.2f}", r.goal, met)
+    console.print(table)
+    return all(r.met is not False for r in results)

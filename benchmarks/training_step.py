@@ -1,0 +1,228 @@
+"""Training-step benchmark: mmtrain's overhead and the FLOP/s a step achieves.
+
+Same model (the demo's video + audio + text classifier, from its config), same pre-collated batches
+(the tiny demo set, batch 8, cycled), same optimizer, schedule and gradient clipping, three ways:
+
+1. a hand-written PyTorch loop (forward, backward, clip, AdamW step, scheduler step): the baseline;
+2. mmtrain: the Lightning ``Trainer`` that ``mmtrain train`` builds, with the default callbacks
+   (exact-resume seeding, per-step loss log, gradient audit, NaN/Inf guard, resume checkpoints, ...)
+   and no progress bar or logger (terminal and disk I/O are not the step);
+3. the transformers ``Trainer`` on the same model and batches.
+
+Seconds per step are the median over the steps after a warm-up, the three run alternately
+``--repeats`` times (median of the medians). Goal: mmtrain within 1.05x of the loop.
+
+Compute: the FLOPs of one step (``torch.utils.flop_counter``, forward + backward) over the loop's
+step time, against a float32 matmul peak measured in the same run.
+
+Run: ``.venv/bin/python benchmarks/training_step.py [--steps 60] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import open_dict
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, when run as a script
+from harness import Result, goal_row, print_table  # noqa: E402
+
+from mmtrain.config.compose import compose_config  # noqa: E402
+from mmtrain.hf.processing import model_inputs  # noqa: E402
+from mmtrain.training.build import build_data, build_model, build_task, wire_processor  # noqa: E402
+from mmtrain.training.run import build_trainer, prepare  # noqa: E402
+
+OVERHEAD_GOAL = 1.05
+WARMUP = 10
+CONFIG = ["experiment=demo", "data.prepare.size=tiny", "data.batch_size=8", "data.num_workers=0",
+          "callbacks.progress=null", "~logger", "evaluate_unimodal=false", "callbacks.early_stopping=null",
+          "callbacks.export=null"]  # export and early stopping act after the steps timed here
+
+
+class Batches(Dataset):
+    """``steps`` items cycling over pre-collated batches (a DataLoader with ``batch_size=None``)."""
+
+    def __init__(self, batches: list[dict[str, Any]], steps: int) -> None:
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.batches[index % len(self.batches)]
+
+
+def setup(workdir: Path) -> tuple[Any, Any, list[dict[str, Any]], tuple[str, ...]]:
+    """The config, the task (model inside) and the collated train batches of the tiny demo."""
+    os.chdir(workdir)
+    cfg, prefixes = prepare(compose_config([*CONFIG, f"data_root={Path(__file__).resolve().parents[1] / 'data'}"]))
+    pl.seed_everything(0, verbose=False)
+    datamodule = build_data(cfg, prefixes)
+    model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
+    wire_processor(datamodule.processor, model)
+    task = build_task(cfg, prefixes, model, datamodule.label_names, datamodule.processor)
+    batches = [datamodule.processor.collate(list(datamodule.splits["train"][i] for i in range(s, s + 8)))
+               for s in (0, 8)]
+    return cfg, task, batches, prefixes
+
+
+def steady(times: list[float]) -> float:
+    return statistics.median(times[WARMUP:])
+
+
+def raw_loop(task: Any, batches: list[dict[str, Any]], steps: int) -> float:
+    """Seconds per step of the hand-written loop."""
+    model = copy.deepcopy(task.model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = task.optimizer_factory(params)
+    scheduler = task.scheduler_factory(optimizer, total_steps=steps) if task.scheduler_factory else None
+    times = []
+    for batch in itertools.islice(itertools.cycle(batches), steps):
+        start = time.perf_counter()
+        loss = model(**model_inputs(batch)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        times.append(time.perf_counter() - start)
+    return steady(times)
+
+
+class StepClock(pl.Callback):
+    """Wall time from one train batch start to the next (the whole step, hooks and data fetch included)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def mmtrain_fit(cfg: Any, task: Any, batches: list[dict[str, Any]], steps: int, prefixes: tuple[str, ...],
+                run_dir: Path) -> float:
+    """Seconds per step of ``trainer.fit`` as ``mmtrain train`` builds the trainer."""
+    fresh = copy.deepcopy(task)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+        cfg.trainer.max_steps, cfg.trainer.limit_val_batches, cfg.trainer.num_sanity_val_steps = steps, 0, 0
+        cfg.trainer.enable_model_summary = False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text("benchmark\n")
+    trainer = build_trainer(cfg, prefixes, run_dir)
+    clock = StepClock()
+    trainer.callbacks.insert(0, clock)
+    trainer.fit(fresh, train_dataloaders=DataLoader(Batches(batches, steps), batch_size=None))
+    return steady([b - a for a, b in zip(clock.starts, clock.starts[1:])])
+
+
+def hf_trainer(task: Any, batches: list[dict[str, Any]], steps: int, out: Path) -> float:
+    """Seconds per step of ``transformers.Trainer`` on the same model and batches."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Clock(TrainerCallback):
+        """Step starts, as StepClock does for Lightning: the whole step between two starts."""
+
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.starts.append(time.perf_counter())
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.starts.append(time.perf_counter())
+
+    model = copy.deepcopy(task.model).train()
+    clock = Clock()
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=1, max_steps=steps,
+                             learning_rate=float(task.optimizer_factory.keywords.get("lr", 1e-3)),
+                             weight_decay=float(task.optimizer_factory.keywords.get("weight_decay", 0.0)),
+                             lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10), max_grad_norm=1.0, logging_steps=10**6,
+                             save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+                             disable_tqdm=True, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, train_dataset=Batches([model_inputs(b) for b in batches], steps),
+                      data_collator=lambda items: items[0], callbacks=[clock])
+    trainer.model_accepts_loss_kwargs = False  # the model's own loss: no num_items_in_batch argument
+    trainer.train()
+    return steady([b - a for a, b in zip(clock.starts, clock.starts[1:])])
+
+
+def step_flops(task: Any, batch: dict[str, Any]) -> int:
+    """FLOPs of one forward + backward pass on ``batch``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(task.model).train()
+    with FlopCounterMode(display=False) as counter:
+        model(**model_inputs(batch)).loss.backward()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(size: int = 1024, repeats: int = 7) -> float:
+    """float32 matmul FLOP/s on this machine now (median of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def run(quick: bool = False, steps: int | None = None, repeats: int | None = None) -> list[Result]:
+    """Rows ``step: ...`` (overhead) and ``compute: ...`` (achieved vs peak FLOP/s)."""
+    steps, repeats = steps or (40 if quick else 60), repeats or (2 if quick else 3)
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="mmtrain-bench-step-") as tmp:
+        try:
+            cfg, task, batches, prefixes = setup(Path(tmp))
+            loop, ours, theirs = [], [], []
+            for r in range(repeats):
+                loop.append(raw_loop(task, batches, steps))
+                ours.append(mmtrain_fit(cfg, task, batches, steps, prefixes, Path(tmp) / f"run{r}"))
+                theirs.append(hf_trainer(task, batches, steps, Path(tmp) / f"hf{r}"))
+            flops = step_flops(task, batches[0])
+            peak = matmul_peak()
+        finally:
+            os.chdir(here)
+    loop_s, ours_s, theirs_s = (statistics.median(x) for x in (loop, ours, theirs))
+    achieved = flops / loop_s
+    return [
+        goal_row("step: mmtrain (Lightning, default callbacks) vs a hand-written loop", f"{ours_s * 1e3:.1f} ms",
+                 f"{loop_s * 1e3:.1f} ms", ours_s / loop_s, OVERHEAD_GOAL, at_most=True),
+        Result("step: transformers Trainer vs a hand-written loop", f"{theirs_s * 1e3:.1f} ms",
+               f"{loop_s * 1e3:.1f} ms", theirs_s / loop_s),
+        Result(f"compute: achieved FLOP/s of a step ({flops / 1e9:.2f} GFLOP) vs float32 matmul peak",
+               f"{achieved / 1e9:.1f} GFLOP/s", f"{peak / 1e9:.1f} GFLOP/s", achieved / peak),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    results = run(steps=args.steps, repeats=args.repeats)
+    return 0 if print_table(f"training step (median over steps {WARMUP}+ of {args.steps}, "
+                            f"{args.repeats} alternating repeats)", results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
