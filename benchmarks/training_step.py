@@ -67,7 +67,9 @@ class Batches(Dataset):
 def setup(workdir: Path) -> tuple[Any, Any, list[dict[str, Any]], tuple[str, ...]]:
     """The config, the task (model inside) and the collated train batches of the tiny demo."""
     os.chdir(workdir)
-    cfg, prefixes = prepare(compose_config([*CONFIG, f"data_root={Path(__file__).resolve().parents[1] / 'data'}"]))
+    # its own copy of the tiny demo set: never rebuild the user's data/spoken_digits at another size
+    data_root = Path(tempfile.gettempdir()) / "mmtrain-bench-data-tiny"
+    cfg, prefixes = prepare(compose_config([*CONFIG, f"data_root={data_root}"]))
     pl.seed_everything(0, verbose=False)
     datamodule = build_data(cfg, prefixes)
     model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
