@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(width=150)  # the table stays readable when the output is a file or a pipe
@@ -64,6 +65,6 @@ def print_table(title: str, results: Sequence[Result]) -> bool:
         table.add_column(column, justify="left" if column in ("measurement", "goal") else "right")
     for r in results:
         met = "" if r.met is None else ("[green]yes[/]" if r.met else "[red]no[/]")
-        table.add_row(r.name, r.value, r.baseline, "" if r.ratio is None else f"{r.ratio:.2f}", r.goal, met)
+        table.add_row(escape(r.name), escape(r.value), escape(r.baseline), "" if r.ratio is None else f"{r.ratio:.2f}", r.goal, met)
     console.print(table)
     return all(r.met is not False for r in results)
