@@ -254,3 +254,17 @@ def test_distributed_ranks_take_the_same_decision(tmp_path: Path) -> None:
         assert result["stepped"] == [True, False]
         assert result["unchanged"] == [False, True]
         assert result["skips"] == [{"step": 1, "epoch": 0, "batch_idx": 1, "reason": "loss", "ids": ["r1-b1"]}]
+
+
+def test_the_fast_check_neither_misses_nan_nor_flags_huge_finite_gradients() -> None:
+    from mmtrain.training.nonfinite import _all_finite
+
+    cpu = torch.device("cpu")
+    grads = [torch.randn(50) for _ in range(4)] + [torch.zeros(0)]
+    assert bool(_all_finite(grads, cpu))
+    grads[1][7] = 3.0e38  # its L2 norm overflows to inf, yet every value is finite
+    assert bool(_all_finite(grads, cpu))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = [g.clone() for g in grads]
+        broken[3][0] = bad
+        assert not bool(_all_finite(broken, cpu))
