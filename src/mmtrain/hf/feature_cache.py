@@ -46,8 +46,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +54,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from mmtrain.encoders.base import EncoderOutput
+from mmtrain.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -277,14 +276,7 @@ class FeatureCache:
         """Atomic: a temporary file in the same folder, then ``os.replace``."""
         meta = {"id": sample_id, "slot": slot, "key": key, "version": str(FORMAT_VERSION),
                 "length": str(entry["length"]), "input_length": str(entry["input_length"] or "")}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({k: entry[k].contiguous() for k in ("tokens", "mask", "pooled")}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(path, save({k: entry[k].contiguous() for k in ("tokens", "mask", "pooled")}, metadata=meta))
 
     def summary(self) -> dict[str, Any]:
         """Hit/miss/write counts per ``split/slot`` and in total."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mmtrain.fileio import atomic_write_bytes
 from mmtrain.report import details, overview
 from mmtrain.report.common import RunData, scalars, section, table
 
@@ -123,7 +124,5 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``<run_dir>/report.html`` (see :func:`render`); returns its path."""
     target = Path(run_dir) / REPORT_NAME
     page = render(run_dir)
-    temporary = target.with_name(f".{REPORT_NAME}.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(target)
+    atomic_write_bytes(target, page.encode("utf-8"))
     return target

@@ -16,7 +16,14 @@ import psutil
 import torch
 from torch import nn
 
-from mmtrain.training.audit_plot import peak_rss_mb, plot_grad_flow, read_rows, summarize_rows, write_rows
+from mmtrain.fileio import atomic_write_bytes
+from mmtrain.training.audit_plot import (
+    peak_rss_mb,
+    plot_grad_flow,
+    read_rows,
+    summarize_rows,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -360,9 +367,7 @@ class GradientAudit(pl.Callback):
                            "saturation_margin": self.saturation_margin},
             "peak_rss_mb": max(peak_rss_mb(), *(r["rss_mb"] or 0.0 for r in rows)),
         }
-        tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, self.json_path)
+        atomic_write_bytes(self.json_path, json.dumps(summary, indent=2).encode())
         plot_grad_flow(rows, self.png_path, title=self.run_dir.name)
         self._warn(summary)
 

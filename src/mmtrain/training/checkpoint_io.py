@@ -17,8 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +25,8 @@ from typing import Any, BinaryIO
 
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
+
+from mmtrain.fileio import OWNER, atomic_write_bytes, fsync_dir, temporary_beside
 
 log = logging.getLogger(__name__)
 
@@ -94,50 +94,12 @@ def _sha256_handle(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_OWNER = f"{socket.gethostname().replace('.', '_')}-{{pid}}"  # in temporary names: whose save it is
-
-
-def _mkstemp(target: Path) -> tuple[int, str]:
-    """A temporary file beside ``target`` (named after host + pid), with the mode ``open`` would give."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_OWNER.format(pid=os.getpid())}.", suffix=".tmp",
-                               dir=target.parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
-
-
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    fd, tmp = _mkstemp(target)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        tmp = ""
-        _fsync_dir(target.parent)
-    finally:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
 def _remove_stale_temporaries(directory: Path) -> None:
     """Temporary files of saves a crash cut short: this host's, of processes that no longer exist."""
     for stale in directory.glob(".*.tmp"):
         owner = stale.name[:-4].rsplit(".", 2)[-2]
         pid = owner.rpartition("-")[2]
-        if owner != _OWNER.format(pid=pid) or not pid.isdigit() or int(pid) == os.getpid():
+        if owner != OWNER.format(pid=pid) or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)  # ProcessLookupError once that process is gone
@@ -265,7 +227,7 @@ class AtomicCheckpointIO(CheckpointIO):
 
     @staticmethod
     def _write(directory: Path, manifest: dict[str, Any]) -> None:
-        _atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode(), durable=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         """``torch.save`` to a temporary file, fsync, rename, fsync the folder, update the manifest.
@@ -277,7 +239,7 @@ class AtomicCheckpointIO(CheckpointIO):
         directory, tmp = path.parent, ""
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = _mkstemp(path)
+            fd, tmp = temporary_beside(path)
             with os.fdopen(fd, "wb") as handle:
                 writer = _HashingWriter(handle)
                 try:
@@ -305,7 +267,7 @@ class AtomicCheckpointIO(CheckpointIO):
                 self._write(directory, manifest)
                 os.replace(tmp, path)
                 tmp = ""
-                _fsync_dir(directory)
+                fsync_dir(directory)
                 entries[path.name] = record
                 for name in [n for n, e in entries.items() if e.get("deleting")]:  # removals a crash cut short
                     with contextlib.suppress(FileNotFoundError):
@@ -367,7 +329,7 @@ class AtomicCheckpointIO(CheckpointIO):
             self._write(directory, manifest)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            _fsync_dir(directory)
+            fsync_dir(directory)
             del manifest["checkpoints"][path.name]
             self._write(directory, manifest)
         log.debug("removed checkpoint %s", path)

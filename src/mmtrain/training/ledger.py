@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from mmtrain.fileio import append_line, truncate
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ class SkipLedger(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         size = getattr(self, "_truncate_to", None)
         if size is not None and trainer.is_global_zero:
-            from mmtrain.training.resume import truncate
-
             truncate(self.path, size)
         self._truncate_to = None
 
@@ -89,12 +88,7 @@ class SkipLedger(pl.Callback):
                             "rank": trainer.global_rank}) + "\n"
                 for r in records
             )
-            # One O_APPEND write per batch: lines from several ranks never interleave.
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, lines.encode())
-            finally:
-                os.close(fd)
+            append_line(self.path, lines)  # one O_APPEND write per batch: ranks never interleave
         self._check_budget(split)
 
     def _check_budget(self, split: str) -> None:

@@ -16,7 +16,6 @@ not restore, this module and :mod:`mmtrain.data.resumable` do:
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from mmtrain.data.resumable import ResumableLoader, ResumeMismatch, derive_seed, seed_all
+from mmtrain.data.resumable import (
+    ResumableLoader,
+    ResumeMismatch,
+    derive_seed,
+    seed_all,
+)
+from mmtrain.fileio import append_line, truncate
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +56,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-
-
-def truncate(path: Path, size: int) -> None:
-    """Cut ``path`` back to ``size`` bytes (lines written after a checkpoint); absent files are left."""
-    if path.exists() and path.stat().st_size > size:
-        with open(path, "r+b") as handle:
-            handle.truncate(size)
-
-
-def append_line(path: Path, line: str, header: str = "") -> None:
-    """One ``O_APPEND`` write (survives a kill of the process right after it)."""
-    new = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, ((header if new else "") + line).encode())
-    finally:
-        os.close(fd)
 
 
 class ExactResume(pl.Callback):

@@ -1,0 +1,76 @@
+"""Run-directory file writes that a crash cannot leave half done.
+
+* :func:`atomic_write_bytes`: a temporary file beside the target, then ``os.replace`` (with
+  ``durable=True`` also fsync of the file and its folder: checkpoints and their manifest).
+* :func:`append_line` / :func:`truncate`: append-only logs (``train_steps.csv``, ``skipped.jsonl``)
+  written one ``O_APPEND`` write at a time and cut back to a checkpoint's length on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+#: In temporary file names: which host and process is writing (stale ones can be told apart).
+OWNER = f"{socket.gethostname().replace('.', '_')}-{{pid}}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_beside(target: Path) -> tuple[int, str]:
+    """A temporary file beside ``target`` (named after host + pid), with the mode ``open`` would give."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{OWNER.format(pid=os.getpid())}.", suffix=".tmp",
+                               dir=target.parent)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
+def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = False) -> None:
+    """Replace ``target`` with ``data`` in one rename: readers see the old file or the new one, never
+    a part. ``durable``: fsync the file before and the folder after the rename (survives power loss)."""
+    fd, tmp = temporary_beside(target)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        tmp = ""
+        if durable:
+            fsync_dir(target.parent)
+    finally:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def append_line(path: Path, line: str, header: str = "") -> None:
+    """One ``O_APPEND`` write (``header`` first if the file is new): lines from several processes never
+    interleave, and a kill right after it loses nothing."""
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, ((header if new else "") + line).encode())
+    finally:
+        os.close(fd)
+
+
+def truncate(path: Path, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (lines written after a checkpoint); absent files are left."""
+    if path.exists() and path.stat().st_size > size:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
