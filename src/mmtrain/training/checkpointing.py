@@ -108,16 +108,6 @@ def point_last_at(directory: Path, name: str) -> None:
     os.replace(temporary, link)
 
 
-def resume_candidates(checkpoint_dir: Path) -> list[Path]:
-    """The run's resume checkpoints, newest first (global step, then write time)."""
-    found = []
-    for path in checkpoint_dir.glob("*.ckpt"):
-        match = re.search(r"step(\d+)\.ckpt$", path.name)
-        if is_resume_name(path.name) and match:
-            found.append((int(match.group(1)), path.stat().st_mtime_ns, path))
-    return [path for _, _, path in sorted(found, reverse=True)]
-
-
 def is_resume_name(name: str) -> bool:
     """``last-step<N>.ckpt`` / ``epoch<e>-step<N>.ckpt``: the checkpoints a run resumes from."""
     return name.startswith(RESUME_PREFIXES) and re.search(r"step\d+\.ckpt$", name) is not None
@@ -132,10 +122,14 @@ def resume_point(run_dir: Path) -> Path | None:
     Raises:
         FileNotFoundError: checkpoints exist but none is intact.
     """
-    from mmtrain.training.checkpoint_io import find_resume_checkpoint
+    from mmtrain.training.checkpoint_io import find_resume_checkpoint, read_manifest
 
     checkpoint_dir = run_dir / "checkpoints"
-    if not resume_candidates(checkpoint_dir):
+    try:
+        listed = [name for name in read_manifest(checkpoint_dir)["checkpoints"] if is_resume_name(name)]
+    except FileNotFoundError:  # no checkpoint was ever written there
+        listed = []
+    if not listed:
         log.warning("%s holds no resume checkpoint yet (stopped before the first one): training %s again "
                     "from the start", checkpoint_dir, run_dir)
         drop_checkpoints_after(checkpoint_dir, -1)

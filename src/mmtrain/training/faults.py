@@ -67,13 +67,11 @@ class KillSwitch(pl.Callback):
 
 
 def final_checkpoint(run_dir: Path) -> Path:
-    """The run's newest resume checkpoint (its final state once the run has finished)."""
-    from mmtrain.training.checkpointing import resume_candidates
+    """The run's newest intact resume checkpoint (its final state once the run has finished)."""
+    from mmtrain.training.checkpoint_io import find_resume_checkpoint
+    from mmtrain.training.checkpointing import is_resume_name
 
-    candidates = resume_candidates(Path(run_dir) / "checkpoints")
-    if not candidates:
-        raise FileNotFoundError(f"{run_dir}/checkpoints holds no resume checkpoint")
-    return candidates[0]
+    return find_resume_checkpoint(Path(run_dir) / "checkpoints", accept=is_resume_name)
 
 
 def _tensor_tree_diffs(a: Any, b: Any, where: str) -> list[str]:
