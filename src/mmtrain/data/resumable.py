@@ -171,6 +171,25 @@ class ResumeMismatch(ValueError):
     """A checkpoint's data position cannot be applied to the data this run was given."""
 
 
+def require_unchanged(saved: dict[str, Any], now: dict[str, tuple[str, Any]]) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's.
+
+    Args:
+        saved: the checkpoint's values by key.
+        now: key -> (the setting's name for the user, this run's value); keys the checkpoint lacks pass.
+
+    Raises:
+        ResumeMismatch: naming every setting that changed, before and after.
+    """
+    changed = [f"{name} was {saved[key]}, now {value}" for key, (name, value) in now.items()
+               if key in saved and saved[key] != value]
+    if changed:
+        raise ResumeMismatch(
+            "cannot resume exactly: " + "; ".join(changed) + ". Resume with the settings and data of the "
+            "interrupted run, or start a new run (without resume=)."
+        )
+
+
 class ResumableLoader(DataLoader):
     """The train ``DataLoader``: Lightning saves its ``state_dict`` in each checkpoint and calls
     ``load_state_dict`` before the first batch of a resumed fit.
@@ -197,19 +216,12 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Point the next pass at the batch after the checkpoint's (the next epoch's first at an end)."""
-        problems = [
-            f"{name} was {state[key]}, now {now}"
-            for name, key, now in (("data.batch_size", "batch_size", int(self.batch_size or 0)),
-                                   ("world size (trainer.devices x nodes)", "world_size", self._world()),
-                                   ("batches per epoch", "batches_per_epoch", len(self)),
-                                   ("train dataset fingerprint", "fingerprint", self.fingerprint))
-            if state.get(key) != now
-        ]
-        if problems:
-            raise ResumeMismatch(
-                "cannot resume exactly: " + "; ".join(problems) + ". Resume with the same data and batch "
-                "layout as the interrupted run, or start a new run (without resume=)."
-            )
+        require_unchanged(state, {
+            "batch_size": ("data.batch_size", int(self.batch_size or 0)),
+            "world_size": ("world size (trainer.devices x nodes)", self._world()),
+            "batches_per_epoch": ("batches per epoch", len(self)),
+            "fingerprint": ("train dataset fingerprint", self.fingerprint),
+        })
         epoch, batches = int(state["epoch"]), int(state["batches"])
         if batches >= int(state["batches_per_epoch"]):
             epoch, batches = epoch + 1, 0

@@ -26,8 +26,8 @@ import torch
 
 from mmtrain.data.resumable import (
     ResumableLoader,
-    ResumeMismatch,
     derive_seed,
+    require_unchanged,
     seed_all,
 )
 from mmtrain.fileio import append_line, truncate
@@ -95,13 +95,7 @@ class ExactResume(pl.Callback):
         if self._restored is None:
             return
         state, self._restored = self._restored, None
-        saved, now = state.get("contract", {}), self._contract(trainer)
-        changed = [f"{key} was {saved[key]}, now {now[key]}" for key in now if key in saved and saved[key] != now[key]]
-        if changed:
-            raise ResumeMismatch(
-                "cannot resume exactly: " + "; ".join(changed) + ". Use the settings of the interrupted run, "
-                "or start a new run (without resume=)."
-            )
+        require_unchanged(state.get("contract", {}), {k: (k, v) for k, v in self._contract(trainer).items()})
         set_rng_state(state["rng"])
         self._restore_data_position(trainer, state.get("data") or {})
         if trainer.is_global_zero:
