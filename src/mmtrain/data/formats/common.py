@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -280,6 +280,11 @@ class RecordDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
+        return self.load(index)
+
+    def load(self, index: int, modalities: Collection[str] | None = None) -> dict[str, Any] | SkippedSample:
+        """Sample ``index`` with its media decoded; only the media of ``modalities`` when given
+        (the others are left out of the sample, not decoded: e.g. slots served from a feature cache)."""
         if not -len(self.records) <= index < len(self.records):
             raise IndexError(f"index {index} out of range for {len(self.records)} samples")
         record = self.records[index]
@@ -287,6 +292,7 @@ class RecordDataset(Dataset):
         loaders = {
             modality: (partial(_load_all, refs) if isinstance(refs, tuple) else refs.load)
             for modality, refs in record.media.items()
+            if modalities is None or modality in modalities
         }
         return load_media(sample, loaders)
 
