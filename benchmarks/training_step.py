@@ -48,7 +48,8 @@ OVERHEAD_GOAL = 1.05
 WARMUP = 10
 CONFIG = ["experiment=demo", "data.prepare.size=tiny", "data.batch_size=8", "data.num_workers=0",
           "callbacks.progress=null", "~logger", "evaluate_unimodal=false", "callbacks.early_stopping=null",
-          "callbacks.export=null"]  # export and early stopping act after the steps timed here
+          "callbacks.export=null", "+trainer.enable_progress_bar=false"]
+# export and early stopping act after the steps timed here; no progress bar (terminal output is not the step)
 
 
 class Batches(Dataset):

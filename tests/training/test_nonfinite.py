@@ -268,3 +268,54 @@ def test_the_fast_check_neither_misses_nan_nor_flags_huge_finite_gradients() -> 
         broken = [g.clone() for g in grads]
         broken[3][0] = bad
         assert not bool(_all_finite(broken, cpu))
+
+
+class ScaleGrads(pl.Callback):
+    """Rescales every gradient in place just before clipping (as a user hook might)."""
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        for p in pl_module.parameters():
+            if p.grad is not None:
+                p.grad.mul_(3.0)
+
+
+@pytest.mark.parametrize("rescale", [False, True], ids=["plain", "hook-rescales-grads"])
+def test_clipping_reuses_the_guards_norm_with_bit_identical_results(rescale: bool, one_thread: None) -> None:
+    """Clip by norm with the guard's total norm == Lightning's own clip_grad_norm_, bit for bit; a hook
+    that changes the gradients after the guard looked at them makes the task fall back to Lightning."""
+
+    class LightningClip(TinyTask):
+        configure_gradient_clipping = pl.LightningModule.configure_gradient_clipping
+
+    runs = {}
+    for name, cls in (("shared", TinyTask), ("lightning", LightningClip)):
+        task = cls(optimizer=ADAM)
+        reused: list[bool] = []
+        original = task.nonfinite_guard.total_grad_norm
+
+        def spy(optimizer: Any, original: Any = original, reused: list[bool] = reused) -> Any:
+            total = original(optimizer)
+            reused.append(total is not None)
+            return total
+
+        task.nonfinite_guard.total_grad_norm = spy  # type: ignore[method-assign]
+        extra = [ScaleGrads()] if rescale else []
+        _, snaps = fit_with(task, extra)
+        runs[name] = (snaps, reused)
+    shared, lightning = runs["shared"], runs["lightning"]
+    assert shared[1] == [not rescale] * 4  # the shared norm was used on every step, or never after a rescale
+    assert lightning[1] == []  # Lightning's own clipping never asks
+    for batch in range(4):
+        assert same(shared[0].after[batch], lightning[0].after[batch])
+    moved = shared[0].after[3]["weights"]["model.weight"] - shared[0].before[0]["weights"]["model.weight"]
+    assert float(moved.abs().max()) > 0  # it trained
+
+
+def fit_with(task: TaskBase, callbacks: list[pl.Callback]) -> tuple[pl.Trainer, Snapshots]:
+    """``fit`` with clipping that bites (max norm 0.05) and extra callbacks."""
+    snaps = Snapshots()
+    trainer = pl.Trainer(callbacks=[snaps, *callbacks], accelerator="cpu", devices=1, max_epochs=1,
+                         gradient_clip_val=0.05, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(task, train_dataloaders=loader())
+    return trainer, snaps
