@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.profilers import Profiler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, when run as a script
@@ -79,14 +80,18 @@ class FetchProfiler(Profiler):
 
 
 class StepClock(pl.Callback):
-    """``time.perf_counter`` at every ``on_train_batch_start``."""
+    """``time.perf_counter`` at every ``on_train_batch_start``, and the main process's torch
+    intra-op thread count there (context: with workers on every core, more than one thread makes the
+    model step wait for descheduled threads)."""
 
     def __init__(self) -> None:
         self.starts: list[float] = []
+        self.threads: set[int] = set()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self.starts.append(time.perf_counter())
+        self.threads.add(torch.get_num_threads())
 
 
 DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"
@@ -134,7 +139,7 @@ def measure(steps: int, extra: list[str], work: Path, data_root: Path) -> dict[s
     cycles = [b - a for a, b in zip(starts[SKIP:-1], starts[SKIP + 1 :])]
     return {"wait": sum(waits), "step": sum(cycles), "steps": len(cycles),
             "median_wait": statistics.median(waits), "median_step": statistics.median(cycles),
-            "first_wait": profiler.durations[0]}
+            "first_wait": profiler.durations[0], "threads": sorted(clock.threads)}
 
 
 def run(quick: bool = False, data_root: Path = DATA_ROOT, repeats: int | None = None) -> list[Result]:
@@ -159,7 +164,7 @@ def run(quick: bool = False, data_root: Path = DATA_ROOT, repeats: int | None = 
                 runs[label].append(m)
                 console.print(f"{label}, run {repeat + 1}/{repeats}: {m['wait'] / m['steps'] * 1e3:.1f} ms wait / "
                               f"{m['step'] / m['steps'] * 1e3:.1f} ms step = {m['wait'] / m['step']:.3f} "
-                              f"({time.perf_counter() - started:.0f} s)")
+                              f"(main torch threads {m['threads']}; {time.perf_counter() - started:.0f} s)")
     finally:
         os.chdir(cwd)
         shutil.rmtree(work, ignore_errors=True)

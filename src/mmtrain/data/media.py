@@ -4,16 +4,29 @@ Segment reads seek first and stop at the segment's end, so their cost follows th
 the file: two seconds from the middle of a ten-minute video decode about as fast as from a
 ten-second one. Every decoding failure (missing file, zero bytes, truncated or random data, no
 stream of the kind asked for) raises :class:`MediaError`, which names the file and the modality.
+
+Per-sample costs kept low (a DataLoader worker decodes many short segments):
+
+- the video and the audio of one file can share one opened container (:class:`MediaFile`); each
+  read seeks on its own, so the result is the same as with two separate opens;
+- one RGB converter (swscale context) per read, single-threaded, instead of a new one (with its
+  own thread pool) per frame; the pixels are the same;
+- codec threads only for large frames outside DataLoader workers (:func:`decoder_threads`);
+- audio that already is mono float 16 kHz is taken as decoded, without a resampler (the
+  resampler would only copy it, bit for bit).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 SAMPLING_RATE = 16000
@@ -41,10 +54,93 @@ def _open(path: str | Path, modality: str) -> av.container.InputContainer:
         raise MediaError(file, modality, f"cannot open: {err}") from err
 
 
+class MediaFile:
+    """One media file whose container is opened on first use and shared by the reads given it.
+
+    Pass it instead of a path to :func:`read_video_segment` / :func:`read_audio_segment` to read
+    the video and the audio of a file with one ``av.open``. The arrays equal those of separate
+    reads: a read on a container another read has used always seeks first (to the segment, or
+    back to the first packet when it reads from the start), and sharing is limited to MP4/MOV,
+    whose demuxer seeks by a complete index read at open (so a seek lands where it would in a
+    freshly opened file, and seeking before the first packet lands on it, audio priming
+    included). Other formats get a fresh container per read, as with paths. An open failure is a
+    :class:`MediaError` naming the modality of the read that opened it. Close it (or use
+    ``with``) when done.
+    """
+
+    SHARED_FORMATS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "mj2"})
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self._container: av.container.InputContainer | None = None
+        self._used = False
+
+    def _take(self, modality: str) -> tuple[av.container.InputContainer, bool] | None:
+        """``(container, used before)`` for a read, or ``None``: open a container of its own."""
+        if self._container is None:
+            self._container = _open(self.path, modality)
+        elif not self.SHARED_FORMATS.intersection(self._container.format.name.split(",")):
+            return None
+        used, self._used = self._used, True
+        return self._container, used
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> MediaFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MediaFile({str(self.path)!r})"
+
+
+# Seeking a stream to this timestamp, backward, lands on its first packet (MP4/MOV).
+_BEFORE_START = -(2**62)
+
+
+@contextmanager
+def _container(
+    source: str | Path | MediaFile, modality: str
+) -> Iterator[tuple[av.container.InputContainer, str | Path, bool]]:
+    """``(container, path, rewind)`` for one read of ``source``: a shared container (left open;
+    ``rewind`` when another read used it, so a read from the start must seek back to the first
+    packet) or one opened for this read and closed after it."""
+    if isinstance(source, MediaFile):
+        taken = source._take(modality)
+        if taken is not None:
+            yield taken[0], source.path, taken[1]
+            return
+        source = source.path
+    with _open(source, modality) as container:
+        yield container, source, False
+
+
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     if value is None or time_base is None:
         return None
-    return float(value * time_base)
+    # Integer true division is correctly rounded, so this equals float(value * time_base)
+    # without building Fractions (it runs once per decoded frame).
+    return value * time_base.numerator / time_base.denominator
+
+
+# Codec threads pay off only for frames this large (width x height), and only outside DataLoader
+# workers: there the workers already keep the cores busy, and starting a thread pool per opened
+# file costs more than it saves on small frames (32x32: 0.7 ms of CPU per open).
+THREADED_DECODE_PIXELS = 640 * 480
+
+
+def decoder_threads(width: int, height: int) -> str:
+    """The codec ``thread_type`` for a video stream: ``"AUTO"`` or ``"NONE"`` (see above)."""
+    if width * height < THREADED_DECODE_PIXELS:
+        return "NONE"
+    from torch.utils.data import get_worker_info
+
+    return "NONE" if get_worker_info() is not None else "AUTO"
 
 
 def video_duration(path: str | Path) -> float:
@@ -69,7 +165,7 @@ def segment_times(start: float, end: float, count: int) -> np.ndarray:
 
 
 def read_video_segment(
-    path: str | Path, *, num_frames: int, start: float | None = None, end: float | None = None
+    path: str | Path | MediaFile, *, num_frames: int, start: float | None = None, end: float | None = None
 ) -> np.ndarray:
     """``num_frames`` frames shown at uniform times in ``[start, end)`` as ``uint8 [K,H,W,3]``.
 
@@ -77,18 +173,19 @@ def read_video_segment(
     for a time ``t`` is the one on screen at ``t`` (largest presentation time ``<= t``).
 
     Args:
-        path: video file.
+        path: video file (or a shared :class:`MediaFile`).
         num_frames: ``K``.
         start, end: segment in seconds; defaults to the whole stream.
 
     Raises:
         MediaError: the file cannot be decoded or has no frame in the segment.
     """
-    with _open(path, "video") as container:
+    with _container(path, "video") as (container, path, rewind):
         if not container.streams.video:
             raise MediaError(path, "video", "no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if not stream.codec_context.is_open:
+            stream.thread_type = decoder_threads(stream.codec_context.width, stream.codec_context.height)
         begin = 0.0 if start is None else float(start)
         if end is None:
             total = _seconds(stream.duration, stream.time_base)
@@ -98,18 +195,23 @@ def read_video_segment(
                 raise MediaError(path, "video", "duration unknown; give the segment end")
             end = total
         targets = segment_times(begin, float(end), num_frames)
-        return _frames_at(container, stream, targets, path)
+        return _frames_at(container, stream, targets, path, rewind=rewind)
 
 
 def _frames_at(
-    container: av.container.InputContainer, stream: av.VideoStream, targets: np.ndarray, path: str | Path
+    container: av.container.InputContainer, stream: av.VideoStream, targets: np.ndarray, path: str | Path,
+    rewind: bool = False,
 ) -> np.ndarray:
     """``uint8 [K,H,W,3]``: the frame on screen at each target time, decoding forward from a seek.
 
     Only frames that are chosen are converted to RGB, each once, straight into the output array;
-    no decoded frame is kept beyond the one before the current.
+    no decoded frame is kept beyond the one before the current. One converter serves all frames
+    (``VideoFrame.to_ndarray(format=...)`` would build a new swscale context, and thread pool,
+    per frame), single-threaded; the pixels are the same as ``to_ndarray(format="rgb24")``'s.
     """
     time_base = stream.time_base
+    tb_num, tb_den = time_base.numerator, time_base.denominator
+    converter = VideoReformatter()
     out: np.ndarray | None = None
     filled = 0
     previous: av.VideoFrame | None = None
@@ -118,7 +220,7 @@ def _frames_at(
     def choose(frame: av.VideoFrame) -> None:
         nonlocal out, filled, previous_rgb
         if frame is not previous or previous_rgb is None:
-            previous_rgb = frame.to_ndarray(format="rgb24")
+            previous_rgb = converter.reformat(frame, format="rgb24", threads=1).to_ndarray()
         if out is None:
             out = np.empty((len(targets), *previous_rgb.shape), dtype=np.uint8)
         out[filled] = previous_rgb
@@ -127,10 +229,12 @@ def _frames_at(
     try:
         if targets[0] > 0:
             container.seek(int(targets[0] / time_base), stream=stream, backward=True, any_frame=False)
+        elif rewind:  # a shared container another read has moved: back to the first packet
+            container.seek(_BEFORE_START, stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
-            shown_at = float(frame.pts * time_base)
+            shown_at = frame.pts * tb_num / tb_den  # == float(frame.pts * time_base), no Fraction
             while filled < len(targets) and shown_at > targets[filled]:
                 choose(previous if previous is not None else frame)
             if filled == len(targets):
@@ -145,7 +249,7 @@ def _frames_at(
     if filled < len(targets):
         # The segment runs past the last frame: hold it for at most two frame intervals (rounding
         # of the segment end); further than that the file is cut short.
-        last_time = float(previous.pts * time_base)
+        last_time = previous.pts * tb_num / tb_den
         rate = float(stream.average_rate or 25)
         if targets[-1] - last_time > 2.0 / rate:
             raise MediaError(
@@ -157,36 +261,67 @@ def _frames_at(
     return out
 
 
-def read_audio_segment(path: str | Path, *, start: float | None = None, end: float | None = None) -> np.ndarray:
+def _is_target_audio(frame: av.AudioFrame) -> bool:
+    """Already mono float32 at 16 kHz: the resampler would only copy the samples (for one
+    channel, planar ``fltp`` and packed ``flt`` hold the same bytes)."""
+    return (
+        frame.sample_rate == SAMPLING_RATE
+        and frame.format.name in ("flt", "fltp")
+        and frame.layout.name == "mono"
+    )
+
+
+def read_audio_segment(
+    path: str | Path | MediaFile, *, start: float | None = None, end: float | None = None
+) -> np.ndarray:
     """The first audio stream between ``start`` and ``end`` seconds as ``float32 [L]``, mono, 16 kHz.
+
+    Streams that already are mono float 16 kHz skip the resampler (same samples, bit for bit);
+    any other is converted by one ``av.AudioResampler`` over the segment's frames.
 
     Raises:
         MediaError: the file cannot be decoded or has no audio in the segment.
     """
     begin = 0.0 if start is None else float(start)
-    with _open(path, "audio") as container:
+    with _container(path, "audio") as (container, path, rewind):
         if not container.streams.audio:
             raise MediaError(path, "audio", "no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLING_RATE)
+        resampler: av.AudioResampler | None = None
+        direct: bool | None = None  # decided on the first frame
         chunks: list[np.ndarray] = []
         first_time: float | None = None
         try:
             if begin > 0:
                 container.seek(int(begin / stream.time_base), stream=stream, backward=True, any_frame=False)
+            elif rewind:
+                # Another read has moved this shared container: back to the first packet (seeking
+                # also resets the decoder), where a fresh open would start.
+                container.seek(_BEFORE_START, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 frame_time = _seconds(frame.pts, frame.time_base)
                 if end is not None and frame_time is not None and frame_time >= end:
                     break
                 if first_time is None:
                     first_time = frame_time if frame_time is not None else begin
+                if direct is None:
+                    direct = _is_target_audio(frame)
+                if direct:
+                    if not _is_target_audio(frame):
+                        raise MediaError(path, "audio", "the sample format, rate or layout changes mid-stream")
+                    # The one plane's samples, as to_ndarray() would give them minus its vstack copy.
+                    chunks.append(np.frombuffer(frame.planes[0], dtype=np.float32, count=frame.samples))
+                    continue
+                if resampler is None:
+                    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLING_RATE)
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+            if resampler is not None:
+                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
         except (av.FFmpegError, OSError) as err:
             raise MediaError(path, "audio", f"decoding failed: {err}") from err
     if not chunks:
         raise MediaError(path, "audio", "no audio could be decoded in the segment")
-    wave = np.concatenate(chunks).astype(np.float32)
+    wave = np.concatenate(chunks).astype(np.float32, copy=False)
     offset = max(0, int(round((begin - (first_time or 0.0)) * SAMPLING_RATE)))
     stop = None if end is None else offset + int(round((float(end) - begin) * SAMPLING_RATE))
     segment = wave[offset:stop]
@@ -202,8 +337,14 @@ def read_video(path: str | Path, num_frames: int | None = None) -> np.ndarray:
     with _open(path, "video") as container:
         if not container.streams.video:
             raise MediaError(path, "video", "no video stream")
+        stream = container.streams.video[0]
+        if not stream.codec_context.is_open:
+            stream.thread_type = decoder_threads(stream.codec_context.width, stream.codec_context.height)
+        converter = VideoReformatter()
         try:
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+            frames = [
+                converter.reformat(frame, format="rgb24", threads=1).to_ndarray() for frame in container.decode(stream)
+            ]
         except (av.FFmpegError, OSError) as err:
             raise MediaError(path, "video", f"decoding failed: {err}") from err
     if not frames:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,10 +27,11 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmtrain.data.media import read_audio_segment, read_image, read_video_segment
+from mmtrain.data.media import MediaFile, read_audio_segment, read_image, read_video_segment
 from mmtrain.data.skips import SkippedSample, load_media
 
 MEDIA_MODALITIES = ("video", "audio", "image")
+STREAM_MODALITIES = ("video", "audio")  # streams of a container file; one file's are read through one open
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -236,11 +238,13 @@ class MediaRef:
     end: float | None = None
     num_frames: int = 8
 
-    def load(self) -> Any:
+    def load(self, source: MediaFile | None = None) -> Any:
+        """The decoded media; ``source`` is an opened :class:`MediaFile` of ``path`` to read it from
+        (video and audio of one file then share one container; the arrays are the same)."""
         if self.modality == "video":
-            return read_video_segment(self.path, num_frames=self.num_frames, start=self.start, end=self.end)
+            return read_video_segment(source or self.path, num_frames=self.num_frames, start=self.start, end=self.end)
         if self.modality == "audio":
-            return read_audio_segment(self.path, start=self.start, end=self.end)
+            return read_audio_segment(source or self.path, start=self.start, end=self.end)
         if self.modality == "image":
             return read_image(self.path)
         raise ValueError(f"unknown media modality {self.modality!r}")
@@ -289,12 +293,25 @@ class RecordDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self.records)} samples")
         record = self.records[index]
         sample = {key: (dict(value) if isinstance(value, dict) else value) for key, value in record.fields.items()}
-        loaders = {
-            modality: (partial(_load_all, refs) if isinstance(refs, tuple) else refs.load)
-            for modality, refs in record.media.items()
-            if modalities is None or modality in modalities
-        }
-        return load_media(sample, loaders)
+        chosen = {m: refs for m, refs in record.media.items() if modalities is None or m in modalities}
+        # The video and the audio of one file (an mp4's two streams) share one opened container.
+        streams = Counter(
+            refs.path for refs in chosen.values() if isinstance(refs, MediaRef) and refs.modality in STREAM_MODALITIES
+        )
+        files = {path: MediaFile(path) for path, count in streams.items() if count > 1}
+        loaders: dict[str, Any] = {}
+        for modality, refs in chosen.items():
+            if isinstance(refs, tuple):
+                loaders[modality] = partial(_load_all, refs)
+            elif refs.modality in STREAM_MODALITIES and refs.path in files:
+                loaders[modality] = partial(refs.load, files[refs.path])
+            else:
+                loaders[modality] = refs.load
+        try:
+            return load_media(sample, loaders)
+        finally:
+            for file in files.values():
+                file.close()
 
     def sample_views(self) -> list[dict[str, Any]]:
         """Each sample's plain fields with ``<modality>: True`` for the media it has (no decoding);
