@@ -1,27 +1,39 @@
 """Frozen-encoder feature cache benchmark (a script, not a test).
 
 Trains the same job twice in one process, ``train(compose_config([...]))`` both times: once without
-the cache (baseline) and once with ``feature_cache.enabled=true`` on an empty cache folder. The
-job: generated samples (``data=synthetic``), the real all-MiniLM-L6-v2 text tower
-(``model/encoders/text=minilm``), the default video and audio encoders, every encoder frozen (only
-fusion and head train), no augmentation or modality dropout, 4 epochs, one torch thread. Two jobs:
-video+audio+text, and video+text (no log-mel audio in the collate).
+the cache (baseline) and once with ``feature_cache.enabled=true`` on an empty cache folder. Every
+encoder frozen (only fusion and head train), no augmentation or modality dropout, 4 epochs, one
+torch thread, ``data.num_workers=0``, the real all-MiniLM-L6-v2 text tower
+(``model/encoders/text=minilm``) and the default video and audio encoders. Three jobs:
+
+* ``mp4 video+audio+text``: real media files, the ``small`` spoken-digits demo set (H.264 + AAC),
+  128 train / 64 val segments (the label files of the first 32 / 16 clips). From epoch 2 on the
+  cached slots' media are not decoded at all (``RecordDataset.load`` of the other modalities).
+  The set is built once under ``$TMPDIR/mmtrain-bench-data`` (about 30 s; shared with
+  ``data_wait.py``).
+* ``synthetic video+audio+text`` and ``synthetic video+text``: generated samples (``data=synthetic``,
+  128 train / 64 val). The synthetic dataset generates a whole sample or nothing, so its media are
+  still generated every epoch (and then dropped before preprocessing); with the per-sample seeding of
+  the resumable loader and the training step itself, that bounds the speed-up there.
 
 Prints a table, each row with its ratio against the baseline measured in the same run:
 
-1. cached run, median epoch 2+ (train + val, read from the cache) vs its own epoch 1 (encoders run, cache written);
-2. cached run, median epoch 2+ vs the uncached run's epochs 2+ (goal of both: >= 5x);
+1. cached run, median epoch 2+ (train + val, read from the cache) vs the uncached run's epochs 2+ (goal: >= 5x);
+2. cached run, median epoch 2+ vs its own epoch 1 (encoders run, cache written; goal: >= 5x);
 3. max abs difference of the final val logits (best weights, re-scored) and of val acc / macro-F1
    between the cached and the uncached run (tolerance 1e-4 on logits, metrics equal).
 
-Run: ``.venv/bin/python benchmarks/feature_cache.py [--epochs 4] [--train 128] [--val 64]``.
-Takes about a minute on 2 CPU cores. Exit code 1 when a goal is missed.
+Run: ``.venv/bin/python benchmarks/feature_cache.py [--epochs 4] [--train 128] [--val 64]``
+(``--train``/``--val`` size the synthetic jobs). Takes one to two minutes on 2 CPU cores (plus the
+demo set's first build). Quick variant (``run_all.py --quick``): 3 epochs, the mp4 and synthetic
+video+text jobs. Exit code 1 when a goal is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,9 +50,11 @@ from harness import Result, goal_row, print_table  # noqa: E402
 
 import mmtrain.training.run as run_module  # noqa: E402
 from mmtrain.config.compose import compose_config  # noqa: E402
+from mmtrain.data.demo import ensure_demo  # noqa: E402
 
 GOAL = 5.0
 LOGIT_TOLERANCE = 1e-4
+DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"  # the same small demo set as data_wait.py
 
 
 class EpochTimer(pl.Callback):
@@ -98,9 +112,10 @@ def run(quick: bool = False, epochs: int | None = None, train: int = 128, val: i
     logging.disable(logging.WARNING)
     try:
         with tempfile.TemporaryDirectory(prefix="mmtrain-bench-cache-") as tmp:
-            jobs = JOBS[1:] if quick else JOBS
-            return [row for name, extra in jobs
-                    for row in measure(name, extra, epochs or (3 if quick else 4), train, val, Path(tmp) / name)]
+            jobs = [job for job in JOBS if job[0] != "synthetic video+audio+text"] if quick else JOBS
+            return [row for name, data in jobs
+                    for row in measure(name, data(Path(tmp) / "data", train, val), epochs or (3 if quick else 4),
+                                       Path(tmp) / name.replace(" ", "_"))]
     finally:
         torch.set_num_threads(threads)
         logging.disable(logging.NOTSET)
@@ -119,21 +134,43 @@ def main() -> int:
     return 0 if ok else 1
 
 
-#: (name, overrides): every encoder frozen. "av+text" also decodes log-mel audio in the collate
-#: (Whisper features, ~17 ms a batch) that the encoder-output cache cannot skip; "video+text" does not.
+def synthetic(train: int, val: int, *extra: str) -> list[str]:
+    return ["data=synthetic", f"data.train.num_samples={train}", f"data.val.num_samples={val}",
+            "data.test.num_samples=16", *extra]
+
+
+def mp4(work: Path, clips_train: int = 32, clips_val: int = 16) -> list[str]:
+    """The small spoken-digits set, restricted to the label files of its first clips (4 segments each)."""
+    root = DATA_ROOT / "spoken_digits"
+    ensure_demo(root, size="small")
+    overrides = ["data=spoken_digits", f"data.prepare.root={root}", "data.prepare.size=small", "data.num_workers=0",
+                 "data.processor.augment=null", "data.processor.modality_dropout=null",
+                 "+model.trainable.audio=false", "+trainer.limit_test_batches=1"]
+    for split, clips in (("train", clips_train), ("val", clips_val)):
+        labels = work / "labels" / split
+        labels.mkdir(parents=True, exist_ok=True)
+        for file in sorted((root / "labels" / split).glob("*.json"))[:clips]:
+            shutil.copy(file, labels / file.name)
+        overrides.append(f"data.{split}.label_dir={labels}")
+    return overrides
+
+
+#: (name, data overrides from (work dir, train size, val size)): every encoder frozen. "synthetic
+#: video+audio+text" also computes log-mel audio features in the collate without the cache (Whisper
+#: features, ~17 ms a batch); "synthetic video+text" does not.
 JOBS = [
-    ("video+audio+text", ["+model.trainable.audio=false"]),
-    ("video+text", ["~model/encoders/audio"]),
+    ("mp4 video+audio+text", lambda work, train, val: mp4(work)),
+    ("synthetic video+audio+text", lambda work, train, val: synthetic(train, val, "+model.trainable.audio=false")),
+    ("synthetic video+text", lambda work, train, val: synthetic(train, val, "~model/encoders/audio")),
 ]
 
 
-def measure(name: str, extra: list[str], epochs: int, train: int, val: int, work: Path) -> list[Result]:
+def measure(name: str, data: list[str], epochs: int, work: Path) -> list[Result]:
     common = [
-        "data=synthetic", "model/encoders/text=minilm", "+model.trainable.video=false",
-        "+model.trainable.text=false", *extra, f"trainer.max_epochs={epochs}",
-        f"data.train.num_samples={train}", f"data.val.num_samples={val}", "data.test.num_samples=16",
-        "callbacks.progress=null", "logger.tensorboard=null", "+trainer.enable_model_summary=false",
-        "trainer.num_sanity_val_steps=0", "evaluate_unimodal=false", f"feature_cache.dir={work / 'cache'}",
+        "model/encoders/text=minilm", "+model.trainable.video=false", "+model.trainable.text=false", *data,
+        f"trainer.max_epochs={epochs}", "callbacks.progress=null", "logger.tensorboard=null",
+        "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "evaluate_unimodal=false",
+        f"feature_cache.dir={work / 'cache'}",
     ]
     base, base_time, base_logits = train_probed([*common, "feature_cache.enabled=false", f"run_dir={work / 'plain'}"])
     cached, cache_time, cache_logits = train_probed([*common, "feature_cache.enabled=true",

@@ -1,4 +1,5 @@
-"""Frozen-encoder feature cache: hits and misses, exact equality, invalidation, skipped slots.
+"""Frozen-encoder feature cache: hits and misses, exact equality, invalidation, skipped slots,
+features served before decoding (mixed batches of read and encoded rows).
 
 Real tiny models (the default config's ViT frame encoder, conv1d audio, tiny BERT; image slot
 ``vit``) on generated samples, real safetensors files in a temporary folder; no mocks.
@@ -18,7 +19,8 @@ from safetensors.torch import load_file
 import mmtrain  # noqa: F401
 from mmtrain.config.compose import compose_config
 from mmtrain.config.targets import runtime_prefixes
-from mmtrain.hf.feature_cache import FORMAT_VERSION, FeatureCache
+from mmtrain.data.cached_features import CACHED_KEY, CachedFeatureDataset, CachedMedia
+from mmtrain.hf.feature_cache import FORMAT_VERSION, CacheStats, FeatureCache
 from mmtrain.hf.processing import model_inputs
 from mmtrain.training.build import build_data, build_model, wire_processor
 
@@ -191,5 +193,80 @@ def test_entries_carry_id_and_version(setup, tmp_path: Path) -> None:
     assert meta["id"] == ids[0] and meta["version"] == str(FORMAT_VERSION) and meta["key"] == key
     path.write_bytes(b"not a safetensors file")  # a torn entry is recomputed, not trusted
     encode(model, cache, "val", ids, inputs)
-    assert cache.stats.misses[("val", "video")] == 12
+    assert cache.stats.misses[("val", "video")] == 6 + 1  # that row only: the other five are read
+    assert cache.stats.hits[("val", "video")] == 5
     assert load_file(str(path))["pooled"].shape[0] > 0
+
+
+def served_batch(datamodule: Any, cache: FeatureCache, count: int = 6) -> tuple[list[Any], dict[str, Any]]:
+    """Val samples read through the cache-aware dataset (as a DataLoader would), and their batch."""
+    dataset = CachedFeatureDataset(datamodule.splits["val"], cache.plan("val"))
+    samples = [dataset[i] for i in range(count)]
+    return samples, datamodule.processor.collate(samples)
+
+
+def encode_served(model: Any, cache: FeatureCache, batch: dict[str, Any]):
+    inputs = model_inputs(batch)
+    inputs.pop("labels", None)
+    assert CACHED_KEY not in inputs  # it reaches the model through the cache, not as a model input
+    cache.active, cache.provided = ("val", batch["ids"]), batch.get(CACHED_KEY)
+    try:
+        with torch.no_grad():
+            outputs = model.encode(**inputs)
+            return outputs, model.head(model.fusion(outputs))
+    finally:
+        cache.active = cache.provided = None
+
+
+def test_mixed_batch_stores_only_missing_rows_and_matches_a_cold_run(setup) -> None:
+    model, datamodule, cache, ids, inputs, plain, plain_logits = setup
+    encode(model, cache, "val", ids, inputs)  # a cold pass, then rows 1, 3, 5 lose their entries, as
+    for slot in SLOTS:  # a run killed while writing them (or new samples) leaves them
+        key = cache.slot_key(slot, "val", torch.device("cpu"))
+        for b in (1, 3, 5):
+            (cache.entry_dir(slot, "val", key) / cache.entry_name(ids[b])).unlink()
+    samples, batch = served_batch(datamodule, cache)
+    for modality in ("video", "audio", "image"):  # served rows: not preprocessed (the synthetic set has no
+        # separate decoding), yet present
+        assert [isinstance(s[modality], CachedMedia) for s in samples] == [True, False] * 3
+        assert bool(batch[f"{modality}_present"].all())
+    assert isinstance(samples[0]["text"], str) and batch["input_ids"].shape[0] == 6  # text is still tokenized
+    assert not batch["pixel_values"][[0, 2, 4]].any() and batch["pixel_values"][[1, 3, 5]].any()
+
+    calls: list[int] = []
+    hook = model.encoders["video"].register_forward_pre_hook(
+        lambda _m, args, kw: calls.append(len(kw["pixel_values_videos"])), with_kwargs=True)
+    cache.stats = CacheStats()
+    mixed, mixed_logits = encode_served(model, cache, batch)
+    hook.remove()
+    assert calls == [6]  # at the batch's shape (served rows are zeros): new rows match a cold run bit for bit
+    assert cache.stats.hits == {("val", s): 3 for s in SLOTS} == cache.stats.misses == cache.stats.writes
+    for slot in SLOTS:  # identical to encoding the whole batch without any cache
+        assert_same(mixed[slot], plain[slot])
+        assert mixed[slot].tokens.shape == plain[slot].tokens.shape
+    assert torch.equal(mixed_logits, plain_logits)
+
+    samples, batch = served_batch(datamodule, cache)  # now every row has its entries
+    assert all(isinstance(s[m], CachedMedia) for s in samples for m in ("video", "audio", "image"))
+    assert not {"pixel_values_videos", "pixel_values", "input_features"} & set(batch)  # nothing preprocessed
+    cache.stats = CacheStats()
+    warm_out, warm_logits = encode_served(model, cache, batch)
+    assert cache.stats.misses == {} and cache.stats.hits == {("val", s): 6 for s in SLOTS}
+    for slot in SLOTS:
+        assert torch.equal(warm_out[slot].tokens, mixed[slot].tokens)
+        assert torch.equal(warm_out[slot].mask, mixed[slot].mask)
+    assert torch.equal(warm_logits, plain_logits)
+
+
+def test_served_media_with_a_stale_key_is_refused_not_guessed(setup) -> None:
+    model, datamodule, cache, ids, inputs, *_ = setup
+    encode(model, cache, "val", ids, inputs)
+    _, batch = served_batch(datamodule, cache)
+    with torch.no_grad():
+        next(model.encoders["video"].parameters()).add_(0.5)  # weights changed after the loader planned
+    with pytest.raises(RuntimeError, match="video media were not decoded"):
+        encode_served(model, cache, batch)
+    inputs_only = model_inputs(batch)
+    inputs_only.pop("labels", None)
+    with pytest.raises(ValueError, match="no input for encoder 'video'"):  # outside a trainer batch: no cache
+        model.encode(**inputs_only)

@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from mmtrain.data.cached_features import CachedFeatureDataset
 from mmtrain.data.resumable import (
     EpochSampler,
     KeyedDataset,
@@ -28,6 +29,10 @@ class MultimodalDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: run seed; the train order and augmentation of every epoch derive from it
             (:mod:`mmtrain.data.resumable`), so a resumed run sees the same batches.
+
+    ``feature_cache`` (set by :func:`~mmtrain.hf.feature_cache.setup_feature_cache`): when set, each
+    loader reads its split through :class:`~mmtrain.data.cached_features.CachedFeatureDataset`, which
+    leaves the media of cached encoder slots undecoded for samples whose features are on disk.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.label_names = self._label_names()
+        self.feature_cache: Any = None
 
     def _label_names(self) -> list[str]:
         names = getattr(self.splits["train"], "label_names", None)
@@ -69,12 +75,23 @@ class MultimodalDataModule(pl.LightningDataModule):
             if callable(getattr(dataset, "set_epoch", None)):
                 dataset.set_epoch(epoch)
 
+    def _served(self, split: str) -> Dataset:
+        """``split``'s dataset, wrapped to serve cached features before decoding when the cache is on
+        (map-style datasets in a trainer only: the plan's keys are computed now, in this process, under
+        the trainer's device and precision)."""
+        dataset = self.splits[split]
+        cache = self.feature_cache
+        if cache is None or self.trainer is None or isinstance(dataset, IterableDataset):
+            return dataset
+        plan = cache.plan(split, self.trainer, dataset)
+        return CachedFeatureDataset(dataset, plan) if plan is not None else dataset
+
     def _loader(self, split: str) -> DataLoader[Any]:
         """Val/test batches in dataset order (Lightning shards them over ranks under DDP)."""
         if split not in self.splits:
             raise ValueError(f"no '{split}' dataset configured (data.{split}).")
         return DataLoader(
-            self.splits[split],
+            self._served(split),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -100,7 +117,7 @@ class MultimodalDataModule(pl.LightningDataModule):
             keyed: Dataset = KeyedIterable(dataset)
             sampler = None
         else:
-            keyed = KeyedDataset(dataset, self.seed)
+            keyed = KeyedDataset(self._served("train"), self.seed)
             sampler = EpochSampler(dataset, seed=self.seed, num_replicas=world, rank=rank)
         return ResumableLoader(
             keyed,
@@ -110,7 +127,7 @@ class MultimodalDataModule(pl.LightningDataModule):
             collate_fn=SeededCollate(self.processor.collate_train, self.seed),
             persistent_workers=self.num_workers > 0,
             progress=self._progress,
-            fingerprint=dataset_fingerprint(dataset),
+            fingerprint=dataset_fingerprint(dataset),  # of the unwrapped dataset: the same with the cache on
         )
 
     def val_dataloader(self) -> DataLoader[Any]:

@@ -7,6 +7,7 @@ is replaced by noise, so a model that fuses modalities beats any single one.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -69,20 +70,35 @@ class SyntheticDataset(Dataset):
         """Every sample (generated in memory; cheap), for a token budget check."""
         return [self[i] for i in range(self.num_samples)]
 
+    #: Modalities generated as media (``load`` can leave them out); text and label always are.
+    media_modalities = ("video", "image", "audio")
+
+    def sample_id(self, index: int) -> str:
+        """The id of sample ``index``, without generating it."""
+        return f"{self.split}-{index:05d}"
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.load(index)
+
+    def load(self, index: int, modalities: Collection[str] | None = None) -> dict[str, Any]:
+        """Sample ``index``; only the media (video/image/audio) of ``modalities`` when given.
+
+        Each modality draws from its own generator, seeded by (seed, split, index, modality), so a
+        sample generated in part has exactly the values of the same parts of the whole sample.
+        """
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng(self.seed * 7_919 + SPLIT_OFFSETS[self.split] + index)
+        root = self.seed * 7_919 + SPLIT_OFFSETS[self.split] + index
+        rng = np.random.default_rng(root)
         label = int(rng.integers(len(self.label_names)))
         noisy = rng.choice(["video", "image", "audio", "text"]) if rng.random() < self.noise else None
-        return {
-            "id": f"{self.split}-{index:05d}",
-            "video": self._video(rng, label, noisy == "video"),
-            "image": self._image(rng, label, noisy == "image"),
-            "audio": self._audio(rng, label, noisy == "audio"),
-            "text": self._text(rng, label, noisy == "text"),
-            "label": label,
-        }
+        sample: dict[str, Any] = {"id": self.sample_id(index)}
+        for number, modality in enumerate(("video", "image", "audio", "text"), start=1):
+            if modality == "text" or modalities is None or modality in modalities:
+                make = getattr(self, f"_{modality}")
+                sample[modality] = make(np.random.default_rng([root, number]), label, noisy == modality)
+        sample["label"] = label
+        return sample
 
     def _pattern(self, rng: np.random.Generator, label: int, phase: float) -> np.ndarray:
         size = self.frame_size

@@ -192,13 +192,13 @@ class MultimodalPreTrainedModel(PreTrainedModel):
     def encode_one(self, name: str, **batch: Any) -> EncoderOutput:
         """Encoder ``name`` on its keys of ``batch``; samples without the modality are masked out."""
         kwargs = {k: batch[k] for k in self._accepts[name] if batch.get(k) is not None}
-        if not kwargs:
+        cache = getattr(self, "feature_cache", None)  # frozen-encoder outputs on disk (hf/feature_cache.py)
+        if not kwargs and not (cache is not None and cache.served(name)):  # served: media not even decoded
             raise ValueError(
                 f"batch has no input for encoder '{name}' (expects one of {list(self._accepts[name])}); "
                 f"got keys {sorted(k for k, v in batch.items() if v is not None)}."
             )
         present = batch.get(f"{name}_present", batch.get(f"{modality_of(name)}_present"))
-        cache = getattr(self, "feature_cache", None)  # frozen-encoder outputs on disk (hf/feature_cache.py)
         if cache is not None:
             return cache.encode(name, lambda: self.encoders[name](**kwargs), kwargs).with_presence(present)
         return self.encoders[name](**kwargs).with_presence(present)

@@ -9,7 +9,8 @@ back. :class:`FeatureCache` does that inside :meth:`MultimodalPreTrainedModel.en
   where ``key`` hashes the format version, the slot's weights (blake2b over every tensor of its
   ``state_dict``: name, dtype, shape, bytes), the encoder's config spec, the processor settings of
   the slot's modality (image size, frame count, normalisation, audio features, tokenizer...),
-  the split's data config, the device type, autocast state and the torch version. Anything that
+  the split's data config, the device type, autocast state and the torch version
+  (:mod:`mmtrain.hf.feature_keys`). Anything that
   changes an output changes the key, so a stale entry is never read (invalidation by construction);
   old keys are simply left on disk (delete ``<root>`` to reclaim the space).
 * **Eligibility.** Only frozen slots are cached. For the train split a slot is not cached when the
@@ -19,45 +20,75 @@ back. :class:`FeatureCache` does that inside :meth:`MultimodalPreTrainedModel.en
   are not, is logged once.
 * **Entries.** Per sample, unpadded: ``tokens`` [n, D] and ``mask`` [n] (the encoder's output up to
   its last real token), ``pooled`` [D], in the encoder's output dtype (no precision loss); the
-  sample id is stored in the metadata and checked on read. Files are written to a temporary name
-  and ``os.replace``-d into place, so DDP ranks writing the same entry never expose a partial file.
-  Loads go through ``safetensors`` only (no pickle).
-* **Batches.** A batch whose samples are all cached is assembled from the files (padded with zeros
-  and ``mask=False`` to the length the encoder would have produced); otherwise the encoder runs on
-  the whole batch, the missing entries are written, and the batch is returned *as re-assembled from
-  the stored values*, so a cold-cache run and a warm-cache run see bit-identical features.
-  Presence (``<m>_present``) is applied after the cache, as without it.
+  sample id is stored in the metadata and checked on read (:mod:`mmtrain.hf.feature_entries`).
+  Files are written to a temporary name and ``os.replace``-d into place, so DDP ranks writing the
+  same entry never expose a partial file. Loads go through ``safetensors`` only (no pickle).
+* **Before decoding.** The datamodule wraps each split's dataset in
+  :class:`~mmtrain.data.cached_features.CachedFeatureDataset` with this cache's :meth:`plan` (entry
+  folders and keys, computed here in the main process under the trainer's device and precision).
+  A sample whose cached slots all have entries does not decode the media of those slots (a
+  dataset with ``load(index, modalities)``; others decode and drop them), the collate does not
+  preprocess it, and the entries travel in the batch (``batch["cached_features"]``, read in the
+  DataLoader workers); :class:`FeatureCacheCallback` hands them to :meth:`encode`. Which media are
+  served this way is logged once per split.
+* **Batches.** Rows with an entry (shipped in the batch, else read from disk) are assembled from it
+  (padded with zeros and ``mask=False`` to the length the encoder would have produced). When some
+  rows have none (first epoch, a new sample, a run killed while writing a batch's entries), the
+  encoder runs on the batch at its full shape (rows whose media were served are zero inputs: a
+  sub-batch of the missing rows would change kernel shapes and with them the last float bits), only
+  the missing rows' outputs are kept and written, and the batch is returned *as re-assembled from
+  the stored values*. A cold-cache run, a warm one and one that resumes between the two therefore
+  see bit-identical features. Presence (``<m>_present``) is applied after the cache, as without it.
 
 Tolerance: stored features are the same floats the encoder produced. Real-token features and
 ``pooled`` are bit-identical to an uncached forward of the same batch; only padded positions (which
 every masked consumer ignores) hold zeros instead of the encoder's values at padding. Across epochs
 an uncached run re-pads text to the new batch's longest sample, which can move the last float bits
 of an attention encoder's outputs (~1e-7), so metrics of a cached and an uncached run agree to
-~1e-5 relative, while two cached runs are identical.
+~1e-5 relative (val logits within 1e-4), while two cached runs are identical.
 
 The cache draws no random numbers and needs no state in checkpoints, so resumable training
-(:mod:`mmtrain.data.resumable`) is unaffected. :class:`FeatureCacheCallback` tells the cache which
-split and sample ids the current batch holds; outside a trainer batch (pre-flight checks, export,
-inference) the encoders always run.
+(:mod:`mmtrain.data.resumable`) is unaffected, and the train dataset's fingerprint is that of the
+unwrapped dataset. :class:`FeatureCacheCallback` tells the cache which split and sample ids the
+current batch holds; outside a trainer batch (pre-flight checks, export, inference) the encoders
+always run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
 
+from mmtrain.data.cached_features import (
+    CACHED_KEY,
+    SERVABLE,
+    CachedBatch,
+    CachePlan,
+    can_skip_decoding,
+)
 from mmtrain.encoders.base import EncoderOutput
-from mmtrain.fileio import atomic_write_bytes
+from mmtrain.hf.feature_entries import (
+    assemble,
+    entry_name,
+    finish,
+    read_entry,
+    split_rows,
+    unpack,
+    write_entry,
+)
+from mmtrain.hf.feature_keys import (
+    digest,
+    preprocessing_settings,
+    tensor_versions,
+    weights_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,58 +97,6 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 #: Modalities whose train-time batches ``data.processor.augment`` changes.
 AUGMENTED_MODALITIES = ("image", "video")
-
-
-def _digest(*parts: Any) -> str:
-    """Stable hex digest of JSON-able parts (non-JSON values by ``str``)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def weights_hash(module: torch.nn.Module) -> str:
-    """blake2b over every tensor of ``module.state_dict()`` (name, dtype, shape, raw bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _tensor_versions(module: torch.nn.Module) -> tuple[Any, ...]:
-    """Cheap signature of a module's tensors: any in-place change (``copy_``, ``load_state_dict``)
-    bumps ``_version``; any reassignment changes ``data_ptr``."""
-    return tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
-                 for name, t in module.state_dict(keep_vars=True).items())
-
-
-def tokenizer_hash(tokenizer: Any) -> str:
-    """Everything a tokenizer does to text: its full serialised state when fast, else its vocab."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        body = backend.to_str()
-    else:
-        body = json.dumps(sorted(tokenizer.get_vocab().items()))
-    return _digest(type(tokenizer).__name__, hashlib.blake2b(body.encode(), digest_size=16).hexdigest(),
-                   getattr(tokenizer, "padding_side", None), getattr(tokenizer, "model_max_length", None))
-
-
-def preprocessing_settings(processor: Any, modality: str) -> dict[str, Any]:
-    """The processor settings that shape ``modality``'s encoder input (deterministic part only)."""
-    if modality == "image":
-        return {"image_size": processor.image_size, "mean": processor.image_mean, "std": processor.image_std}
-    if modality == "video":
-        return {"image_size": processor.image_size, "num_frames": processor.num_frames,
-                "mean": processor.image_mean, "std": processor.image_std}
-    if modality == "audio":
-        extractor = processor.feature_extractor
-        facts = {k: v for k, v in extractor.to_dict().items() if isinstance(v, (int, float, str, bool, type(None)))}
-        return {"audio_format": processor.audio_format, "extractor": facts}
-    if modality == "text":
-        return {"max_text_length": processor.max_text_length, "tokenizer": tokenizer_hash(processor.tokenizer),
-                "prompt": getattr(processor, "prompt", None)}
-    raise ValueError(f"unknown modality '{modality}'")
 
 
 def train_randomness(processor: Any, modality: str) -> str | None:
@@ -134,14 +113,16 @@ def train_randomness(processor: Any, modality: str) -> str | None:
 
 @dataclass
 class CacheStats:
-    """Per ``(split, slot)`` sample counts: ``hits`` read from disk, ``misses`` encoded, ``writes`` stored."""
+    """Per ``(split, slot)`` sample counts: ``hits`` read from the cache (in the batch or from disk),
+    ``misses`` encoded, ``writes`` stored."""
 
     hits: dict[tuple[str, str], int] = field(default_factory=dict)
     misses: dict[tuple[str, str], int] = field(default_factory=dict)
     writes: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, table: dict[tuple[str, str], int], split: str, slot: str, count: int) -> None:
-        table[(split, slot)] = table.get((split, slot), 0) + count
+        if count:
+            table[(split, slot)] = table.get((split, slot), 0) + count
 
     def total(self, name: str) -> int:
         return sum(getattr(self, name).values())
@@ -169,7 +150,10 @@ class FeatureCache:
         self.data_specs = {str(k): v for k, v in (data_specs or {}).items()}
         self.stats = CacheStats()
         self.active: tuple[str, list[str]] | None = None
-        self._weights: dict[str, tuple[tuple[Any, ...], str]] = {}
+        #: The current batch's features read before decoding (set with ``active`` by the callback).
+        self.provided: CachedBatch | None = None
+        self._weights: dict[str, tuple[Any, list[torch.nn.Module], list[Any], str]] = {}
+        self._logged: set[str] = set()
         self.reasons: dict[tuple[str, str], str] = {}  # (split, slot) -> why it is not cached
         for slot in model.encoders:
             modality = modality_of(slot)
@@ -194,17 +178,45 @@ class FeatureCache:
     def cached_slots(self, split: str) -> list[str]:
         return [s for s in self.model.encoders if (split, s) not in self.reasons]
 
+    def plan(self, split: str, trainer: Any = None, dataset: Any = None) -> CachePlan | None:
+        """What ``split``'s dataset reads before decoding, under ``trainer``'s device and precision
+        (the keys its steps will compute; CPU without autocast when ``None``); ``None`` when no slot
+        of the split is cached."""
+        from mmtrain.hf.base import modality_of
+
+        slots = self.cached_slots(split)
+        if not slots:
+            return None
+        device = torch.device(trainer.strategy.root_device) if trainer is not None else torch.device("cpu")
+        with trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext():
+            keys = {slot: self.slot_key(slot, split, device) for slot in slots}  # as the steps will compute them
+        served = {}
+        for modality in SERVABLE:
+            of_modality = tuple(s for s in self.model.encoders if modality_of(s) == modality)
+            if of_modality and all(s in keys for s in of_modality):
+                served[modality] = of_modality
+        skip = dataset is not None and can_skip_decoding(dataset)
+        if split not in self._logged:
+            self._logged.add(split)
+            how = ("not decoded" if skip else
+                   f"decoded (a {type(dataset).__name__} decodes all or nothing), not preprocessed")
+            log.info("feature cache %s: media of %s served before decoding for samples with entries (%s)",
+                     split, ", ".join(served) or "no modality", how)
+        return CachePlan(split, {slot: (str(self.entry_dir(slot, split, key)), key) for slot, key in keys.items()},
+                         served, skip)
+
     # -- keys ---------------------------------------------------------------------------------
 
     def weights_key(self, slot: str) -> str:
-        """The slot's weight hash, recomputed only when one of its tensors changed."""
+        """The slot's weight hash, recomputed only when one of its tensors changed (checked every batch)."""
         encoder = self.model.encoders[slot]
-        versions = _tensor_versions(encoder)
         known = self._weights.get(slot)
-        if known is None or known[0] != versions:
-            known = (versions, weights_hash(encoder))
-            self._weights[slot] = known
-        return known[1]
+        if known is not None and known[0] is encoder and tensor_versions(known[1]) == known[2]:
+            return known[3]
+        modules = list(encoder.modules())
+        known = (encoder, modules, tensor_versions(modules), weights_hash(encoder))
+        self._weights[slot] = known
+        return known[3]
 
     def slot_key(self, slot: str, split: str, device: torch.device) -> str:
         """The key of ``slot``'s entries for ``split``: every fact that can change its outputs."""
@@ -213,73 +225,83 @@ class FeatureCache:
         spec = (self.model.config.encoders or {}).get(slot)
         autocast = (torch.is_autocast_enabled(device.type),
                     str(torch.get_autocast_dtype(device.type)) if torch.is_autocast_enabled(device.type) else None)
-        return _digest(FORMAT_VERSION, self.weights_key(slot), spec,
-                       preprocessing_settings(self.processor, modality_of(slot)),
-                       split, self.data_specs.get(split), device.type, autocast, torch.__version__)
+        return digest(FORMAT_VERSION, self.weights_key(slot), spec,
+                      preprocessing_settings(self.processor, modality_of(slot)),
+                      split, self.data_specs.get(split), device.type, autocast, torch.__version__)
 
     def entry_dir(self, slot: str, split: str, key: str) -> Path:
         return self.root / slot / key / split
 
-    @staticmethod
-    def entry_name(sample_id: str) -> str:
-        return hashlib.blake2b(sample_id.encode(), digest_size=16).hexdigest() + ".safetensors"
+    entry_name = staticmethod(entry_name)
 
     # -- encode -------------------------------------------------------------------------------
 
+    def served(self, slot: str) -> bool:
+        """Whether the current batch holds ``slot``'s features for every row (its input may be absent)."""
+        packed = self.provided.packed.get(slot) if self.provided is not None and self.active is not None else None
+        return packed is not None and all(packed["has"])
+
     def encode(self, slot: str, run: Callable[[], EncoderOutput], inputs: Mapping[str, Any]) -> EncoderOutput:
-        """``slot``'s raw output (before presence) for the current batch, from disk when possible."""
+        """``slot``'s raw output (before presence) for the current batch, from the cache where possible.
+
+        ``run()`` runs the encoder on the batch's inputs; it runs only when a row has no entry.
+        """
         if self.active is None or (self.active[0], slot) in self.reasons or slot not in self.model.frozen:
+            self._check_not_served(slot, "the slot is not cached for this batch")
             return run()
         split, ids = self.active
-        first = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
-        rows = int(first.shape[0])
+        first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
+        rows = int(first.shape[0]) if first is not None else len(ids)
+        provided = self.provided
         if rows != len(ids):
             if not ids or rows % len(ids):
                 return run()
             k = rows // len(ids)  # item axis flattened (pairs): row b*K + j is item j of sample b
-            ids = [f"{i}#{j}" for i in ids for j in range(k)]
-        input_length = int(first.shape[1]) if first.dim() > 1 else None
-        key = self.slot_key(slot, split, first.device)
+            ids, provided = [f"{i}#{j}" for i in ids for j in range(k)], None
+        input_length = int(first.shape[1]) if first is not None and first.dim() > 1 else None
+        device = first.device if first is not None else self.model.device
+        key = self.slot_key(slot, split, device)
+        packed = provided.packed.get(slot) if provided is not None else None
+        if packed is not None and provided.keys.get(slot) != key:  # type: ignore[union-attr]
+            self._check_not_served(slot, "its entries were read under another key (weights, device or precision "
+                                         "changed since the data loader started)")
+            packed = None
+        if packed is not None and all(packed["has"]):
+            self.stats.add(self.stats.hits, split, slot, rows)
+            return finish(packed, input_length, device)
         folder = self.entry_dir(slot, split, key)
-        entries = [self._read(folder / self.entry_name(i), i) for i in ids]
-        if all(e is not None for e in entries):
-            self.stats.add(self.stats.hits, split, slot, len(ids))
-            return _assemble(entries, input_length, first.device)  # type: ignore[arg-type]
-        self.stats.add(self.stats.misses, split, slot, len(ids))
-        output = run()
-        fresh = _split_rows(output, input_length)
-        folder.mkdir(parents=True, exist_ok=True)
-        for sample_id, entry, old in zip(ids, fresh, entries):
-            if old is None:
-                self._write(folder / self.entry_name(sample_id), sample_id, slot, key, entry)
-                self.stats.add(self.stats.writes, split, slot, 1)
-        return _assemble(fresh, input_length, first.device)
+        entries = unpack(packed) if packed is not None else [None] * rows
+        entries = [e if e is not None else read_entry(folder / entry_name(i), i) for e, i in zip(entries, ids)]
+        missing = [b for b, e in enumerate(entries) if e is None]
+        self.stats.add(self.stats.hits, split, slot, rows - len(missing))
+        if missing:
+            if first is None:  # every row's media were served, yet an entry is missing: nothing to encode
+                self._check_not_served(slot, f"{len(missing)} row(s) have no entry")
+            self.stats.add(self.stats.misses, split, slot, len(missing))
+            # At the batch's shape (rows served from the cache are zero inputs): the missing rows come
+            # out bit-identical to a cold run's, which a sub-batch of them would not (kernels vary by shape).
+            fresh = split_rows(run(), input_length)
+            folder.mkdir(parents=True, exist_ok=True)
+            for b, entry in ((b, fresh[b]) for b in missing):
+                write_entry(folder / entry_name(ids[b]), ids[b], slot, key, FORMAT_VERSION, entry)
+                entries[b] = entry
+            self.stats.add(self.stats.writes, split, slot, len(missing))
+        return assemble(entries, input_length, device)  # type: ignore[arg-type]
 
-    def _read(self, path: Path, sample_id: str) -> dict[str, Any] | None:
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("id") != sample_id:
-                    return None
-                entry: dict[str, Any] = {name: f.get_tensor(name) for name in ("tokens", "mask", "pooled")}
-        except Exception as err:  # a torn or foreign file: recompute it
-            log.warning("feature cache: unreadable entry %s (%s); recomputing", path, err)
-            return None
-        entry["length"] = int(meta["length"])
-        entry["input_length"] = int(meta["input_length"]) if meta.get("input_length") else None
-        return entry
+    def _check_not_served(self, slot: str, why: str) -> None:
+        """Refuse to go on when ``slot``'s media were left undecoded but its cached features cannot be used."""
+        from mmtrain.hf.base import modality_of
 
-    @staticmethod
-    def _write(path: Path, sample_id: str, slot: str, key: str, entry: Mapping[str, Any]) -> None:
-        """Atomic: a temporary file in the same folder, then ``os.replace``."""
-        meta = {"id": sample_id, "slot": slot, "key": key, "version": str(FORMAT_VERSION),
-                "length": str(entry["length"]), "input_length": str(entry["input_length"] or "")}
-        atomic_write_bytes(path, save({k: entry[k].contiguous() for k in ("tokens", "mask", "pooled")}, metadata=meta))
+        provided = self.provided if self.active is not None else None
+        if provided is not None and any(provided.served.get(modality_of(slot), ())):
+            raise RuntimeError(
+                f"feature cache: the batch's {modality_of(slot)} media were not decoded (served from the cache), "
+                f"but slot '{slot}' cannot use its cached features: {why}. Turn feature_cache.enabled off, or "
+                "keep frozen encoders' weights fixed during fit."
+            )
 
     def summary(self) -> dict[str, Any]:
-        """Hit/miss/write counts per ``split/slot`` and in total."""
+        """Per ``split/slot`` sample counts (hits: read, misses: encoded, writes: stored) and in total."""
         def table(t: dict[tuple[str, str], int]) -> dict[str, int]:
             return {f"{split}/{slot}": n for (split, slot), n in sorted(t.items())}
         return {"hits": table(self.stats.hits), "misses": table(self.stats.misses),
@@ -287,52 +309,8 @@ class FeatureCache:
                 "cached_slots": {split: self.cached_slots(split) for split in SPLITS}}
 
 
-def _split_rows(output: EncoderOutput, input_length: int | None) -> list[dict[str, Any]]:
-    """Per-sample unpadded entries: tokens/mask up to the last real token, pooled."""
-    tokens = output.tokens.detach().to("cpu")
-    mask = output.mask.detach().to("cpu").bool()
-    pooled = output.pooled.detach().to("cpu")
-    length = int(tokens.shape[1])
-    rows = []
-    for b in range(tokens.shape[0]):
-        real = mask[b].nonzero()
-        n = int(real[-1]) + 1 if real.numel() else 0
-        rows.append({"tokens": tokens[b, :n].clone(), "mask": mask[b, :n].clone(), "pooled": pooled[b].clone(),
-                     "length": length, "input_length": input_length})
-    return rows
-
-
-def _assemble(entries: Sequence[Mapping[str, Any]], input_length: int | None, device: torch.device) -> EncoderOutput:
-    """A padded batch from per-sample entries.
-
-    Length: as the encoder would produce it for this batch. An encoder whose token count follows the
-    padded input (text: one token per input id) gets the current input's length; a fixed-length one
-    (frames, audio windows) its stored length; anything else the longest stored entry.
-    """
-    follows_input = all(e["input_length"] is not None and e["length"] == e["input_length"] for e in entries)
-    fixed = {e["length"] for e in entries}
-    longest = max(int(e["tokens"].shape[0]) for e in entries)
-    if follows_input and input_length is not None:
-        length = input_length
-    elif len(fixed) == 1 and not follows_input:
-        length = fixed.pop()
-    else:
-        length = longest
-    length = max(length, longest)
-    first = entries[0]
-    dim = int(first["tokens"].shape[-1])
-    tokens = torch.zeros(len(entries), length, dim, dtype=first["tokens"].dtype)
-    mask = torch.zeros(len(entries), length, dtype=torch.bool)
-    for b, e in enumerate(entries):
-        n = int(e["tokens"].shape[0])
-        tokens[b, :n] = e["tokens"]
-        mask[b, :n] = e["mask"]
-    pooled = torch.stack([e["pooled"] for e in entries])
-    return EncoderOutput(tokens=tokens.to(device), mask=mask.to(device), pooled=pooled.to(device))
-
-
 class FeatureCacheCallback(pl.Callback):
-    """Tells the cache the split and sample ids of each batch; logs the counts at the end of a stage."""
+    """Tells the cache the split, sample ids and read-ahead features of each batch; logs the counts."""
 
     def __init__(self, cache: FeatureCache) -> None:
         self.cache = cache
@@ -340,9 +318,11 @@ class FeatureCacheCallback(pl.Callback):
     def _start(self, split: str, batch: Any) -> None:
         ids = batch.get("ids") if isinstance(batch, Mapping) else None
         self.cache.active = (split, [str(i) for i in ids]) if ids else None
+        self.cache.provided = batch.get(CACHED_KEY) if ids else None
 
     def _end(self, *args: Any, **kwargs: Any) -> None:
         self.cache.active = None
+        self.cache.provided = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -359,7 +339,7 @@ class FeatureCacheCallback(pl.Callback):
     on_train_batch_end = on_validation_batch_end = on_test_batch_end = _end  # type: ignore[assignment]
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.cache.active = None
+        self._end()
         s = self.cache.stats
         log.info("feature cache: %d samples read, %d encoded, %d stored (%s)", s.total("hits"), s.total("misses"),
                  s.total("writes"), self.cache.root)
@@ -369,7 +349,8 @@ def setup_feature_cache(settings: Mapping[str, Any] | None, model: Any, datamodu
                         data_specs: Mapping[str, Any] | None = None) -> FeatureCacheCallback | None:
     """From the ``feature_cache`` config node: the attached cache's callback, or ``None`` when off.
 
-    ``settings``: ``{enabled: bool, dir: path}``.
+    Also hands the cache to ``datamodule`` (its ``feature_cache``), whose loaders then serve cached
+    slots before decoding. ``settings``: ``{enabled: bool, dir: path}``.
     """
     if not settings or not settings.get("enabled"):
         return None
@@ -377,4 +358,6 @@ def setup_feature_cache(settings: Mapping[str, Any] | None, model: Any, datamodu
         log.info("feature_cache.enabled, but no encoder is frozen (model.trainable.<slot>=false): nothing to cache")
         return None
     cache = FeatureCache(settings["dir"], model, datamodule.processor, data_specs).attach()
+    if hasattr(datamodule, "feature_cache"):
+        datamodule.feature_cache = cache
     return FeatureCacheCallback(cache)

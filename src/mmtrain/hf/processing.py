@@ -11,6 +11,7 @@ import torch
 from transformers import AutoTokenizer, ProcessorMixin, WhisperFeatureExtractor
 
 from mmtrain.config.plain import plain
+from mmtrain.data.cached_features import CACHED_KEY, CachedMedia, gather_cached
 from mmtrain.data.skips import SkippedSample
 from mmtrain.data.transforms import CLIP_MEAN, CLIP_STD, pil_to_frames, to_float_frames, uniform_indices
 from mmtrain.data.visual import check_augment, visual_transform
@@ -18,7 +19,9 @@ from mmtrain.paths import resolve_pretrained_path
 
 MODALITIES = ("video", "image", "audio", "text")
 #: Batch entries that describe the samples rather than feed the model.
-BOOKKEEPING_KEYS = ("ids", "skipped", "item_ids", "item_scores", "target_texts")
+#: ``cached_features`` (frozen-encoder outputs read before decoding) reaches the model through the
+#: feature cache (:class:`~mmtrain.hf.feature_cache.FeatureCacheCallback`), not as a model input.
+BOOKKEEPING_KEYS = ("ids", "skipped", "item_ids", "item_scores", "target_texts", CACHED_KEY)
 SAMPLING_RATE = 16000
 HOP_LENGTH = 160
 
@@ -119,6 +122,10 @@ class MultimodalProcessor(ProcessorMixin):
         :class:`SkippedSample` entries (media that failed to decode) are left out of the tensors
         and listed as ``batch["skipped"]`` (records); a batch whose samples were all skipped has
         ``ids == []`` and no tensors.
+
+        Feature cache (:mod:`mmtrain.data.cached_features`): a sample's :class:`CachedMedia` counts as
+        present but is not preprocessed (a zero row; no tensors when every sample's is served), and
+        the samples' cached entries go on as ``batch["cached_features"]`` (a ``CachedBatch``).
         """
         skipped = [s.to_record() for s in samples if isinstance(s, SkippedSample)]
         samples = [s for s in samples if not isinstance(s, SkippedSample)]
@@ -132,6 +139,9 @@ class MultimodalProcessor(ProcessorMixin):
             batch[f"{modality}_present"] = torch.tensor(
                 [s.get(modality) is not None for s in samples], dtype=torch.bool
             )
+        cached = gather_cached(samples, self.modalities)
+        if cached is not None:
+            batch[CACHED_KEY] = cached
         labels = [s.get("label") for s in samples]
         if all(isinstance(label, (int, np.integer)) for label in labels):
             batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
@@ -148,6 +158,12 @@ class MultimodalProcessor(ProcessorMixin):
         """
         collate = getattr(self, f"_collate_{modality}")
         given = [s.get(modality) for s in samples]
+        served = [isinstance(g, CachedMedia) for g in given]
+        if any(served):  # features read from the cache: nothing to preprocess
+            if all(served):
+                return {}
+            samples = [{**s, modality: None} if cached else s for s, cached in zip(samples, served)]
+            given = [None if cached else g for g, cached in zip(given, served)]
         counts = {len(g) for g in given if isinstance(g, (list, tuple))}
         if not counts:
             return collate(samples, train)
