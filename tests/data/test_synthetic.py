@@ -31,3 +31,11 @@ def test_a_partial_sample_equals_the_same_parts_of_the_whole(only: list[str]) ->
 def test_out_of_range_index_is_refused() -> None:
     with pytest.raises(IndexError, match="index 5 out of range for 5 samples"):
         SyntheticDataset(num_samples=5).load(5)
+
+
+def test_modalities_limit_what_is_generated() -> None:
+    whole = SyntheticDataset(num_samples=3, seed=2)
+    video_only = SyntheticDataset(num_samples=3, seed=2, modalities=["video", "text"])
+    sample = video_only[1]
+    assert set(sample) == {"id", "label", "text", "video"}
+    assert np.array_equal(sample["video"], whole[1]["video"]) and sample["text"] == whole[1]["text"]

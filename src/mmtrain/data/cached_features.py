@@ -52,12 +52,14 @@ class CachePlan:
         slots: cached slot -> ``(entry folder, key)``.
         served: media modality -> its slots, for modalities whose every slot is cached.
         skip_decoding: the dataset decodes modalities separately (else decoded, then dropped).
+        used: the modalities the processor reads (``None``: all); others are not decoded either.
     """
 
     split: str
     slots: dict[str, tuple[str, str]]
     served: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skip_decoding: bool = False
+    used: tuple[str, ...] | None = None
 
 
 def can_skip_decoding(dataset: Any) -> bool:
@@ -113,7 +115,8 @@ class CachedFeatureDataset(Dataset):
         sample_id, media = describe(self.dataset, index)
         entries = self.entries(sample_id)
         served = [m for m in self._served(entries) if m in media]
-        sample = self.dataset.load(index, [m for m in media if m not in served])  # type: ignore[attr-defined]
+        wanted = [m for m in media if m not in served and (self.plan.used is None or m in self.plan.used)]
+        sample = self.dataset.load(index, wanted)  # type: ignore[attr-defined]
         if not isinstance(sample, dict):  # a SkippedSample: media that failed to decode
             return sample
         for modality in served:

@@ -35,6 +35,8 @@ class SyntheticDataset(Dataset):
         num_frames: frames per clip; each frame is ``frame_size x frame_size`` RGB.
         audio_seconds: clip length at 16 kHz.
         noise: probability that one modality of a sample is replaced by pure noise.
+        modalities: the modalities to generate (``None``: all); media of others are left out, text
+            always comes (cheap). Shipped configs pass ``${data.processor.modalities}``.
 
     Returns (per item): ``{"id", "video": uint8 [T,H,W,3], "image": uint8 [H,W,3],
     "audio": float32 [L], "text": str, "label": int}``.
@@ -51,6 +53,7 @@ class SyntheticDataset(Dataset):
         frame_size: int = 24,
         audio_seconds: float = 1.0,
         noise: float = 0.75,
+        modalities: Collection[str] | None = None,
     ) -> None:
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"split must be one of {list(SPLIT_OFFSETS)}, got '{split}'")
@@ -62,6 +65,7 @@ class SyntheticDataset(Dataset):
         self.frame_size = int(frame_size)
         self.audio_length = int(round(audio_seconds * 16000))
         self.noise = float(noise)
+        self.modalities = None if modalities is None else tuple(modalities)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -78,7 +82,7 @@ class SyntheticDataset(Dataset):
         return f"{self.split}-{index:05d}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.load(index)
+        return self.load(index, self.modalities)
 
     def load(self, index: int, modalities: Collection[str] | None = None) -> dict[str, Any]:
         """Sample ``index``; only the media (video/image/audio) of ``modalities`` when given.

@@ -202,8 +202,9 @@ class FeatureCache:
                    f"decoded (a {type(dataset).__name__} decodes all or nothing), not preprocessed")
             log.info("feature cache %s: media of %s served before decoding for samples with entries (%s)",
                      split, ", ".join(served) or "no modality", how)
+        used = tuple(getattr(self.processor, "modalities", ()) or ()) or None
         return CachePlan(split, {slot: (str(self.entry_dir(slot, split, key)), key) for slot, key in keys.items()},
-                         served, skip)
+                         served, skip, used)
 
     # -- keys ---------------------------------------------------------------------------------
 
