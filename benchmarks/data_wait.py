@@ -1,9 +1,10 @@
 """Data-wait benchmark: the fraction of training-step time spent waiting for the next batch.
 
-Trains the built-in demo (``spoken_digits``, the ``small`` set: 1200 train clips of video + audio +
-text, batch 16) with ``train(compose_config([...]))`` for one epoch (``trainer.limit_train_batches``
-steps, no validation), once with the data config's default ``data.num_workers`` (2) and once with
-``data.num_workers=0`` (context, no goal). Both runs use the same config otherwise: the default
+Trains the built-in demo (``experiment=demo``: ``spoken_digits``, the ``small`` set: 1200 train clips
+of video + audio + text, batch 16; one torch thread in the main process, as the experiment sets)
+with ``train(compose_config([...]))`` for one epoch (``trainer.limit_train_batches`` steps, no
+validation), once with the data config's default ``data.num_workers`` (2) and once with
+``data.num_workers=0`` (context, no goal). Both runs use the same config otherwise: the demo's
 model, task and callbacks (minus the progress bar; test limited to one batch, no unimodal tests).
 
 Per step, two probes:
@@ -99,7 +100,7 @@ DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"
 
 def default_workers() -> int:
     """``data.num_workers`` of the demo config, as shipped."""
-    return int(compose_config([]).data.num_workers)
+    return int(compose_config(["experiment=demo"]).data.num_workers)
 
 
 def measure(steps: int, extra: list[str], work: Path, data_root: Path) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def measure(steps: int, extra: list[str], work: Path, data_root: Path) -> dict[s
         return trainer
 
     overrides = [
-        f"data_root={data_root}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
+        "experiment=demo", f"data_root={data_root}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
         "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "+trainer.limit_test_batches=1",
         "evaluate_unimodal=false", "callbacks.progress=null", "+trainer.enable_progress_bar=false",
         "callbacks.early_stopping=null", "logger.tensorboard=null", "+trainer.enable_model_summary=false",

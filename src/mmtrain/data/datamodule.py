@@ -16,6 +16,7 @@ from mmtrain.data.resumable import (
     SeededCollate,
     dataset_fingerprint,
 )
+from mmtrain.data.transport import WorkerPacked
 from mmtrain.hf.processing import MultimodalProcessor
 
 
@@ -95,7 +96,7 @@ class MultimodalDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=self.processor.collate,
+            collate_fn=WorkerPacked(self.processor.collate),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -124,7 +125,7 @@ class MultimodalDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=SeededCollate(self.processor.collate_train, self.seed),
+            collate_fn=WorkerPacked(SeededCollate(self.processor.collate_train, self.seed)),
             persistent_workers=self.num_workers > 0,
             progress=self._progress,
             fingerprint=dataset_fingerprint(dataset),  # of the unwrapped dataset: the same with the cache on
