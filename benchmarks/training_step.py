@@ -14,7 +14,10 @@ schedule and gradient clipping, four ways:
 
 Seconds per step are the median over the steps after a warm-up. Each of ``--repeats`` repeats runs
 all four (in a rotated order); a ratio is the median over repeats of that repeat's ratio to the
-loop, and the times shown are medians over repeats. Goal: mmtrain within 1.05x of the loop.
+loop, and the times shown are medians over repeats. Goal: mmtrain within 1.05x of the loop. All of
+it twice: with the torch thread count the demo trains with (``callbacks.threads``: 1) and with
+torch's default (the number of cores), every contender alike. glibc malloc is tuned as ``mmtrain
+train`` tunes it (``malloc_tuning``), for every contender (it is process-wide).
 
 Compute: the FLOPs of one step (``torch.utils.flop_counter``, forward + backward) over the loop's
 step time, against a float32 matmul peak measured in the same run.
@@ -45,6 +48,7 @@ from harness import Result, goal_row, print_table  # noqa: E402
 
 from mmtrain.config.compose import compose_config  # noqa: E402
 from mmtrain.hf.processing import model_inputs  # noqa: E402
+from mmtrain.training.allocator import tune_malloc  # noqa: E402
 from mmtrain.training.build import build_data, build_model, build_task, wire_processor  # noqa: E402
 from mmtrain.training.run import build_trainer, prepare  # noqa: E402
 
@@ -54,7 +58,7 @@ CONFIG = ["experiment=demo", "data.prepare.size=tiny", "data.num_workers=0",
           "callbacks.progress=null", "~logger", "evaluate_unimodal=false", "callbacks.early_stopping=null",
           "callbacks.export=null", "+trainer.enable_progress_bar=false", "~callbacks.threads"]
 # export and early stopping act after the steps timed here; no progress bar (terminal output is not the step);
-# no demo thread setting: all four contenders run with torch's default thread count
+# the thread count is set for all four contenders alike by compare(), not by the demo's callback
 
 
 class Batches(Dataset):
@@ -74,6 +78,7 @@ def setup(workdir: Path, batch: int | None = None) -> tuple[Any, Any, list[dict[
     """The config, the task (model inside) and two collated train batches of the tiny demo, of
     ``batch`` samples (default: the demo's ``data.batch_size``)."""
     os.chdir(workdir)
+    tune_malloc()  # as `mmtrain train` does (malloc_tuning: true); process-wide, so every contender gets it
     # its own copy of the tiny demo set: never rebuild the user's data/spoken_digits at another size
     data_root = Path(tempfile.gettempdir()) / "mmtrain-bench-data-tiny"
     cfg, prefixes = prepare(compose_config([*CONFIG, f"data_root={data_root}"]))
@@ -230,47 +235,73 @@ def matmul_peak(size: int = 1024, repeats: int = 7) -> float:
     return 2 * size**3 / statistics.median(times)
 
 
+def compare(cfg: Any, task: Any, batches: list[dict[str, Any]], prefixes: tuple[str, ...], steps: int,
+            repeats: int, work: Path, threads: int) -> dict[str, tuple[float, float]]:
+    """Per contender ``(median seconds per step, median per-repeat ratio to the loop)`` with ``threads``
+    torch threads for all four. Each repeat runs all four, in a rotated order."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        contenders = {
+            "loop": lambda r: raw_loop(task, batches, steps),
+            "ours": lambda r: mmtrain_fit(cfg, task, batches, steps, prefixes, work / f"run{threads}-{r}"),
+            "plain": lambda r: lightning_fit(task, batches, steps),
+            "theirs": lambda r: hf_trainer(task, batches, steps, work / f"hf{threads}-{r}"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        order = list(contenders)
+        for r in range(repeats):
+            for name in order[r % 4:] + order[: r % 4]:
+                times[name].append(contenders[name](r))
+    finally:
+        torch.set_num_threads(previous)
+    # ratios per repeat (the contenders of one repeat ran within seconds of each other), then the median
+    return {name: (statistics.median(t), statistics.median(a / b for a, b in zip(t, times["loop"])))
+            for name, t in times.items()}
+
+
+def demo_threads(cfg: Any) -> int:
+    """The torch thread count the demo trains with (``callbacks.threads``), else torch's default."""
+    node = (cfg.get("callbacks") or {}).get("threads")
+    return int(node.num_threads) if node else torch.get_num_threads()
+
+
 def run(quick: bool = False, steps: int | None = None, repeats: int | None = None,
         batch: int | None = None) -> list[Result]:
-    """Rows ``step: ...`` (overhead) and ``compute: ...`` (achieved vs peak FLOP/s)."""
+    """Rows ``step: ...`` (overhead: with the demo's thread count, the goal, and with torch's default
+    count) and ``compute: ...`` (achieved vs peak FLOP/s)."""
     steps, repeats = steps or (40 if quick else 80), repeats or (3 if quick else 5)
     here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="mmtrain-bench-step-") as tmp:
         try:
             cfg, task, batches, prefixes = setup(Path(tmp), batch)
-            contenders = {
-                "loop": lambda r: raw_loop(task, batches, steps),
-                "ours": lambda r: mmtrain_fit(cfg, task, batches, steps, prefixes, Path(tmp) / f"run{r}"),
-                "plain": lambda r: lightning_fit(task, batches, steps),
-                "theirs": lambda r: hf_trainer(task, batches, steps, Path(tmp) / f"hf{r}"),
-            }
-            times: dict[str, list[float]] = {name: [] for name in contenders}
-            order = list(contenders)
-            for r in range(repeats):  # each repeat runs all four, in a rotated order
-                for name in order[r % 4:] + order[: r % 4]:
-                    times[name].append(contenders[name](r))
-            loop, ours, plain, theirs = (times[name] for name in order)
+            shipped, default = demo_threads(compose_config(["experiment=demo"])), torch.get_num_threads()
+            runs = {n: compare(cfg, task, batches, prefixes, steps, repeats, Path(tmp), n)
+                    for n in dict.fromkeys([shipped, default])}
             flops = step_flops(task, batches[0])
             peak = matmul_peak()
         finally:
             os.chdir(here)
-    loop_s, ours_s, plain_s, theirs_s = (statistics.median(x) for x in (loop, ours, plain, theirs))
-    # ratios per repeat (the contenders of one repeat ran within seconds of each other), then the median
-    ours_r, plain_r, theirs_r = (statistics.median(a / b for a, b in zip(x, loop)) for x in (ours, plain, theirs))
-    achieved = flops / loop_s
     size = len(batches[0]["ids"])
-    return [
-        goal_row(f"step: mmtrain (Lightning, default callbacks) vs a hand-written loop, batch {size}",
-                 f"{ours_s * 1e3:.1f} ms", f"{loop_s * 1e3:.1f} ms", ours_r, OVERHEAD_GOAL, at_most=True),
-        Result("step: extra time per step over the loop, mmtrain (baseline column: plain Lightning)",
-               f"{(ours_s - loop_s) * 1e3:+.1f} ms", f"{(plain_s - loop_s) * 1e3:+.1f} ms plain Lightning", None),
-        Result("step: plain Lightning (minimal LightningModule, loss logged) vs a hand-written loop",
-               f"{plain_s * 1e3:.1f} ms", f"{loop_s * 1e3:.1f} ms", plain_r),
-        Result("step: transformers Trainer vs a hand-written loop", f"{theirs_s * 1e3:.1f} ms",
-               f"{loop_s * 1e3:.1f} ms", theirs_r),
-        Result(f"compute: achieved FLOP/s of a step ({flops / 1e9:.2f} GFLOP) vs float32 matmul peak",
-               f"{achieved / 1e9:.1f} GFLOP/s", f"{peak / 1e9:.1f} GFLOP/s", achieved / peak),
-    ]
+    rows = []
+    for n, times in runs.items():
+        (loop_s, _), (ours_s, ours_r), (plain_s, plain_r), (theirs_s, theirs_r) = (
+            times[k] for k in ("loop", "ours", "plain", "theirs"))
+        how = f"{n} thread{'s' if n > 1 else ''}" + (" (the demo's setting)" if n == shipped else " (torch's default)")
+        rows += [
+            goal_row(f"step: mmtrain (Lightning, default callbacks) vs a hand-written loop, batch {size}, {how}",
+                     f"{ours_s * 1e3:.1f} ms", f"{loop_s * 1e3:.1f} ms", ours_r, OVERHEAD_GOAL, at_most=True),
+            Result(f"step: plain Lightning (minimal LightningModule, loss logged) vs the loop, {how}",
+                   f"{plain_s * 1e3:.1f} ms", f"{loop_s * 1e3:.1f} ms", plain_r),
+            Result(f"step: transformers Trainer vs the loop, {how}", f"{theirs_s * 1e3:.1f} ms",
+                   f"{loop_s * 1e3:.1f} ms", theirs_r),
+        ]
+    loop_s = runs[shipped]["loop"][0]
+    achieved = flops / loop_s
+    rows.append(Result(f"compute: achieved FLOP/s of a step ({flops / 1e9:.2f} GFLOP, {shipped} thread(s)) vs "
+                       f"float32 matmul peak ({torch.get_num_threads()} threads)",
+                       f"{achieved / 1e9:.1f} GFLOP/s", f"{peak / 1e9:.1f} GFLOP/s", achieved / peak))
+    return rows
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes
 from mmtrain.config.validate import check_signature, validate_config
 from mmtrain.hf.feature_cache import setup_feature_cache
+from mmtrain.training.allocator import tune_malloc
 from mmtrain.report.html import write_report
 from mmtrain.training.ledger import SkipLedger
 from mmtrain.training.signals import exit_on_sigterm
@@ -207,6 +208,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run a whole training job; returns the metrics also written to ``metrics.json``."""
     cfg, prefixes = prepare(cfg)
     check_strategy(cfg.trainer)  # this machine can run the strategy (a GPU, DeepSpeed installed)
+    if cfg.get("malloc_tuning", True):
+        tune_malloc()  # steady page reuse step after step (training/allocator.py)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_data(cfg, prefixes)
     model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
