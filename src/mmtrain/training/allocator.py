@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # mallopt parameters (glibc malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-MMAP_THRESHOLD = 32 * 2**20  # glibc's upper limit for it on 64-bit
+MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its adaptive threshold on 64-bit
 TRIM_THRESHOLD = 2**30
 TOP_PAD = 64 * 2**20
 
