@@ -37,3 +37,30 @@ def test_matches_scikit_learn_over_several_batches(seed: int) -> None:
         recall = np.nan_to_num(cm.diagonal() / cm.sum(axis=1))
     assert list(result["per_class_acc"]) == names
     assert np.allclose(list(result["per_class_acc"].values()), recall, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_values_equal_torchmetrics_own_metrics_bit_for_bit(seed: int) -> None:
+    """Reduced from one confusion matrix == MulticlassAccuracy (micro, none) and MulticlassF1Score
+    (macro), including classes that never occur as target or prediction."""
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    gen = torch.Generator().manual_seed(seed)
+    classes = 7
+    names = [f"c{i}" for i in range(classes)]
+    ours = ClassificationMetrics(names)
+    reference = [MulticlassAccuracy(num_classes=classes, average="micro"),
+                 MulticlassF1Score(num_classes=classes, average="macro"),
+                 MulticlassAccuracy(num_classes=classes, average="none")]
+    for _ in range(5):
+        labels = torch.randint(0, classes - 2 + seed % 2, (13,), generator=gen)  # some classes absent
+        logits = torch.randn(13, classes, generator=gen)
+        logits[:, classes - 1] -= 100.0 * (seed % 3 == 0)  # and sometimes never predicted
+        ours.update(logits, labels)
+        for metric in reference:
+            metric.update(logits.argmax(-1), labels)
+    result = ours.compute()
+    acc, f1, per_class = (m.compute() for m in reference)
+    assert result["acc"] == float(acc)
+    assert result["macro_f1"] == float(f1)
+    assert list(result["per_class_acc"].values()) == per_class.tolist()

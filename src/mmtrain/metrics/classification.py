@@ -6,11 +6,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.functional.classification.accuracy import _accuracy_reduce
+from torchmetrics.functional.classification.f_beta import _fbeta_reduce
 
 
 class ClassificationMetrics(nn.Module):
     """Accumulates predictions of one split; :meth:`compute` returns plain Python values.
+
+    One confusion matrix is updated per batch (it syncs over ranks like any torchmetrics state);
+    accuracy, macro-F1 and per-class accuracy are reduced from its true/false positive and negative
+    counts by torchmetrics' own reduce functions, so they equal ``MulticlassAccuracy`` /
+    ``MulticlassF1Score`` bit for bit (tested) at a quarter of the per-batch cost.
 
     Args:
         label_names: class names in index order.
@@ -18,28 +25,25 @@ class ClassificationMetrics(nn.Module):
 
     def __init__(self, label_names: list[str]) -> None:
         super().__init__()
-        classes = len(label_names)
         self.label_names = list(label_names)
-        self.accuracy = MulticlassAccuracy(num_classes=classes, average="micro")
-        self.macro_f1 = MulticlassF1Score(num_classes=classes, average="macro")
-        self.per_class = MulticlassAccuracy(num_classes=classes, average="none")
-        self.confusion = MulticlassConfusionMatrix(num_classes=classes)
+        self.confusion = MulticlassConfusionMatrix(num_classes=len(label_names))
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: ``logits`` [B, C], ``labels`` [B]."""
-        preds = logits.argmax(dim=-1)
-        for metric in (self.accuracy, self.macro_f1, self.per_class, self.confusion):
-            metric.update(preds, labels)
+        self.confusion.update(logits.argmax(dim=-1), labels)
 
     def compute(self) -> dict[str, Any]:
         """``{"acc", "macro_f1", "per_class_acc": {name: acc}, "confusion": [[...]]}``; then resets."""
-        per_class = self.per_class.compute().tolist()
+        confusion = self.confusion.compute()  # [C, C]: rows are targets, columns predictions
+        tp = confusion.diagonal()
+        fp = confusion.sum(dim=0) - tp
+        fn = confusion.sum(dim=1) - tp
+        tn = confusion.sum() - tp - fp - fn
         result = {
-            "acc": float(self.accuracy.compute()),
-            "macro_f1": float(self.macro_f1.compute()),
-            "per_class_acc": dict(zip(self.label_names, per_class)),
-            "confusion": self.confusion.compute().tolist(),
+            "acc": float(_accuracy_reduce(tp, fp, tn, fn, average="micro")),
+            "macro_f1": float(_fbeta_reduce(tp, fp, tn, fn, 1.0, average="macro")),
+            "per_class_acc": dict(zip(self.label_names, _accuracy_reduce(tp, fp, tn, fn, average="none").tolist())),
+            "confusion": confusion.tolist(),
         }
-        for metric in (self.accuracy, self.macro_f1, self.per_class, self.confusion):
-            metric.reset()
+        self.confusion.reset()
         return result
