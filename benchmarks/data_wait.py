@@ -48,9 +48,8 @@ import torch
 from lightning.pytorch.profilers import Profiler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, when run as a script
-from harness import Result, console, goal_row, print_table  # noqa: E402
+from harness import DATA_ROOT, Result, console, goal_row, print_table, train_probed  # noqa: E402
 
-import mmtrain.training.run as run_module  # noqa: E402
 from mmtrain.config.compose import compose_config  # noqa: E402
 from mmtrain.data.demo import ensure_demo  # noqa: E402
 
@@ -95,7 +94,6 @@ class StepClock(pl.Callback):
         self.threads.add(torch.get_num_threads())
 
 
-DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"
 
 
 def default_workers() -> int:
@@ -112,14 +110,6 @@ def measure(steps: int, extra: list[str], work: Path, data_root: Path) -> dict[s
     checkpoint), so it is left out too.
     """
     profiler, clock = FetchProfiler(), StepClock()
-    build = run_module.build_trainer
-
-    def with_probes(*args: Any, **kwargs: Any) -> pl.Trainer:
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(clock)
-        trainer.profiler = profiler
-        return trainer
-
     overrides = [
         "experiment=demo", f"data_root={data_root}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
         "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "+trainer.limit_test_batches=1",
@@ -127,12 +117,7 @@ def measure(steps: int, extra: list[str], work: Path, data_root: Path) -> dict[s
         "callbacks.early_stopping=null", "logger.tensorboard=null", "+trainer.enable_model_summary=false",
         f"run_dir={work}",
     ]
-    overrides += extra
-    run_module.build_trainer = with_probes
-    try:
-        run_module.train(compose_config(overrides))
-    finally:
-        run_module.build_trainer = build
+    train_probed([*overrides, *extra], [clock], profiler)
     starts = clock.starts
     if len(starts) != steps or len(profiler.durations) < steps:
         raise RuntimeError(f"expected {steps} steps, saw {len(starts)} starts and {len(profiler.durations)} fetches")

@@ -46,15 +46,12 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, when run as a script
-from harness import Result, goal_row, print_table  # noqa: E402
+from harness import DATA_ROOT, Result, goal_row, print_table, train_probed  # noqa: E402
 
-import mmtrain.training.run as run_module  # noqa: E402
-from mmtrain.config.compose import compose_config  # noqa: E402
 from mmtrain.data.demo import ensure_demo  # noqa: E402
 
 GOAL = 5.0
 LOGIT_TOLERANCE = 1e-4
-DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"  # the same small demo set as data_wait.py
 
 
 class EpochTimer(pl.Callback):
@@ -87,21 +84,9 @@ class ValLogits(pl.Callback):
         self._handle.remove()
 
 
-def train_probed(overrides: list[str]) -> tuple[dict[str, Any], EpochTimer, ValLogits]:
+def train_timed(overrides: list[str]) -> tuple[dict[str, Any], EpochTimer, ValLogits]:
     timer, logits = EpochTimer(), ValLogits()
-    build = run_module.build_trainer
-
-    def with_probes(*args: Any, **kwargs: Any) -> pl.Trainer:
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.extend([timer, logits])
-        return trainer
-
-    run_module.build_trainer = with_probes
-    try:
-        metrics = run_module.train(compose_config(overrides))
-    finally:
-        run_module.build_trainer = build
-    return metrics, timer, logits
+    return train_probed(overrides, [timer, logits]), timer, logits
 
 
 def run(quick: bool = False, epochs: int | None = None, train: int = 128, val: int = 64) -> list[Result]:
@@ -172,8 +157,8 @@ def measure(name: str, data: list[str], epochs: int, work: Path) -> list[Result]
         "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "evaluate_unimodal=false",
         f"feature_cache.dir={work / 'cache'}",
     ]
-    base, base_time, base_logits = train_probed([*common, "feature_cache.enabled=false", f"run_dir={work / 'plain'}"])
-    cached, cache_time, cache_logits = train_probed([*common, "feature_cache.enabled=true",
+    base, base_time, base_logits = train_timed([*common, "feature_cache.enabled=false", f"run_dir={work / 'plain'}"])
+    cached, cache_time, cache_logits = train_timed([*common, "feature_cache.enabled=true",
                                                      f"run_dir={work / 'cached'}"])
     later = statistics.median(cache_time.seconds[1:])  # median: robust to other load on the machine
     base_later = statistics.median(base_time.seconds[1:])

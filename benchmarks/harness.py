@@ -8,15 +8,44 @@ same run, never against a stored number.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 console = Console(width=150)  # the table stays readable when the output is a file or a pipe
+
+#: Where benchmarks keep the ``small`` demo set (built once by ``ensure_demo``), apart from the
+#: repository's ``data/``, which other jobs may rebuild at another size.
+DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"
+
+
+def train_probed(overrides: Sequence[str], callbacks: Sequence[Any] = (), profiler: Any = None) -> dict[str, Any]:
+    """``mmtrain.training.run.train`` on ``compose_config(overrides)`` with extra ``callbacks`` (and a
+    Lightning ``profiler``) added to the trainer it builds; its metrics."""
+    import mmtrain.training.run as run_module
+    from mmtrain.config.compose import compose_config
+
+    build = run_module.build_trainer
+
+    def with_probes(*args: Any, **kwargs: Any) -> Any:
+        trainer = build(*args, **kwargs)
+        trainer.callbacks.extend(callbacks)
+        if profiler is not None:
+            trainer.profiler = profiler
+        return trainer
+
+    run_module.build_trainer = with_probes
+    try:
+        return run_module.train(compose_config(list(overrides)))
+    finally:
+        run_module.build_trainer = build
 
 
 @dataclass(frozen=True)

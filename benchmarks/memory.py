@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, when run as a script
-from harness import Result, console, goal_row, print_table  # noqa: E402
+from harness import DATA_ROOT, Result, console, goal_row, print_table  # noqa: E402
 
 from mmtrain.data.demo import ensure_demo  # noqa: E402
 
@@ -61,7 +61,6 @@ GOAL = 1.2
 SCALE = 10
 POLL_SECONDS = 0.05
 PHOTO = 224
-DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"
 SPLITS = ("train", "val", "test")
 DIGITS = "[zero,one,two,three,four,five,six,seven,eight,nine]"
 

@@ -169,7 +169,7 @@ class FeatureCache:
         """Make ``model.encode_one`` consult this cache; logs the cached and uncached slots."""
         self.model.feature_cache = self
         for split in SPLITS:
-            cached = [s for s in self.model.encoders if (split, s) not in self.reasons]
+            cached = self.cached_slots(split)
             skipped = [f"{s} ({self.reasons[(split, s)]})" for s in self.model.encoders if (split, s) in self.reasons]
             log.info("feature cache %s: cached slots %s; not cached: %s", split, cached or "none",
                      "; ".join(skipped) or "none")

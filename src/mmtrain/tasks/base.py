@@ -10,7 +10,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.utilities.enums import GradClipAlgorithmType
 from torch import nn
 from torch.optim import Optimizer
 
@@ -169,16 +168,15 @@ class TaskBase(pl.LightningModule):
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Lightning's clipping, except that clipping by norm reuses the total gradient norm the NaN/Inf
         guard computed moments before (same tensors, same order, unchanged: bit-identical result, one
-        pass over the gradients instead of two). Any other case goes to Lightning as usual."""
-        trainer = self.trainer
-        value = gradient_clip_val if gradient_clip_val is not None else (trainer.gradient_clip_val or 0.0)
-        algorithm = gradient_clip_algorithm or trainer.gradient_clip_algorithm or "norm"
-        algorithm = GradClipAlgorithmType(getattr(algorithm, "value", algorithm).lower())
+        pass over the gradients instead of two). Any other case goes to Lightning as usual.
+
+        Lightning passes ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm`` (``None``: norm).
+        """
         total = self.nonfinite_guard.total_grad_norm(optimizer)
-        if (total is not None and value > 0 and algorithm == GradClipAlgorithmType.NORM
-                and type(trainer.precision_plugin) is Precision):
+        if (total is not None and (gradient_clip_val or 0) > 0 and (gradient_clip_algorithm or "norm") == "norm"
+                and type(self.trainer.precision_plugin) is Precision):
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grads_with_norm_(params, float(value), total)
+            torch.nn.utils.clip_grads_with_norm_(params, float(gradient_clip_val), total)  # type: ignore[arg-type]
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

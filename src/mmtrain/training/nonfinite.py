@@ -223,8 +223,7 @@ class NonFiniteGuard:
         """
         if self._norm is None:
             return None
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        return self._norm.total if self._norm.matches(grads) else None
+        return self._norm.total if self._norm.matches([g for _, _, g in _gradients(optimizer)]) else None
 
     def check(
         self, optimizer: Optimizer, *, names: Callable[[], dict[int, str]], check_grads: bool = True,
