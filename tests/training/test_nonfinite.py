@@ -204,6 +204,7 @@ def test_clean_steps_are_still_clipped(one_thread: None) -> None:
 
 # Run with ``python -c`` per rank. It loads nonfinite.py by path: importing the mmtrain package pulls
 # in transformers (~5 s per process), and the guard itself only needs torch.
+TESTS_DIR = str(Path(__file__).resolve().parents[1])  # where _dist.py lives
 RANK_WORKER = """
 import importlib.util, json, sys
 from pathlib import Path
@@ -211,7 +212,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-source, init_file, out_dir, rank = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+source, init_file, out_dir, rank, tests_dir = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+sys.path.insert(0, tests_dir)
+from _dist import end_rank
 spec = importlib.util.spec_from_file_location("nonfinite_under_test", source)
 nf = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = nf
@@ -236,8 +239,7 @@ for step, bad_rank in enumerate((None, 1)):  # only rank 1 sees a NaN loss, at s
     unchanged.append(all(torch.equal(p, b) for p, b in zip(model.parameters(), before)))
 Path(out_dir, "rank%d.json" % rank).write_text(json.dumps(
     {"stepped": stepped, "unchanged": unchanged, "skips": guard.skips}))
-dist.barrier()  # both ranks done before teardown (else gloo may abort one)
-dist.destroy_process_group()
+end_rank()
 """
 
 
@@ -245,7 +247,7 @@ def test_distributed_ranks_take_the_same_decision(tmp_path: Path) -> None:
     """Two gloo processes: rank 0 sees nothing wrong, yet skips too and knows rank 1's ids."""
     args = [nonfinite.__file__, str(tmp_path / "pg"), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, "-c", RANK_WORKER, *args, str(r)], env=env,
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_WORKER, *args, str(r), TESTS_DIR], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outputs = [proc.communicate(timeout=120)[0] for proc in ranks]
     assert [proc.returncode for proc in ranks] == [0, 0], outputs

@@ -1,0 +1,28 @@
+"""Ending a test's gloo rank without the interpreter-exit race of torch's gloo backend."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+import torch.distributed as dist
+
+
+def end_rank() -> NoReturn:
+    """Wait for every rank, destroy the process group and leave the process without finalizing Python.
+
+    Call it last, after the rank wrote its results. gloo's worker thread releases a finished
+    collective's work a moment after the caller's ``wait`` returned. Freeing the tensors that work
+    holds (any tensor Python created: ``all_reduce``'s input, ``all_gather_object``'s buffers, or
+    the earlier works a barrier keeps) needs the GIL. If the main thread has begun finalizing the
+    interpreter by then, the thread is made to exit and the rank dies with "terminate called without
+    an active exception" (SIGABRT). Measured here: about 1 run in 8 under a loaded suite, and nearly
+    every run under gdb. ``destroy_process_group`` does not join those threads. Leaving through
+    ``os._exit`` skips the finalization, so no late release can meet it.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
