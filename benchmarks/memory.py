@@ -29,6 +29,12 @@ Measured per run:
 * main peak: the training process's own high-water RSS as the kernel reports it when it exits
   (``ru_maxrss`` from ``os.wait4`` on that child; no polling gaps; workers not included).
 
+Why the peak used to jump: CPython's full garbage collection writes to every object it walks, so
+one full collection in the training process while its 4 forked workers were alive copied ~120 MiB
+of shared pages (tree PSS 775 -> 895 MiB, main RSS unchanged), at a moment that varied from run to
+run: the ratio ranged 1.02-1.20. mmtrain's loaders now freeze the objects before forking
+(``mmtrain.data.forking``); peaks 754-787 MiB at both sizes, ratio 0.99-1.04 over three runs.
+
 Run: ``.venv/bin/python benchmarks/memory.py [--quick]``. Exit code 1 when the goal is missed.
 """
 

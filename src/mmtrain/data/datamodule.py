@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmtrain.data.cached_features import CachedFeatureDataset
+from mmtrain.data.forking import ForkSharingLoader
 from mmtrain.data.resumable import (
     EpochSampler,
     KeyedDataset,
@@ -91,7 +92,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         """Val/test batches in dataset order (Lightning shards them over ranks under DDP)."""
         if split not in self.splits:
             raise ValueError(f"no '{split}' dataset configured (data.{split}).")
-        return DataLoader(
+        return ForkSharingLoader(
             self._served(split),
             batch_size=self.batch_size,
             shuffle=False,
