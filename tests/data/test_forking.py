@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import psutil
 import pytest
 import torch
@@ -60,3 +63,43 @@ def test_spawned_workers_share_nothing_so_nothing_is_frozen(unfrozen: None) -> N
     loader = ForkSharingLoader(list(range(4)), batch_size=2, num_workers=1, multiprocessing_context="spawn")
     assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
     assert gc.get_freeze_count() == 0
+
+
+class FreezeCounts(pl.Callback):
+    """How many objects are frozen while train and validation batches arrive."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.seen.append(gc.get_freeze_count())
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self.seen.append(gc.get_freeze_count())
+
+
+@pytest.mark.slow  # one tiny training run with a worker per loader (~15 s)
+def test_a_training_run_freezes_while_its_workers_live_and_releases_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unfrozen: None
+) -> None:
+    import mmtrain.training.run as run_module
+    from mmtrain.config.compose import compose_config
+
+    probe = FreezeCounts()
+    build = run_module.build_trainer
+
+    def with_probe(*args: Any, **kwargs: Any) -> pl.Trainer:
+        trainer = build(*args, **kwargs)
+        trainer.callbacks.append(probe)
+        return trainer
+
+    monkeypatch.setattr(run_module, "build_trainer", with_probe)
+    monkeypatch.chdir(tmp_path)
+    run_module.train(compose_config([
+        "data=synthetic", "data.train.num_samples=16", "data.val.num_samples=8", "data.test.num_samples=8",
+        "data.batch_size=8", "data.num_workers=1", "trainer.max_epochs=1", "callbacks.progress=null",
+        "logger.tensorboard=null", "evaluate_unimodal=false", f"run_dir={tmp_path / 'run'}",
+    ]))
+    assert probe.seen and min(probe.seen) > 1000  # the main process's objects, frozen before the fork
+    assert gc.get_freeze_count() == 0  # each stage's teardown handed them back to the collector

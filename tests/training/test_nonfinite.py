@@ -281,16 +281,29 @@ class ScaleGrads(pl.Callback):
                 p.grad.mul_(3.0)
 
 
+@pytest.mark.parametrize("clip", [0.05, 1e6], ids=["clip-bites", "norm-within-limit"])
 @pytest.mark.parametrize("rescale", [False, True], ids=["plain", "hook-rescales-grads"])
-def test_clipping_reuses_the_guards_norm_with_bit_identical_results(rescale: bool, one_thread: None) -> None:
+def test_clipping_reuses_the_guards_norm_with_bit_identical_results(
+    rescale: bool, clip: float, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Clip by norm with the guard's total norm == Lightning's own clip_grad_norm_, bit for bit; a hook
-    that changes the gradients after the guard looked at them makes the task fall back to Lightning."""
+    that changes the gradients after the guard looked at them makes the task fall back to Lightning.
+    Within the limit the shared path multiplies nothing (the coefficient is exactly 1)."""
+    multiplied: list[int] = []
+    original_clip = torch.nn.utils.clip_grads_with_norm_
+
+    def counting_clip(*args: Any, **kwargs: Any) -> None:
+        multiplied.append(1)
+        original_clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", counting_clip)
 
     class LightningClip(TinyTask):
         configure_gradient_clipping = pl.LightningModule.configure_gradient_clipping
 
     runs = {}
     for name, cls in (("shared", TinyTask), ("lightning", LightningClip)):
+        multiplied.clear()
         task = cls(optimizer=ADAM)
         reused: list[bool] = []
         original = task.nonfinite_guard.total_grad_norm
@@ -302,8 +315,10 @@ def test_clipping_reuses_the_guards_norm_with_bit_identical_results(rescale: boo
 
         task.nonfinite_guard.total_grad_norm = spy  # type: ignore[method-assign]
         extra = [ScaleGrads()] if rescale else []
-        _, snaps = fit_with(task, extra)
+        _, snaps = fit_with(task, extra, clip)
         runs[name] = (snaps, reused)
+        if name == "shared" and not rescale:
+            assert len(multiplied) == (4 if clip < 1 else 0)
     shared, lightning = runs["shared"], runs["lightning"]
     assert shared[1] == [not rescale] * 4  # the shared norm was used on every step, or never after a rescale
     assert lightning[1] == []  # Lightning's own clipping never asks
@@ -313,11 +328,11 @@ def test_clipping_reuses_the_guards_norm_with_bit_identical_results(rescale: boo
     assert float(moved.abs().max()) > 0  # it trained
 
 
-def fit_with(task: TaskBase, callbacks: list[pl.Callback]) -> tuple[pl.Trainer, Snapshots]:
-    """``fit`` with clipping that bites (max norm 0.05) and extra callbacks."""
+def fit_with(task: TaskBase, callbacks: list[pl.Callback], clip: float = 0.05) -> tuple[pl.Trainer, Snapshots]:
+    """``fit`` with clipping by norm at ``clip`` (0.05 bites on every step) and extra callbacks."""
     snaps = Snapshots()
     trainer = pl.Trainer(callbacks=[snaps, *callbacks], accelerator="cpu", devices=1, max_epochs=1,
-                         gradient_clip_val=0.05, logger=False, enable_checkpointing=False,
+                         gradient_clip_val=clip, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(task, train_dataloaders=loader())
     return trainer, snaps

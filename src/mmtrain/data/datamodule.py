@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmtrain.data.cached_features import CachedFeatureDataset
-from mmtrain.data.forking import ForkSharingLoader
+from mmtrain.data.forking import ForkSharingLoader, release_frozen
 from mmtrain.data.resumable import (
     EpochSampler,
     KeyedDataset,
@@ -131,6 +132,17 @@ class MultimodalDataModule(pl.LightningDataModule):
             progress=self._progress,
             fingerprint=dataset_fingerprint(dataset),  # of the unwrapped dataset: the same with the cache on
         )
+
+    def teardown(self, stage: str) -> None:
+        """End of a fit / validate / test: objects frozen before the workers forked are collectable again."""
+        release_frozen()
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Lightning's move to ``device``, except on the CPU: these batches are CPU tensors already,
+        and walking a batch to move nothing cost about 0.1 ms a step."""
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self) -> DataLoader[Any]:
         return self._loader("val")

@@ -10,9 +10,10 @@ peak depended on luck. :func:`gc.freeze` right before the fork moves every objec
 into a generation the collector never walks, in the main process and in the workers that inherit
 it (Python's documentation recommends exactly this for fork without exec).
 
-Cost: cyclic garbage that exists at that moment is never freed (objects created later are collected
-as usual). The freeze happens when a loader starts its workers: once per loader with persistent
-workers, as the datamodule builds them.
+The freeze happens when a loader starts its workers: once per loader with persistent workers, as
+the datamodule builds them. Frozen objects are never collected, so a stage's end calls
+:func:`release_frozen` (the datamodule's ``teardown``): what became garbage during the stage (its
+model and optimizer once a k-fold fold or a training stage is over) is collected again afterwards.
 """
 
 from __future__ import annotations
@@ -43,3 +44,9 @@ class ForkSharingLoader(DataLoader):
         if self.num_workers > 0 and _forks(self):
             gc.freeze()
         return super()._get_iterator()
+
+
+def release_frozen() -> None:
+    """Hand every frozen object back to the collector (:func:`gc.unfreeze`), e.g. when a stage's
+    workers are done."""
+    gc.unfreeze()

@@ -26,7 +26,8 @@ class ClassificationMetrics(nn.Module):
     def __init__(self, label_names: list[str]) -> None:
         super().__init__()
         self.label_names = list(label_names)
-        self.confusion = MulticlassConfusionMatrix(num_classes=len(label_names))
+        # No per-batch input validation: the loss has already rejected labels out of range.
+        self.confusion = MulticlassConfusionMatrix(num_classes=len(label_names), validate_args=False)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: ``logits`` [B, C], ``labels`` [B]."""

@@ -168,13 +168,19 @@ class TaskBase(pl.LightningModule):
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Lightning's clipping, except that clipping by norm reuses the total gradient norm the NaN/Inf
         guard computed moments before (same tensors, same order, unchanged: bit-identical result, one
-        pass over the gradients instead of two). Any other case goes to Lightning as usual.
+        pass over the gradients instead of two, none when the norm is within the limit). Any other case
+        goes to Lightning as usual.
 
         Lightning passes ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm`` (``None``: norm).
         """
         total = self.nonfinite_guard.total_grad_norm(optimizer)
         if (total is not None and (gradient_clip_val or 0) > 0 and (gradient_clip_algorithm or "norm") == "norm"
                 and type(self.trainer.precision_plugin) is Precision):
+            # clip_grads_with_norm_'s own coefficient; on the CPU, where reading it costs no device sync,
+            # a coefficient of exactly 1.0 skips the pass that would multiply every gradient by 1.0
+            coefficient = torch.clamp(float(gradient_clip_val) / (total + 1e-6), max=1.0)
+            if total.device.type == "cpu" and bool(coefficient == 1.0):
+                return
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grads_with_norm_(params, float(gradient_clip_val), total)  # type: ignore[arg-type]
             return

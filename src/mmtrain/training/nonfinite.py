@@ -239,17 +239,20 @@ class NonFiniteGuard:
         """
         device = device or torch.device("cpu")
         grads = _gradients(optimizer) if check_grads else []
-        losses_ok = _all_finite([mb.loss for mb in self.window], device)
         tensors = [g for _, _, g in grads]
         total = None
         if tensors and not any(p.grad.is_sparse for _, p, _ in grads):
             total = torch.nn.utils.get_total_norm(tensors)
             self._norm = GradNorm(tuple(tensors), tuple(t._version for t in tensors), total)
-        grads_ok = _all_finite(tensors, device, total)
-        flags = torch.stack([~losses_ok, ~grads_ok]).to(torch.float32)
+        finite = _all_finite(tensors, device, total)
+        losses = [mb.loss.reshape(-1).to(device) for mb in self.window]
+        if losses:  # a few scalars: one isfinite, not the norm path gradients take
+            finite = finite & torch.isfinite(torch.cat(losses)).all()
         if _distributed():
+            flags = (~finite).to(torch.float32).reshape(1)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if not bool(flags.any()):
+            finite = flags[0] == 0
+        if bool(finite):
             return None
         finding = self._local_finding(grads, names)
         if _distributed():
