@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import psutil
 import pytest
 import torch
+from _probes import probe_trainers
 from torch.utils.data import DataLoader
 
 from mmtrain.data.forking import ForkSharingLoader
@@ -83,20 +84,13 @@ class FreezeCounts(pl.Callback):
 def test_a_training_run_freezes_while_its_workers_live_and_releases_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unfrozen: None
 ) -> None:
-    import mmtrain.training.run as run_module
     from mmtrain.config.compose import compose_config
+    from mmtrain.training.run import train
 
     probe = FreezeCounts()
-    build = run_module.build_trainer
-
-    def with_probe(*args: Any, **kwargs: Any) -> pl.Trainer:
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(probe)
-        return trainer
-
-    monkeypatch.setattr(run_module, "build_trainer", with_probe)
+    probe_trainers(monkeypatch, probe)
     monkeypatch.chdir(tmp_path)
-    run_module.train(compose_config([
+    train(compose_config([
         "data=synthetic", "data.train.num_samples=16", "data.val.num_samples=8", "data.test.num_samples=8",
         "data.batch_size=8", "data.num_workers=1", "trainer.max_epochs=1", "callbacks.progress=null",
         "logger.tensorboard=null", "evaluate_unimodal=false", f"run_dir={tmp_path / 'run'}",

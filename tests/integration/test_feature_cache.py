@@ -13,9 +13,9 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from _probes import probe_trainers
 
 import mmtrain  # noqa: F401
-import mmtrain.training.run as run_module
 from mmtrain.config.compose import compose_config
 from mmtrain.config.targets import runtime_prefixes
 from mmtrain.data.demo import ensure_demo
@@ -111,14 +111,7 @@ def probe_decoders(monkeypatch: pytest.MonkeyPatch) -> DecodesPerEpoch:
 
         monkeypatch.setattr(common, name, counting)
     probe = DecodesPerEpoch(calls)
-    build = run_module.build_trainer
-
-    def with_probe(*args: Any, **kwargs: Any) -> pl.Trainer:
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(probe)
-        return trainer
-
-    monkeypatch.setattr(run_module, "build_trainer", with_probe)
+    probe_trainers(monkeypatch, probe)
     return probe
 
 

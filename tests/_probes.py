@@ -1,0 +1,22 @@
+"""Adding test callbacks to the trainers ``mmtrain.training.run`` builds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+
+
+def probe_trainers(monkeypatch: pytest.MonkeyPatch, *callbacks: pl.Callback) -> None:
+    """Every trainer ``run.build_trainer`` builds while ``monkeypatch`` is active gets ``callbacks``."""
+    import mmtrain.training.run as run_module
+
+    build = run_module.build_trainer
+
+    def with_probes(*args: Any, **kwargs: Any) -> pl.Trainer:
+        trainer = build(*args, **kwargs)
+        trainer.callbacks.extend(callbacks)
+        return trainer
+
+    monkeypatch.setattr(run_module, "build_trainer", with_probes)
