@@ -41,6 +41,8 @@ class ForkSharingLoader(DataLoader):
     (:func:`gc.freeze`) just before it forks its workers; batches are unchanged."""
 
     def _get_iterator(self) -> Any:
+        # DataLoader's (private) iterator factory: the multiprocessing iterator forks its workers in
+        # its constructor; with persistent workers it is called once per loader (torch is pinned)
         if self.num_workers > 0 and _forks(self):
             gc.freeze()
         return super()._get_iterator()

@@ -25,12 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import (
-    Dataset,
-    DistributedSampler,
-    IterableDataset,
-    get_worker_info,
-)
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from mmtrain.data.forking import ForkSharingLoader
 
