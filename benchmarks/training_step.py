@@ -9,7 +9,8 @@ schedule and gradient clipping, four ways:
    (exact-resume seeding, per-step loss log, gradient audit, NaN/Inf guard, resume checkpoints, ...)
    and no progress bar or logger (terminal and disk I/O are not the step);
 3. plain Lightning: a minimal ``LightningModule`` (the model's loss, logged per step and epoch, same
-   optimizer, schedule and clipping), no callbacks: how much of mmtrain's gap is Lightning's own;
+   optimizer, schedule and clipping), no callbacks, Lightning as released (without the fixes of
+   ``mmtrain.training.lightning_fixes``): how much of mmtrain's gap is Lightning's own;
 4. the transformers ``Trainer`` on the same model and batches.
 
 Seconds per step are the median over the steps after a warm-up. Each of ``--repeats`` repeats runs
@@ -47,9 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.p
 from harness import Result, goal_row, print_table  # noqa: E402
 
 from mmtrain.config.compose import compose_config  # noqa: E402
+from mmtrain.data.datamodule import CpuBatchDataModule  # noqa: E402
 from mmtrain.hf.processing import model_inputs  # noqa: E402
 from mmtrain.training.allocator import tune_malloc  # noqa: E402
 from mmtrain.training.build import build_data, build_model, build_task, wire_processor  # noqa: E402
+from mmtrain.training.lightning_fixes import lightning_as_released  # noqa: E402
 from mmtrain.training.run import build_trainer, prepare  # noqa: E402
 
 OVERHEAD_GOAL = 1.05
@@ -72,6 +75,18 @@ class Batches(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.batches[index % len(self.batches)]
+
+
+class PreCollated(CpuBatchDataModule):
+    """The batches in a datamodule, as ``mmtrain train`` hands batches to Lightning (through
+    ``MultimodalDataModule``, whose CPU batches are not walked to be moved to the CPU)."""
+
+    def __init__(self, batches: list[dict[str, Any]], steps: int) -> None:
+        super().__init__()
+        self.batches, self.steps = batches, steps
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(Batches(self.batches, self.steps), batch_size=None)
 
 
 def setup(workdir: Path, batch: int | None = None) -> tuple[Any, Any, list[dict[str, Any]], tuple[str, ...]]:
@@ -145,7 +160,7 @@ def mmtrain_fit(cfg: Any, task: Any, batches: list[dict[str, Any]], steps: int, 
     trainer = build_trainer(cfg, prefixes, run_dir)
     clock = StepClock()
     trainer.callbacks.insert(0, clock)
-    trainer.fit(fresh, train_dataloaders=DataLoader(Batches(batches, steps), batch_size=None))
+    trainer.fit(fresh, datamodule=PreCollated(batches, steps))
     return steady([b - a for a, b in zip(clock.starts, clock.starts[1:])])
 
 
@@ -177,8 +192,9 @@ def lightning_fit(task: Any, batches: list[dict[str, Any]], steps: int) -> float
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[clock])
-    trainer.fit(PlainLightning(copy.deepcopy(task.model).train(), task, steps),
-                train_dataloaders=DataLoader(Batches(batches, steps), batch_size=None))
+    with lightning_as_released():  # not the fixes mmtrain applies to its own trainers
+        trainer.fit(PlainLightning(copy.deepcopy(task.model).train(), task, steps),
+                    train_dataloaders=DataLoader(Batches(batches, steps), batch_size=None))
     return steady([b - a for a, b in zip(clock.starts, clock.starts[1:])])
 
 

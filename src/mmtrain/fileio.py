@@ -2,8 +2,9 @@
 
 * :func:`atomic_write_bytes`: a temporary file beside the target, then ``os.replace`` (with
   ``durable=True`` also fsync of the file and its folder: checkpoints and their manifest).
-* :func:`append_line` / :func:`truncate`: append-only logs (``train_steps.csv``, ``skipped.jsonl``)
-  written one ``O_APPEND`` write at a time and cut back to a checkpoint's length on resume.
+* :func:`append_line` / :class:`LineAppender` / :func:`truncate`: append-only logs (``train_steps.csv``,
+  ``skipped.jsonl``) written one ``O_APPEND`` write at a time and cut back to a checkpoint's length on
+  resume.
 """
 
 from __future__ import annotations
@@ -67,6 +68,32 @@ def append_line(path: Path, line: str, header: str = "") -> None:
         os.write(fd, ((header if new else "") + line).encode())
     finally:
         os.close(fd)
+
+
+class LineAppender:
+    """:func:`append_line` for a file written every step: the ``O_APPEND`` descriptor stays open between
+    lines (one ``write`` call a line instead of stat, open, write and close) until :meth:`close`.
+
+    Each line is still one ``O_APPEND`` write that reaches the file before :meth:`write` returns, so a
+    kill right after it loses nothing and the file's size is always that of the lines written.
+    """
+
+    def __init__(self, path: Path, header: str = "") -> None:
+        self.path, self.header = path, header
+        self._fd: int | None = None
+
+    def write(self, line: str) -> None:
+        if self._fd is None:
+            new = not self.path.exists()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            line = (self.header if new else "") + line
+        os.write(self._fd, line.encode())
+
+    def close(self) -> None:
+        """Closes the descriptor (the next :meth:`write` opens the file again)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def truncate(path: Path, size: int) -> None:

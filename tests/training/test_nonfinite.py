@@ -258,18 +258,51 @@ def test_distributed_ranks_take_the_same_decision(tmp_path: Path) -> None:
         assert result["skips"] == [{"step": 1, "epoch": 0, "batch_idx": 1, "reason": "loss", "ids": ["r1-b1"]}]
 
 
-def test_the_fast_check_neither_misses_nan_nor_flags_huge_finite_gradients() -> None:
-    from mmtrain.training.nonfinite import _all_finite
+def test_the_fast_check_neither_misses_nan_nor_flags_huge_finite_values() -> None:
+    """The check's quick path (total gradient norm plus losses) is exact whenever it says finite; a
+    huge finite gradient or loss that overflows it is looked at value by value and passes."""
+    from mmtrain.training.nonfinite import NonFiniteGuard
 
-    cpu = torch.device("cpu")
+    params = [nn.Parameter(torch.zeros(50)) for _ in range(4)] + [nn.Parameter(torch.zeros(0))]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+
+    def check(grads: list[torch.Tensor], loss: float) -> Any:
+        guard = NonFiniteGuard("skip")
+        for param, grad in zip(params, grads):
+            param.grad = grad.clone()
+        guard.record(["a"], torch.tensor(loss))
+        return guard.check(optimizer, names=lambda: {id(p): f"p{i}" for i, p in enumerate(params)})
+
     grads = [torch.randn(50) for _ in range(4)] + [torch.zeros(0)]
-    assert bool(_all_finite(grads, cpu))
+    assert check(grads, 1.0) is None
     grads[1][7] = 3.0e38  # its L2 norm overflows to inf, yet every value is finite
-    assert bool(_all_finite(grads, cpu))
+    assert check(grads, 1.0) is None
+    assert check(grads, 3.0e38) is None  # norm + loss overflow too
     for bad in (float("nan"), float("inf"), -float("inf")):
         broken = [g.clone() for g in grads]
         broken[3][0] = bad
-        assert not bool(_all_finite(broken, cpu))
+        finding = check(broken, 1.0)
+        assert finding is not None and finding.grads == {0: ["p3"]} and not finding.loss_ids
+        finding = check(grads, bad)
+        assert finding is not None and finding.loss_ids == ["a"] and not finding.grads
+
+
+def test_sparse_gradients_are_checked_value_by_value() -> None:
+    from mmtrain.training.nonfinite import NonFiniteGuard
+
+    embedding = nn.Embedding(10, 4, sparse=True)
+    optimizer = torch.optim.SGD(embedding.parameters(), lr=0.1)
+    guard = NonFiniteGuard("skip")
+    for bad, expected in ((None, None), (float("inf"), {0: ["weight"]})):
+        embedding.zero_grad(set_to_none=True)
+        out = embedding(torch.tensor([1, 3]))
+        (out.sum() * (bad if bad is not None else 1.0)).backward()
+        assert embedding.weight.grad is not None and embedding.weight.grad.is_sparse
+        guard.record(["a"], torch.tensor(1.0))
+        finding = guard.check(optimizer, names=lambda: {id(embedding.weight): "weight"})
+        assert (finding.grads if finding is not None else None) == expected
+        assert guard.total_grad_norm(optimizer) is None  # no shared norm for sparse gradients: Lightning clips
+        guard.reset()
 
 
 class ScaleGrads(pl.Callback):

@@ -22,7 +22,22 @@ from mmtrain.data.transport import WorkerPacked
 from mmtrain.hf.processing import MultimodalProcessor
 
 
-class MultimodalDataModule(pl.LightningDataModule):
+class CpuBatchDataModule(pl.LightningDataModule):
+    """A ``LightningDataModule`` whose loaders yield CPU tensors: on the CPU a batch is handed on as it
+    is, not walked to move nothing (about 0.1-0.3 ms a step for a multimodal batch); to any other
+    device it moves as Lightning moves it.
+
+    The hook lives on the datamodule, not the task: Lightning warns on every run when a
+    ``LightningModule`` overrides a batch-transfer hook while a datamodule is passed.
+    """
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+
+class MultimodalDataModule(CpuBatchDataModule):
     """Wraps built datasets (raw samples) into DataLoaders collated by ``processor``.
 
     Args:
@@ -136,13 +151,6 @@ class MultimodalDataModule(pl.LightningDataModule):
     def teardown(self, stage: str) -> None:
         """End of a fit / validate / test: objects frozen before the workers forked are collectable again."""
         release_frozen()
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Lightning's move to ``device``, except on the CPU: these batches are CPU tensors already,
-        and walking a batch to move nothing cost about 0.1 ms a step."""
-        if device.type == "cpu":
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self) -> DataLoader[Any]:
         return self._loader("val")

@@ -18,9 +18,13 @@ aborts together, and the details (ids, parameter names) are gathered from every 
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import chain
+from operator import attrgetter, is_, is_not
 from typing import Any
 
 import torch
@@ -146,6 +150,21 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+_grad_of = attrgetter("grad")
+_version_of = attrgetter("_version")
+_is_sparse = attrgetter("is_sparse")
+_present = functools.partial(is_not, None)
+
+
+def _step_grads(optimizer: Optimizer) -> list[torch.Tensor | None]:
+    """``.grad`` of every parameter of ``optimizer`` in group order (``None`` where there is none).
+
+    Built with C-level ``map`` over the flattened groups: a Python loop here costs about 0.1 ms per
+    step for the demo model's 182 parameters, and this runs twice per step (the check, then clipping).
+    """
+    return list(map(_grad_of, chain.from_iterable(group["params"] for group in optimizer.param_groups)))
+
+
 def _gradients(optimizer: Optimizer) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(group index, parameter, gradient values)`` of every parameter that has a gradient."""
     out = []
@@ -157,36 +176,36 @@ def _gradients(optimizer: Optimizer) -> list[tuple[int, torch.Tensor, torch.Tens
     return out
 
 
-def _all_finite(tensors: list[torch.Tensor], device: torch.device,
-                total: torch.Tensor | None = None) -> torch.Tensor:
-    """A 0-d bool tensor on ``device``: no NaN/Inf in any of ``tensors``.
+def _quick_finite(total: torch.Tensor | None, losses: list[torch.Tensor]) -> bool:
+    """True when the gradients' total L2 norm plus the losses is finite, so that no value behind them is
+    NaN/Inf. False is not proof: a huge finite value can overflow the norm or the sum (see
+    :func:`_all_finite`)."""
+    probe: Any = total
+    for loss in losses:
+        value = loss if loss.dim() == 0 else loss.sum()
+        probe = value if probe is None else probe + value.to(probe.device)
+    return probe is None or math.isfinite(float(probe))
 
-    Fast path: their total L2 norm (``total``, else ``torch.nn.utils.get_total_norm``: fused
-    per-tensor norms, then the norm of those); a NaN or Inf anywhere makes it non-finite. Only when it
-    is non-finite, which huge finite values can also cause by overflow, is each tensor checked element
-    by element. (About 0.3 ms instead of 2.6 ms for the demo model's 184 gradients on CPU.)
-    """
-    if not tensors:
-        return torch.ones((), dtype=torch.bool, device=device)
-    if total is None:
-        total = torch.nn.utils.get_total_norm(tensors)
-    if bool(torch.isfinite(total)):
-        return torch.ones((), dtype=torch.bool, device=device)
-    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """No NaN/Inf in any of ``tensors``, checked element by element: the exact answer, used only when
+    :func:`_quick_finite` is not sure (about 2.6 ms for the demo model's 182 gradients on CPU)."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 @dataclass(frozen=True)
 class GradNorm:
-    """The total gradient norm the guard computed, with what it was computed from: ``grads`` (the
-    tensors, by identity) and their in-place ``versions``, so a later in-place change is detected."""
+    """The total gradient norm the guard computed, with what it was computed from: ``grads`` (every
+    parameter's ``.grad`` in group order, by identity, ``None`` included) and the in-place ``versions``
+    of the present ones, so a replaced or in-place changed gradient is detected."""
 
-    grads: tuple[torch.Tensor, ...]
+    grads: tuple[torch.Tensor | None, ...]
     versions: tuple[int, ...]
     total: torch.Tensor
 
-    def matches(self, grads: list[torch.Tensor]) -> bool:
-        return (len(grads) == len(self.grads) and all(a is b for a, b in zip(grads, self.grads))
-                and all(g._version == v for g, v in zip(grads, self.versions)))
+    def matches(self, grads: list[torch.Tensor | None]) -> bool:
+        return (len(grads) == len(self.grads) and all(map(is_, grads, self.grads))
+                and tuple(map(_version_of, filter(_present, grads))) == self.versions)
 
 
 class NonFiniteGuard:
@@ -223,7 +242,7 @@ class NonFiniteGuard:
         """
         if self._norm is None:
             return None
-        return self._norm.total if self._norm.matches([g for _, _, g in _gradients(optimizer)]) else None
+        return self._norm.total if self._norm.matches(_step_grads(optimizer)) else None
 
     def check(
         self, optimizer: Optimizer, *, names: Callable[[], dict[int, str]], check_grads: bool = True,
@@ -238,23 +257,24 @@ class NonFiniteGuard:
             device: where the flags live (the module's device; NCCL needs CUDA tensors).
         """
         device = device or torch.device("cpu")
-        grads = _gradients(optimizer) if check_grads else []
-        tensors = [g for _, _, g in grads]
+        grads = _step_grads(optimizer) if check_grads else []
+        tensors = list(filter(_present, grads))
+        losses = [mb.loss for mb in self.window]
         total = None
-        if tensors and not any(p.grad.is_sparse for _, p, _ in grads):
+        if tensors and not any(map(_is_sparse, tensors)):
             total = torch.nn.utils.get_total_norm(tensors)
-            self._norm = GradNorm(tuple(tensors), tuple(t._version for t in tensors), total)
-        finite = _all_finite(tensors, device, total)
-        losses = [mb.loss.reshape(-1).to(device) for mb in self.window]
-        if losses:  # a few scalars: one isfinite, not the norm path gradients take
-            finite = finite & torch.isfinite(torch.cat(losses)).all()
+            self._norm = GradNorm(tuple(grads), tuple(map(_version_of, tensors)), total)
+        finite = (total is not None or not tensors) and _quick_finite(total, losses)
+        if not finite:  # NaN/Inf, a norm or sum that overflowed, or sparse gradients: look at every value
+            values = [g for _, _, g in _gradients(optimizer)] if check_grads else []
+            finite = _all_finite(values) and _all_finite(losses)
         if _distributed():
-            flags = (~finite).to(torch.float32).reshape(1)
+            flags = torch.tensor([0.0 if finite else 1.0], device=device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            finite = flags[0] == 0
-        if bool(finite):
+            finite = bool(flags[0] == 0)
+        if finite:
             return None
-        finding = self._local_finding(grads, names)
+        finding = self._local_finding(_gradients(optimizer) if check_grads else [], names)
         if _distributed():
             # plain dicts of str/int/float lists between ranks of this run (no class is sent)
             gathered: list[dict[str, Any] | None] = [None] * dist.get_world_size()

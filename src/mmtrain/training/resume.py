@@ -30,7 +30,7 @@ from mmtrain.data.resumable import (
     require_unchanged,
     seed_all,
 )
-from mmtrain.fileio import append_line, truncate
+from mmtrain.fileio import LineAppender, truncate
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class ExactResume(pl.Callback):
 
     def __init__(self, *, run_dir: str, seed: int) -> None:
         self.steps_path = Path(run_dir) / STEPS_NAME
+        self.steps_log = LineAppender(self.steps_path, header=STEPS_HEADER)  # open from the first line to fit end
         self.seed = int(seed)
         self._restored: dict[str, Any] | None = None
 
@@ -99,6 +100,7 @@ class ExactResume(pl.Callback):
         set_rng_state(state["rng"])
         self._restore_data_position(trainer, state.get("data") or {})
         if trainer.is_global_zero:
+            self.steps_log.close()
             truncate(self.steps_path, int(state.get("steps_bytes", 0)))
             from mmtrain.training.checkpointing import drop_checkpoints_after
 
@@ -131,5 +133,13 @@ class ExactResume(pl.Callback):
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         value = repr(float(loss)) if isinstance(loss, torch.Tensor) else ""
-        append_line(self.steps_path, f"{trainer.current_epoch},{batch_idx},{trainer.global_step},{value}\n",
-                    header=STEPS_HEADER)
+        self.steps_log.write(f"{trainer.current_epoch},{batch_idx},{trainer.global_step},{value}\n")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.steps_log.close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.steps_log.close()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.steps_log.close()

@@ -19,6 +19,7 @@ from mmtrain.hf.feature_cache import setup_feature_cache
 from mmtrain.training.allocator import tune_malloc
 from mmtrain.report.html import write_report
 from mmtrain.training.ledger import SkipLedger
+from mmtrain.training.lightning_fixes import apply_lightning_fixes
 from mmtrain.training.signals import exit_on_sigterm
 from mmtrain.training.build import (
     build_callbacks,
@@ -143,7 +144,9 @@ def check_strategy(trainer: DictConfig) -> None:
 
 
 def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path) -> pl.Trainer:
-    """Lightning ``Trainer`` from ``cfg.trainer`` with the configured callbacks and loggers."""
+    """Lightning ``Trainer`` from ``cfg.trainer`` with the configured callbacks and loggers (and
+    :mod:`~mmtrain.training.lightning_fixes` applied)."""
+    apply_lightning_fixes()
     loggers = build_loggers(cfg, prefixes)
     callbacks = build_callbacks(cfg, prefixes)
     if not loggers:

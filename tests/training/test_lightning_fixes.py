@@ -1,0 +1,108 @@
+"""The fixes mmtrain applies to the pinned Lightning: ``self.log`` no longer walks its accumulator to
+move it to the device it is on; anything else still goes through Lightning; logged values do not change;
+an unchecked Lightning version is left as released."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.trainer.connectors.logger_connector.result import _Metadata, _ResultMetric, _Sync
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mmtrain.training import lightning_fixes
+from mmtrain.training.lightning_fixes import apply_lightning_fixes, lightning_as_released
+
+
+@pytest.fixture
+def released_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Arguments of every call that reaches Lightning's own ``_ResultMetric.to``."""
+    calls: list[tuple[Any, ...]] = []
+    original = lightning_fixes._released_to
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(lightning_fixes, "_released_to", counting)
+    monkeypatch.setattr(_ResultMetric, "to", _ResultMetric.to)  # restored after the test
+    assert apply_lightning_fixes()
+    return calls
+
+
+def accumulator() -> _ResultMetric:
+    meta = _Metadata(fx="training_step", name="train/loss", on_step=True, on_epoch=True)
+    meta.sync = _Sync()
+    metric = _ResultMetric(meta, True)
+    metric.update(torch.tensor(2.0), 4)
+    return metric
+
+
+def test_moving_to_the_device_it_is_on_returns_at_once(released_calls: list[tuple[Any, ...]]) -> None:
+    metric = accumulator()
+    assert metric.to(torch.device("cpu")) is metric
+    assert metric.to("cpu") is metric
+    assert released_calls == []
+    assert float(metric.value) == 8.0 and int(metric.cumulated_batch_size) == 4
+
+
+def test_any_other_move_takes_lightnings_path(released_calls: list[tuple[Any, ...]]) -> None:
+    metric = accumulator()
+    metric.to(torch.device("meta"))  # another device (meta: real tensors without storage)
+    assert metric.value.device.type == "meta" and metric.cumulated_batch_size.device.type == "meta"
+    metric.to(torch.device("meta"))  # now it is there: returns at once
+    other = accumulator()
+    other.to(device="cpu")  # keyword arguments are not the hot path's form
+    assert released_calls == [(torch.device("meta"),), ()]
+
+
+class Logs(pl.LightningModule):
+    """A linear model whose training and validation steps log their loss per step and per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(3, 1)
+
+    def _loss(self, batch: torch.Tensor, split: str) -> torch.Tensor:
+        loss = self.layer(batch).pow(2).mean()
+        self.log(f"{split}/loss", loss, on_step=True, on_epoch=True, batch_size=len(batch))
+        return loss
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._loss(batch, "train")
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._loss(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def logged_metrics() -> dict[str, float]:
+    data = DataLoader(torch.randn(20, 3, generator=torch.Generator().manual_seed(1)), batch_size=3)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(Logs(), train_dataloaders=data, val_dataloaders=data)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_logged_values_are_those_of_lightning_as_released(released_calls: list[tuple[Any, ...]]) -> None:
+    fixed = logged_metrics()
+    assert released_calls == []  # every self.log of the run took the short path
+    with lightning_as_released():
+        released = logged_metrics()
+    assert {"train/loss_epoch", "val/loss_epoch"} <= set(fixed)
+    assert fixed == released
+    assert _ResultMetric.to is lightning_fixes._result_metric_to  # restored after the block
+
+
+def test_an_unchecked_lightning_version_is_left_as_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ResultMetric, "to", lightning_fixes._released_to)
+    monkeypatch.setattr(lightning, "__version__", "2.7.0")
+    assert not apply_lightning_fixes()
+    assert _ResultMetric.to is lightning_fixes._released_to
