@@ -1,15 +1,18 @@
 """The fixes mmtrain applies to the pinned Lightning: ``self.log`` no longer walks its accumulator to
-move it to the device it is on; anything else still goes through Lightning; logged values do not change;
-an unchecked Lightning version is left as released."""
+move it to the device it is on, and callbacks are not called for hooks they do not override (unless a
+profiler is on); anything else still goes through Lightning; logged values and the hooks that run do
+not change; an unchecked Lightning version is left as released."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.trainer import call
 from lightning.pytorch.trainer.connectors.logger_connector.result import _Metadata, _ResultMetric, _Sync
 from torch import nn
 from torch.utils.data import DataLoader
@@ -17,10 +20,13 @@ from torch.utils.data import DataLoader
 from mmtrain.training import lightning_fixes
 from mmtrain.training.lightning_fixes import apply_lightning_fixes, lightning_as_released
 
+pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+
 
 @pytest.fixture
 def released_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """Arguments of every call that reaches Lightning's own ``_ResultMetric.to``."""
+    """Applies the fixes for the test (Lightning's own code is back after it); returns the arguments
+    of every call that reaches Lightning's own ``_ResultMetric.to``."""
     calls: list[tuple[Any, ...]] = []
     original = lightning_fixes._released_to
 
@@ -30,6 +36,7 @@ def released_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 
     monkeypatch.setattr(lightning_fixes, "_released_to", counting)
     monkeypatch.setattr(_ResultMetric, "to", _ResultMetric.to)  # restored after the test
+    monkeypatch.setattr(call, "_call_callback_hooks", call._call_callback_hooks)
     assert apply_lightning_fixes()
     return calls
 
@@ -103,6 +110,75 @@ def test_logged_values_are_those_of_lightning_as_released(released_calls: list[t
 
 def test_an_unchecked_lightning_version_is_left_as_released(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ResultMetric, "to", lightning_fixes._released_to)
+    monkeypatch.setattr(call, "_call_callback_hooks", lightning_fixes._released_dispatch)
     monkeypatch.setattr(lightning, "__version__", "2.7.0")
     assert not apply_lightning_fixes()
     assert _ResultMetric.to is lightning_fixes._released_to
+    assert call._call_callback_hooks is lightning_fixes._released_dispatch
+
+
+class Recorder(pl.Callback):
+    """Overrides three per-step hooks; records each call and the module's hook name, and logs from one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.calls.append(("on_train_batch_start", pl_module._current_fx_name))
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
+        self.calls.append(("on_before_backward", pl_module._current_fx_name))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.calls.append(("on_train_batch_end", pl_module._current_fx_name))
+        pl_module.log("callback/batch", float(batch_idx), on_step=True, on_epoch=True)
+
+
+class Idle(pl.Callback):
+    """Overrides no hook; counts how often Lightning asks for its state key (once per profiled call)."""
+
+    asked = 0
+
+    @property
+    def state_key(self) -> str:
+        type(self).asked += 1
+        return "Idle"
+
+
+def fit_with_callbacks(*callbacks: pl.Callback, profiler: Any = None) -> pl.Trainer:
+    data = DataLoader(torch.randn(12, 3, generator=torch.Generator().manual_seed(1)), batch_size=3)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1, callbacks=list(callbacks),
+                         profiler=profiler)
+    trainer.fit(Logs(), train_dataloaders=data)
+    return trainer
+
+
+def test_only_callbacks_that_override_a_hook_are_called_as_lightning_calls_them(
+        released_calls: list[tuple[Any, ...]]) -> None:
+    runs = {}
+    for name in ("fixed", "released"):
+        recorder, idle, instance = Recorder(), Idle(), Idle()
+        Idle.asked = 0
+        seen: list[int] = []
+        instance.on_before_zero_grad = lambda trainer, pl_module, optimizer, seen=seen: seen.append(1)
+        with lightning_as_released() if name == "released" else contextlib.nullcontext():
+            trainer = fit_with_callbacks(idle, recorder, instance)
+        runs[name] = (recorder.calls, Idle.asked, len(seen), float(trainer.callback_metrics["callback/batch_epoch"]))
+    fixed, released = runs["fixed"], runs["released"]
+    assert fixed[0] == released[0] and len(fixed[0]) == 12  # 4 steps x 3 hooks, in order
+    assert {fx for _, fx in fixed[0]} == {"on_train_batch_start", "on_before_backward", "on_train_batch_end"}
+    assert fixed[2] == released[2] == 4  # a hook set on the instance is called too
+    assert fixed[3] == released[3] == 1.5  # logging from a callback hook works: mean of 0..3
+    assert released[1] > 2 * 4 * 6  # Lightning: two idle callbacks x every hook of every step
+    assert fixed[1] < 5  # fixed: only outside the dispatch (the callback list's checks at setup)
+
+
+def test_with_a_profiler_every_callback_hook_is_dispatched_and_profiled(
+        released_calls: list[tuple[Any, ...]]) -> None:
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    profiler = SimpleProfiler()
+    fit_with_callbacks(Idle(), profiler=profiler)
+    assert "[Callback]Idle.on_before_backward" in profiler.recorded_durations
