@@ -65,7 +65,7 @@ CONFIG = ["experiment=demo", "data.prepare.size=tiny", "data.num_workers=0",
 
 
 class Batches(Dataset):
-    """``steps`` items cycling over pre-collated batches (a DataLoader with ``batch_size=None``)."""
+    """``steps`` items cycling over pre-collated batches (see :func:`batch_loader`)."""
 
     def __init__(self, batches: list[dict[str, Any]], steps: int) -> None:
         self.batches, self.steps = batches, steps
@@ -77,6 +77,16 @@ class Batches(Dataset):
         return self.batches[index % len(self.batches)]
 
 
+def batch_loader(batches: list[dict[str, Any]], steps: int) -> DataLoader[Any]:
+    """The batches as they are, one per step: no batching, and no ``default_convert`` walk through each
+    batch looking for NumPy arrays (the loop takes its batches straight from a list)."""
+    return DataLoader(Batches(batches, steps), batch_size=None, collate_fn=as_is)
+
+
+def as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
 class PreCollated(CpuBatchDataModule):
     """The batches in a datamodule, as ``mmtrain train`` hands batches to Lightning (through
     ``MultimodalDataModule``, whose CPU batches are not walked to be moved to the CPU)."""
@@ -86,7 +96,7 @@ class PreCollated(CpuBatchDataModule):
         self.batches, self.steps = batches, steps
 
     def train_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(Batches(self.batches, self.steps), batch_size=None)
+        return batch_loader(self.batches, self.steps)
 
 
 def setup(workdir: Path, batch: int | None = None) -> tuple[Any, Any, list[dict[str, Any]], tuple[str, ...]]:
@@ -194,7 +204,7 @@ def lightning_fit(task: Any, batches: list[dict[str, Any]], steps: int) -> float
                          callbacks=[clock])
     with lightning_as_released():  # not the fixes mmtrain applies to its own trainers
         trainer.fit(PlainLightning(copy.deepcopy(task.model).train(), task, steps),
-                    train_dataloaders=DataLoader(Batches(batches, steps), batch_size=None))
+                    train_dataloaders=batch_loader(batches, steps))
     return steady([b - a for a, b in zip(clock.starts, clock.starts[1:])])
 
 
