@@ -59,23 +59,14 @@ def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = False) -> N
                 os.unlink(tmp)
 
 
-def append_line(path: Path, line: str, header: str = "") -> None:
-    """One ``O_APPEND`` write (``header`` first if the file is new): lines from several processes never
-    interleave, and a kill right after it loses nothing."""
-    new = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, ((header if new else "") + line).encode())
-    finally:
-        os.close(fd)
-
-
 class LineAppender:
-    """:func:`append_line` for a file written every step: the ``O_APPEND`` descriptor stays open between
-    lines (one ``write`` call a line instead of stat, open, write and close) until :meth:`close`.
+    """Appends lines to ``path`` (``header`` first if the file is new) through one ``O_APPEND``
+    descriptor that stays open from the first line to :meth:`close`: for a file written every step,
+    one ``write`` call a line instead of stat, open, write and close (:func:`append_line`).
 
-    Each line is still one ``O_APPEND`` write that reaches the file before :meth:`write` returns, so a
-    kill right after it loses nothing and the file's size is always that of the lines written.
+    Each line is one ``O_APPEND`` write that reaches the file before :meth:`write` returns: lines from
+    several processes never interleave, a kill right after it loses nothing, and the file's size is
+    always that of the lines written.
     """
 
     def __init__(self, path: Path, header: str = "") -> None:
@@ -94,6 +85,15 @@ class LineAppender:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def append_line(path: Path, line: str, header: str = "") -> None:
+    """One line through a :class:`LineAppender` opened and closed for it."""
+    appender = LineAppender(path, header)
+    try:
+        appender.write(line)
+    finally:
+        appender.close()
 
 
 def truncate(path: Path, size: int) -> None:

@@ -13,7 +13,7 @@ to a release that has it.
 * ``call._call_callback_hooks``: Lightning calls every hook of every callback, and wraps each call in
   a profiler block named after the callback's ``state_key``, even where the callback does not
   override the hook (the base ``Callback`` method does nothing). With mmtrain's default callbacks
-  that is ~30 empty calls a training step, ~0.3 ms of a ~40 ms CPU step. When no profiler is
+  that is ~30 empty calls a training step, ~0.2 ms of a ~40 ms CPU step. When no profiler is
   configured (``PassThroughProfiler``, whose blocks record nothing), callbacks that do not override
   the hook are skipped; those that do are called as Lightning calls them, in the same order, with
   the module's ``_current_fx_name`` set for ``self.log``. With a profiler, or for the
