@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 import pytest
+from omegaconf import OmegaConf
 
 from mmtrain.config.compose import ConfigError, compose_config, config_groups, group_options
 from mmtrain.config.validate import target_nodes
@@ -37,7 +38,7 @@ def test_option_composes_and_binds(group: str, option: str) -> None:
     elif section == "trainer":
         assert cfg.trainer.accelerator  # bound to lightning.pytorch.Trainer's signature by prepare()
     else:
-        assert any(True for _ in target_nodes(cfg[section], section)), f"{group}/{option} builds nothing"
+        assert any(True for _ in target_nodes(OmegaConf.to_container(cfg[section], resolve=True), section)), f"{group}/{option} builds nothing"
 
 
 def test_trainer_keys_are_checked_against_the_trainer_signature() -> None:

@@ -8,13 +8,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from mmtrain.config.compose import ConfigError, compose_config
+from mmtrain.config.instantiate import safe_instantiate
 from mmtrain.config.targets import (
     DEFAULT_ALLOWED_PREFIXES,
     TargetNotAllowedError,
     check_targets,
     locate_allowed,
     narrow_prefixes,
-    safe_instantiate,
 )
 from mmtrain.training.run import prepare
 
@@ -98,6 +98,7 @@ def test_checkpoint_with_refused_target_is_not_imported(tmp_path: Path, marker_m
     import torch
 
     from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
+    from mmtrain.training.checkpoint_io import AtomicCheckpointIO
     from mmtrain.training.evaluate import export_checkpoint
 
     name, marker = marker_module
@@ -107,7 +108,8 @@ def test_checkpoint_with_refused_target_is_not_imported(tmp_path: Path, marker_m
     cfg.allowed_target_prefixes = [name]  # the checkpoint asks for more than the user allows
     cfg.model.fusion._target_ = f"{name}.Thing"
     checkpoint = tmp_path / "evil.ckpt"
-    torch.save({CONFIG_KEY: OmegaConf.to_yaml(cfg), LABELS_KEY: ["a", "b"], "state_dict": {}}, checkpoint)
+    AtomicCheckpointIO().save_checkpoint(
+        {CONFIG_KEY: OmegaConf.to_yaml(cfg, resolve=True), LABELS_KEY: ["a", "b"], "state_dict": {}}, checkpoint)
     with pytest.raises(ValueError) as err:
         export_checkpoint(checkpoint, tmp_path / "out")
     assert "model.fusion" in str(err.value) and f"{name}.Thing" in str(err.value)

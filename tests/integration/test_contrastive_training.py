@@ -71,7 +71,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import mmtrain
 from mmtrain.config.compose import compose_config
-from mmtrain.config.targets import runtime_prefixes, safe_instantiate
+from mmtrain.config.instantiate import safe_instantiate
+from mmtrain.config.targets import runtime_prefixes
 from mmtrain.training.build import build_data, build_model
 
 out = Path(sys.argv[1])

@@ -144,30 +144,6 @@ def check_targets(cfg: Any, prefixes: Sequence[str], path: str = "") -> None:
         locate_allowed(target, normal, key)
 
 
-def safe_instantiate(cfg: Any, prefixes: Sequence[str], *, config_key: str = "", **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` after :func:`check_targets` has passed on the whole tree.
-
-    Args:
-        config_key: where ``cfg`` sits in the whole config, for error messages.
-        kwargs: passed to ``instantiate`` (values the builder wires in, e.g. ``input_dims``).
-    """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    check_targets(cfg, prefixes, config_key)
-    try:
-        return instantiate(cfg, **kwargs)
-    except InstantiationException as err:
-        cause: BaseException = err
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, (ValueError, FileNotFoundError)):
-            raise cause from None  # the component's own message names what is wrong
-        raise
-
-
 _SESSION_PREFIXES: list[str] = []
 
 

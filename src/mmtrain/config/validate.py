@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -33,21 +33,20 @@ CONSUMED: dict[str, frozenset[str]] = {"data": frozenset({"prepare"}), "model": 
 UNRESOLVED = frozenset({"stages"})
 
 
-def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
-    """Yield ``(key, node)`` for every config node that has a ``_target_``."""
-    if isinstance(node, DictConfig):
+def target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Yield ``(key, node)`` for every mapping with a ``_target_`` in a resolved plain tree."""
+    if isinstance(node, Mapping):
         if "_target_" in node:
             yield path or "<root>", node
-        for key in node.keys():
-            value = node._get_node(key)  # no interpolation resolution needed to walk
+        for key, value in node.items():
             yield from target_nodes(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, ListConfig):
-        for index in range(len(node)):
-            yield from target_nodes(node._get_node(index), f"{path}[{index}]")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from target_nodes(value, f"{path}[{index}]")
 
 
 def check_signature(
-    key: str, node: DictConfig, target: Any, injected: frozenset[str], consumed: frozenset[str] = frozenset()
+    key: str, node: Mapping[str, Any], target: Any, injected: frozenset[str], consumed: frozenset[str] = frozenset()
 ) -> None:
     """Every argument in ``node`` exists on ``target``; every required one is given or injected.
 
@@ -81,31 +80,34 @@ def check_signature(
 
 
 def validate_config(cfg: DictConfig, prefixes: Sequence[str], sections: Sequence[str] | None = None) -> None:
-    """Allowlist every ``_target_`` (before importing any), then bind every node's arguments.
+    """Resolve the config, allowlist every ``_target_`` of the result (before importing any), then
+    bind every node's arguments.
+
+    Targets are checked after resolution, so a ``_target_`` node that an interpolation or a resolver
+    (``${oc.create:...}``) brings into a section is checked like one written there; what is built
+    later (:func:`mmtrain.config.instantiate.safe_instantiate`) is resolved and checked again.
 
     Args:
         cfg: a composed config.
         prefixes: the allowed ``_target_`` prefixes.
         sections: top-level keys to check (default: all).
     """
-    keys = list(sections) if sections is not None else [str(k) for k in cfg.keys()]
-    for section in keys:
-        if section in cfg and cfg[section] is not None:
-            check_targets(cfg._get_node(section), prefixes, section)
-    for section in keys:
-        if section not in cfg:
-            continue
-        for key, node in target_nodes(cfg._get_node(section), section):
-            target = locate_allowed(str(node._get_node("_target_")._value()), prefixes, key)
-            check_signature(key, node, target, INJECTED.get(key, frozenset()), CONSUMED.get(key, frozenset()))
+    trees: dict[str, Any] = {}
     try:
         for key in cfg.keys():
-            node = cfg._get_node(key)
             if key in UNRESOLVED:
                 continue
+            node = cfg._get_node(key)
             if isinstance(node, (DictConfig, ListConfig)):
-                OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+                trees[str(key)] = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
             else:
-                cfg[key]  # resolves a leaf (raises on a bad interpolation or ???)
+                trees[str(key)] = cfg[key]  # resolves a leaf (raises on a bad interpolation or ???)
     except Exception as err:  # interpolation or missing value: name it
         raise ConfigError(f"config does not resolve: {err}") from err
+    keys = [k for k in (sections if sections is not None else trees) if trees.get(k) is not None]
+    for section in keys:
+        check_targets(trees[section], prefixes, section)
+    for section in keys:
+        for key, node in target_nodes(trees[section], section):
+            target = locate_allowed(str(node["_target_"]), prefixes, key)
+            check_signature(key, node, target, INJECTED.get(key, frozenset()), CONSUMED.get(key, frozenset()))

@@ -18,9 +18,11 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedModel
 
-from mmtrain.config.targets import narrow_prefixes, runtime_prefixes, safe_instantiate
+from mmtrain.config.instantiate import safe_instantiate
+from mmtrain.config.targets import narrow_prefixes, runtime_prefixes
 from mmtrain.encoders.base import EncoderOutput
 from mmtrain.hf.configuration import MultimodalConfig
+from mmtrain.integrity import update_manifest, verify_folder
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -112,7 +114,9 @@ class MultimodalPreTrainedModel(PreTrainedModel):
         Building for real (not on the meta device, as transformers 5 does by default) keeps the
         buffers that components compute in ``__init__``; every weight must then be present in the
         folder's safetensors, so a partial export fails loudly instead of loading random weights.
-        Hub arguments that ``AutoModel`` passes along are ignored; no network is used.
+        Hub arguments that ``AutoModel`` passes along are ignored; no network is used. ``config.json``
+        and the weights are checked against the folder's ``manifest.json`` first (:mod:`mmtrain.integrity`;
+        ``verify=False`` skips that for files you trust).
         """
         folder = Path(pretrained_model_name_or_path)
         if not (folder / "config.json").is_file():
@@ -120,6 +124,8 @@ class MultimodalPreTrainedModel(PreTrainedModel):
                 f"{folder} is not an exported mmtrain model (no config.json); pass the export/ folder "
                 "of a run, or run `mmtrain export <checkpoint>` first."
             )
+        if kwargs.pop("verify", True):  # size + sha256 (and signature) from the folder's manifest.json
+            verify_folder(folder, ["config.json", WEIGHTS_NAME])
         if config is None:
             config = cls.config_class.from_pretrained(folder)
         model = cls(config)
@@ -143,11 +149,13 @@ class MultimodalPreTrainedModel(PreTrainedModel):
         transformers 5 renames some towers' weights to their legacy checkpoint layout on save and
         back on load; our loader builds the model itself, so the names are stored exactly as the
         modules have them (shared tensors are stored once, as ``safetensors.torch.save_model`` does).
+        Both files are listed with their sha256 in the folder's ``manifest.json``.
         """
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(folder)
         save_model(self, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        update_manifest(folder, ["config.json", WEIGHTS_NAME])
 
     def _init_weights(self, module: nn.Module) -> None:
         """Components initialise themselves when built; nothing to redo here."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from mmtrain.config.instantiate import InterpolationInArtifactError, refuse_interpolations
 from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES
 
 PRETRAINED_KEY = "pretrained_path"
@@ -55,8 +56,21 @@ class MultimodalConfig(PretrainedConfig):
         if self.allowed_target_prefixes is None:
             self.allowed_target_prefixes = list(DEFAULT_ALLOWED_PREFIXES)
         super().__post_init__(**kwargs)
+        # Specs are built as plain data (their strings are never read as interpolations); one that
+        # holds '${' was written by hand into a config.json: refuse it by name rather than build it.
+        refuse_interpolations({key: getattr(self, key, None) for key in self.spec_keys},
+                              f"config.json ({type(self).__name__})")
         if self.id2label and not self.label2id:
             self.label2id = {label: int(index) for index, label in self.id2label.items()}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``PretrainedConfig.from_pretrained``; a spec holding an interpolation names the file."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except InterpolationInArtifactError as err:
+            where = f"{pretrained_model_name_or_path}/config.json"
+            raise InterpolationInArtifactError(str(err).replace("config.json", where, 1)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Serialisable dict; pretrained folder paths are dropped (see :func:`strip_pretrained_paths`)."""

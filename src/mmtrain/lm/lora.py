@@ -62,6 +62,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mmtrain.encoders.hf_tower import build_hf_config, build_hf_model
+from mmtrain.integrity import update_manifest, verify_folder
 from mmtrain.lm.decoder import CausalLMDecoder, _AutoCausalLM
 from mmtrain.paths import resolve_pretrained_path
 
@@ -270,6 +271,7 @@ def save_adapter(model: nn.Module, folder: Path, *, base: str | None) -> Path:
     parts = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(LM_PREFIX)}
     save_file(parts, str(folder / PARTS_WEIGHTS), metadata={"format": "pt"})
     model.config.save_pretrained(folder)
+    update_manifest(folder, [ADAPTER_WEIGHTS, ADAPTER_CONFIG, PARTS_WEIGHTS, "config.json"])
     return folder
 
 
@@ -290,6 +292,7 @@ def adapter_model_config(config_class: type, folder: str | Path, base: str | Pat
     folder = Path(folder)
     if not is_adapter_export(folder):
         raise FileNotFoundError(f"{folder} is not an adapter-only export (no {ADAPTER_CONFIG}); see mmtrain.lm.lora.")
+    verify_folder(folder, [ADAPTER_CONFIG, "config.json"])  # manifest.json: size + sha256 (+ signature)
     recorded = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     base = base or recorded
     if not base:
@@ -318,6 +321,7 @@ def load_adapter_weights(model: nn.Module, folder: str | Path) -> None:
         RuntimeError: the files do not hold exactly what the model expects.
     """
     folder = Path(folder)
+    verify_folder(folder, [ADAPTER_WEIGHTS, PARTS_WEIGHTS])
     parts = load_file(str(folder / PARTS_WEIGHTS))
     missing, unexpected = model.load_state_dict(parts, strict=False)
     missing = [k for k in missing if not k.startswith(LM_PREFIX)]

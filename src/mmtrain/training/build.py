@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
-from mmtrain.config.targets import locate_allowed, safe_instantiate
+from mmtrain.config.instantiate import safe_instantiate
+from mmtrain.config.targets import locate_allowed
 from mmtrain.hf.base import MultimodalPreTrainedModel
 from mmtrain.hf.processing import MultimodalProcessor, model_inputs
 

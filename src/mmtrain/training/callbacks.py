@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,9 @@ class ExportCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            from mmtrain.training.checkpoint_io import load_verified
+
+            state = load_verified(best)["state_dict"]
             pl_module.load_state_dict(state)
             log.info("loaded the best checkpoint %s for export", best)
         if trainer.is_global_zero:

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from mmtrain.fileio import OWNER, atomic_write_bytes, fsync_dir, temporary_beside
+from mmtrain.integrity import SIGNATURE_KEY, check_signature, signature, signing_key
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or [manifest.get("format"), manifest.get("version")] != [MANIFEST_FORMAT,
                                                                                               MANIFEST_VERSION]:
         raise CheckpointCorrupt(path, f"not a version {MANIFEST_VERSION} {MANIFEST_FORMAT} manifest")
+    check_signature(manifest.get("checkpoints"), manifest.get(SIGNATURE_KEY), str(path))
     return manifest
 
 
@@ -227,6 +229,10 @@ class AtomicCheckpointIO(CheckpointIO):
 
     @staticmethod
     def _write(directory: Path, manifest: dict[str, Any]) -> None:
+        key = signing_key()  # MMTRAIN_SIGNING_KEY: HMAC of the file list (mmtrain.integrity)
+        manifest.pop(SIGNATURE_KEY, None)
+        if key is not None:
+            manifest[SIGNATURE_KEY] = signature(manifest["checkpoints"], key)
         atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode(), durable=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -286,10 +292,23 @@ class AtomicCheckpointIO(CheckpointIO):
                     os.unlink(tmp)
         log.debug("saved checkpoint %s (%d bytes, step %s)", path, record["bytes"], record["global_step"])
 
+    def relist(self, path: Path, state: dict[str, Any]) -> None:
+        """List an existing checkpoint file in its folder's manifest as it is now (a lost manifest
+        rebuilt: :func:`mmtrain.training.checkpointing.rebuild_manifest`)."""
+        with self._locked(path.parent), open(path, "rb") as handle:
+            manifest = self._load_for_update(path.parent)
+            manifest["seq"] = int(manifest.get("seq", 0)) + 1
+            manifest["checkpoints"][path.name] = {
+                "sha256": _sha256_handle(handle), "bytes": os.fstat(handle.fileno()).st_size,
+                "global_step": _int(state.get("global_step")), "epoch": _int(state.get("epoch")),
+                "written_at": os.fstat(handle.fileno()).st_mtime, "seq": manifest["seq"]}
+            self._write(path.parent, manifest)
+
     def load_checkpoint(self, path: Any, map_location: Any | None = "cpu", weights_only: bool | None = None
                         ) -> dict[str, Any]:
         """Verify ``path`` against the manifest (CheckpointCorrupt, before anything is unpickled),
-        then ``torch.load(..., weights_only=True)`` (UnsafeCheckpoint if it needs arbitrary pickle)."""
+        then ``torch.load(..., weights_only=True)`` (UnsafeCheckpoint if it needs arbitrary pickle); the
+        loaded ``global_step`` must be the one the manifest recorded."""
         if weights_only is False:
             raise ValueError(f"{type(self).__name__} loads checkpoints with weights_only=True only; "
                              "pass weights_only=True (or leave it unset) to Trainer.fit/validate/test.")
@@ -305,11 +324,16 @@ class AtomicCheckpointIO(CheckpointIO):
         with handle or contextlib.nullcontext():
             if handle is None and entry is None:
                 raise FileNotFoundError(f"Checkpoint file not found: {path}")
-            _verify_handle(path, entry, handle)
+            record = _verify_handle(path, entry, handle)
             assert handle is not None
             handle.seek(0)
-            return _weights_only_load(handle, f"{path} holds objects that torch.load(weights_only=True) refuses; "
-                                              "it was not loaded and nothing in it was executed", map_location)
+            state = _weights_only_load(handle, f"{path} holds objects that torch.load(weights_only=True) refuses; "
+                                               "it was not loaded and nothing in it was executed", map_location)
+        own = _int(state.get("global_step")) if isinstance(state, dict) else None
+        if record.get("global_step") is not None and own != record["global_step"]:
+            raise CheckpointCorrupt(path, f"it holds global_step {own}, its manifest entry says "
+                                          f"{record['global_step']} (a file copied over another)")
+        return state
 
     def remove_checkpoint(self, path: Any) -> None:
         """Delete ``path`` and its manifest entry; files not listed in the manifest are left alone."""
@@ -333,6 +357,21 @@ class AtomicCheckpointIO(CheckpointIO):
             del manifest["checkpoints"][path.name]
             self._write(directory, manifest)
         log.debug("removed checkpoint %s", path)
+
+
+def load_verified(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Every reader of a checkpoint outside Lightning (export, best-weights reload) goes through here:
+    :meth:`AtomicCheckpointIO.load_checkpoint` (manifest size + sha256 + step, then weights-only)."""
+    return AtomicCheckpointIO().load_checkpoint(path, map_location=map_location)
+
+
+def load_unlisted(path: Path) -> dict[str, Any]:
+    """Weights-only load of a file no manifest lists (tensors memory-mapped): for rebuilding one."""
+    state = _weights_only_load(str(path), f"{path} holds objects torch.load(weights_only=True) refuses", "cpu",
+                               mmap=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint")
+    return state
 
 
 def _weights_only_load(source: Any, refusal: str, map_location: Any, **kwargs: Any) -> Any:

@@ -127,14 +127,65 @@ def resume_point(run_dir: Path) -> Path | None:
     checkpoint_dir = run_dir / "checkpoints"
     try:
         listed = [name for name in read_manifest(checkpoint_dir)["checkpoints"] if is_resume_name(name)]
-    except FileNotFoundError:  # no checkpoint was ever written there
-        listed = []
+    except FileNotFoundError:  # no checkpoint was ever written there, or the manifest was lost
+        listed = rebuild_manifest(checkpoint_dir) if list(_checkpoint_files(checkpoint_dir)) else []
+        listed = [name for name in listed if is_resume_name(name)]
     if not listed:
         log.warning("%s holds no resume checkpoint yet (stopped before the first one): training %s again "
                     "from the start", checkpoint_dir, run_dir)
         drop_checkpoints_after(checkpoint_dir, -1)
         return None
     return find_resume_checkpoint(checkpoint_dir, accept=is_resume_name)
+
+
+def _checkpoint_files(checkpoint_dir: Path) -> list[Path]:
+    """The checkpoint files of a folder (not ``last.ckpt``, a symlink; not temporaries)."""
+    return sorted(p for p in checkpoint_dir.glob("*.ckpt") if p.is_file() and not p.is_symlink())
+
+
+def rebuild_manifest(checkpoint_dir: Path) -> list[str]:
+    """Write a new ``manifest.json`` for a checkpoint folder that lost it, listing the files that
+    verify on their own: every zip record's CRC-32 matches (``zipfile.testzip``) and the file loads
+    weights-only. Returns the names listed; each one left out is logged with the reason.
+
+    Raises:
+        FileNotFoundError: none verifies (named), or ``MMTRAIN_SIGNING_KEY`` is set (files that
+            cannot be authenticated are not signed anew).
+    """
+    import zipfile
+
+    from mmtrain.integrity import SIGNING_KEY_ENV, signing_key
+    from mmtrain.training.checkpoint_io import MANIFEST_NAME, AtomicCheckpointIO, load_unlisted
+
+    files = _checkpoint_files(checkpoint_dir)
+    if signing_key() is not None:
+        raise FileNotFoundError(
+            f"{checkpoint_dir / MANIFEST_NAME} is missing and {SIGNING_KEY_ENV} is set: the "
+            f"{len(files)} checkpoints there cannot be authenticated, so they are neither resumed from nor "
+            "signed anew. Restore manifest.json, or start a new run without resume=."
+        )
+    kept: list[tuple[Path, dict[str, Any]]] = []
+    for path in files:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise ValueError(f"record {bad} fails its CRC-32 check")
+            kept.append((path, load_unlisted(path)))
+        except (zipfile.BadZipFile, ValueError, RuntimeError, OSError, EOFError) as err:
+            log.warning("%s is not listed again: %s", path.name, err)
+    if not kept:
+        raise FileNotFoundError(
+            f"{checkpoint_dir / MANIFEST_NAME} is missing and none of {[p.name for p in files]} verifies on its "
+            "own (see the warnings); start the run again without resume=."
+        )
+    io = AtomicCheckpointIO(check_loadable=False)
+    for path, state in sorted(kept, key=lambda item: int(item[1].get("global_step") or 0)):
+        io.relist(path, state)
+    names = [p.name for p, _ in kept]
+    log.warning("%s was missing: rebuilt it from the checkpoints that verify on their own (zip CRC-32, "
+                "weights-only load): %s", checkpoint_dir / MANIFEST_NAME, ", ".join(names))
+    return names
 
 
 def drop_checkpoints_after(checkpoint_dir: Path, step: int) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mmtrain.config.compose import ConfigError
-from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES, narrow_prefixes, runtime_prefixes, safe_instantiate
+from mmtrain.config.instantiate import safe_instantiate, stored_config
+from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES, narrow_prefixes, runtime_prefixes
 from mmtrain.config.validate import validate_config
 from mmtrain.training.build import build_data, build_model, build_task, wire_processor
 from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
@@ -23,9 +23,10 @@ def _stored_config(
 ) -> tuple[DictConfig, tuple[str, ...]]:
     """A config read back from an artifact, and the prefixes it may use.
 
-    The artifact's own allowlist can only narrow what the user running this process allows.
+    The artifact's own allowlist can only narrow what the user running this process allows, and
+    its config may hold no interpolation (refused by name): it was written resolved.
     """
-    cfg = OmegaConf.create(text)
+    cfg = stored_config(text, source)
     if overrides:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
@@ -72,11 +73,13 @@ def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | No
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Rebuild the model from the config inside a checkpoint, load its weights, ``save_pretrained``."""
+    from mmtrain.training.checkpoint_io import load_verified
+
     file = Path(checkpoint)
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint {file} does not exist")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if CONFIG_KEY not in state:
+    state = load_verified(file)  # manifest size + sha256 + step, then weights-only: named errors
+    if not isinstance(state, dict) or CONFIG_KEY not in state:
         raise ValueError(f"{file} has no embedded mmtrain config; was it written by `mmtrain train`?")
     cfg, prefixes = _stored_config(state[CONFIG_KEY], str(file))
     processor = safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")

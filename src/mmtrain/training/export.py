@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from mmtrain.hf.processing import MultimodalProcessor
+from mmtrain.integrity import update_manifest, verify_folder
 
 TRAINING_CONFIG = "training_config.yaml"
 
@@ -34,11 +35,13 @@ def write_export(model: nn.Module, processor: MultimodalProcessor, folder: Path,
     for target in folders:
         processor.save_pretrained(target)
         (target / TRAINING_CONFIG).write_text(config_yaml)
+        update_manifest(target)  # every file, with its sha256 (signed with MMTRAIN_SIGNING_KEY)
     return folder
 
 
-def find_export(path: str | Path) -> Path:
-    """The export folder of ``path``: the folder itself, or ``<run dir>/export``."""
+def find_export(path: str | Path, *, verify: bool = True) -> Path:
+    """The export folder of ``path``: the folder itself, or ``<run dir>/export``; with ``verify``, every
+    file its ``manifest.json`` lists is checked first (:mod:`mmtrain.integrity`)."""
     folder = Path(path)
     if (folder / "export" / "config.json").is_file():
         folder = folder / "export"
@@ -47,4 +50,6 @@ def find_export(path: str | Path) -> Path:
             f"{path} is neither an export folder (config.json + model.safetensors) nor a run directory "
             "with export/; train first, or run `mmtrain export <checkpoint>`."
         )
+    if verify:
+        verify_folder(folder)
     return folder

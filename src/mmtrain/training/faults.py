@@ -20,6 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from mmtrain.training.checkpoint_io import load_verified
 from mmtrain.training.resume import STEPS_NAME as STEPS_FILE
 
 HOOKS = ("train_batch_start", "train_batch_end", "validation_batch", "train_epoch_end")
@@ -92,7 +93,7 @@ def compare_runs(reference: Path, other: Path) -> list[str]:
     scheduler state, early-stopping state, best score, per-step losses, exported weights. ``[]``
     means bit-identical."""
     reference, other = Path(reference), Path(other)
-    first, second = (torch.load(final_checkpoint(r), map_location="cpu", weights_only=True) for r in (reference, other))
+    first, second = (load_verified(final_checkpoint(r)) for r in (reference, other))
     diffs = [d for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "epoch")
              for d in _tensor_tree_diffs(first.get(key), second.get(key), key)]
     for name, state in first.get("callbacks", {}).items():

@@ -39,7 +39,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mmtrain.config.targets import safe_instantiate
+from mmtrain.config.instantiate import safe_instantiate
 from mmtrain.data.formats.image_pairs import (
     make_pair_splits,
     read_scored_items,

@@ -42,7 +42,7 @@ def _source(name: str, entry: Any) -> tuple[Path, str]:
             f"{key}: give a run directory / export folder, or {{from: <dir>, component: <name>}}; got {entry!r}"
         )
     try:
-        return find_export(str(path)), component
+        return find_export(str(path)), component  # its manifest verified: size + sha256 (+ signature)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{key}: {err}") from err
 
