@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -100,6 +102,35 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmtrain.config.compose import compose_config
+    from mmtrain.training.data_check import check_data, default_ledger
+
+    cfg = compose_config(args.overrides, config_dir=args.config_dir)
+    out = Path(args.out) if args.out else default_ledger(cfg)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(split: str, done: int, total: int | None) -> None:
+            if split not in tasks:
+                tasks[split] = bar.add_task(f"decoding {split}", total=total)
+            bar.update(tasks[split], completed=done)
+
+        result = check_data(cfg, out=out, progress=progress)
+    table = Table(title=f"data check (budget: max_skip_fraction={result['max_skip_fraction']})")
+    for column in ("split", "samples", "skipped", "fraction", "within budget"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, counts in result["splits"].items():
+        table.add_row(split, str(counts["seen"]), str(counts["skipped"]), f"{counts['fraction']:.2%}",
+                      "[red]no[/]" if counts["over_budget"] else "yes")
+    console.print(table)
+    console.print(f"skipped samples, one JSON line each: {result['ledger']}")
+    return 1 if any(c["over_budget"] for c in result["splits"].values()) else 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from mmtrain.config.compose import config_groups, group_options
 
@@ -190,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     from mmtrain.data.demo.cli import add_cli
 
     add_cli(data_sub, "demo")
+    check = data_sub.add_parser("check", help="decode every sample, list the bad ones, train nothing", description=(
+        "Decode every sample of every split of the composed config (same overrides as train) with "
+        "data.num_workers workers; write each undecodable one to a JSON-lines ledger and print the "
+        "counts against callbacks.skip_ledger.max_skip_fraction. Exit code 1 when a split is over it."))
+    check.add_argument("overrides", nargs="*", help="Hydra overrides, as for train (e.g. experiment=demo)")
+    check.add_argument("--config-dir", help="extra folder with your own config groups (e.g. experiment/)")
+    check.add_argument("--out", help="ledger file (default: <output_root>/data_check/<name>_<time>.jsonl)")
+    check.set_defaults(func=_data_check)
 
     listing = sub.add_parser("list", help="list components and experiments")
     listing.set_defaults(func=_list)
@@ -212,13 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
-    except OSError as err:  # a checkpoint that cannot be written (full disk, unwritable run_dir)
-        from mmtrain.training.checkpoint_io import EXIT_CHECKPOINT_WRITE, CheckpointWriteError
+    except OSError as err:  # a run file that cannot be written (full disk, unwritable run_dir)
+        from mmtrain.fileio import EXIT_WRITE_ERROR, RunWriteError
 
-        if not isinstance(err, CheckpointWriteError):
+        if not isinstance(err, RunWriteError):
             raise
         console.print(f"[bold red]error:[/] {err.strerror}", highlight=False)
-        return EXIT_CHECKPOINT_WRITE
+        return EXIT_WRITE_ERROR
     except SystemExit as err:  # SIGTERM: a checkpoint was written; exit 143
         from mmtrain.training.signals import TrainingTerminated
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import tempfile
@@ -17,6 +18,28 @@ from pathlib import Path
 
 #: In temporary file names: which host and process is writing (stale ones can be told apart).
 OWNER = f"{socket.gethostname().replace('.', '_')}-{{pid}}"
+
+
+EXIT_WRITE_ERROR = 74  # the exit status when a run file cannot be written (EX_IOERR)
+
+
+class RunWriteError(OSError):
+    """A file of the run directory could not be written: the message names the path, the cause and
+    what to do (``mmtrain`` exits with :data:`EXIT_WRITE_ERROR`)."""
+
+    def __init__(self, path: str | Path, cause: OSError, *, what: str = "run directory", kept: str = "") -> None:
+        code = cause.errno or errno.EIO
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            advice = f"free disk space (df -h {Path(path).parent}) or choose another run_dir="
+        elif code == errno.EFBIG:
+            advice = "the file exceeds the file-size limit (ulimit -f); raise it, free space or choose another run_dir="
+        else:
+            advice = "the directory is not writable" if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                errno.ENOENT, errno.EEXIST) else "check the disk, free space"
+            advice += "; choose another run_dir= on a writable disk"
+        super().__init__(code, f"could not write {what} {path}: {cause.strerror or cause} "
+                               f"({errno.errorcode.get(code, code)}); {advice}." + (f" {kept}" if kept else ""))
+        self.path = Path(path)
 
 
 def fsync_dir(directory: Path) -> None:

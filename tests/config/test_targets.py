@@ -95,8 +95,6 @@ def test_argument_the_target_lacks_is_named() -> None:
 
 
 def test_checkpoint_with_refused_target_is_not_imported(tmp_path: Path, marker_module: tuple[str, Path]) -> None:
-    import torch
-
     from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
     from mmtrain.training.checkpoint_io import AtomicCheckpointIO
     from mmtrain.training.evaluate import export_checkpoint

@@ -82,6 +82,8 @@ def test_modalities_limit_what_is_decoded(layout: tuple[Path, Path]) -> None:
          "clip_a.json segment 1: emotion 'angry' is not one of \\['neutral', 'joy', 'sad'\\]"),
         ({"start": 0.0, "end": 1.0, "text": "x"}, "clip_a.json segment 1: no key 'emotion'"),
         ({"start": 1.0, "end": 0.5, "text": "x", "emotion": "joy"}, "clip_a.json segment 1: needs 0 <= start < end"),
+        ({"start": float("nan"), "end": 1.0, "text": "x", "emotion": "joy"}, "clip_a.json segment 1: needs 0 <= start < end"),
+        ({"start": 0.0, "end": float("inf"), "text": "x", "emotion": "joy"}, "clip_a.json segment 1: needs 0 <= start < end"),
         ({"start": "soon", "end": 1.0, "text": "x", "emotion": "joy"}, "clip_a.json segment 1: start 'soon' is not a number"),
         ({"start": 0.0, "end": 1.0, "emotion": "joy"}, "clip_a.json segment 1: no key 'text'"),
         ({"id": "s0", "start": 0.0, "end": 1.0, "text": "x", "emotion": "joy"}, "segment 1: sample id 'clip_a/s0' is already used"),

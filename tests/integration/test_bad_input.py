@@ -27,3 +27,19 @@ def test_bad_input_is_named_before_training(override: str, named: str, tmp_path:
         train(cfg)
     assert named in str(err.value)
     assert not any(tmp_path.iterdir()), "a run that cannot start must not leave a run directory"
+
+
+def test_run_dir_with_a_file_in_the_way_exits_74_naming_the_path(tmp_path: Path) -> None:
+    from mmtrain.cli import console, main
+    from mmtrain.fileio import EXIT_WRITE_ERROR, RunWriteError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the run directory should go")
+    cfg = compose_config(["data=synthetic", f"run_dir={blocker / 'run'}"])
+    with pytest.raises(RunWriteError) as err:
+        train(cfg)
+    assert str(blocker / "run") in str(err.value) and "choose another run_dir=" in str(err.value)
+    with console.capture() as captured:
+        code = main(["train", "data=synthetic", f"run_dir={blocker / 'run'}", "trainer.max_epochs=1"])
+    assert code == EXIT_WRITE_ERROR == 74
+    assert "could not write run directory" in captured.get() and "not-a-folder" in captured.get()

@@ -18,7 +18,6 @@ import ast
 import importlib
 import json
 import pathlib
-import pickle
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from mmtrain.integrity import ArtifactDamaged, update_manifest
 from mmtrain.training.checkpoint_io import (
     AtomicCheckpointIO,
     CheckpointCorrupt,
@@ -258,10 +258,13 @@ def test_mmtrain_export_and_the_export_callback_refuse_a_payload(payload: Simple
 
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(getattr(payload, kind))
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        export_checkpoint(ckpt)  # `mmtrain export <checkpoint>`
+    with pytest.raises(CheckpointCorrupt, match="missing from"):
+        export_checkpoint(ckpt)  # `mmtrain export <checkpoint>`: unlisted, so not even unpickled
+    AtomicCheckpointIO().relist(ckpt, {})  # listed with its true checksum: the weights-only load refuses it
+    with pytest.raises(UnsafeCheckpoint, match="nothing in it was executed"):
+        export_checkpoint(ckpt)
     trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_path=str(ckpt)))
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(UnsafeCheckpoint, match="nothing in it was executed"):
         ExportCallback(run_dir=str(tmp_path)).on_fit_end(trainer, _Regression())  # best weights at fit end
     assert payload.untouched()
 
@@ -291,9 +294,12 @@ def test_export_folders_read_only_safetensors(payload: SimpleNamespace, export: 
     for kind in ("zip", "legacy"):
         (export / "pytorch_model.bin").write_bytes(getattr(payload, kind))
         (export / "model.safetensors").unlink(missing_ok=True)
-        with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        with pytest.raises(ArtifactDamaged, match="model.safetensors is missing"):
             AutoModel.from_pretrained(export)  # a .bin beside config.json is never read
         (export / "model.safetensors").write_bytes(getattr(payload, kind))  # a payload named .safetensors
+        with pytest.raises(ArtifactDamaged, match="model.safetensors is damaged"):
+            AutoModel.from_pretrained(export)  # its checksum is not the manifest's
+        update_manifest(export)  # whoever placed it also rewrote the manifest: safetensors still parses no pickle
         with pytest.raises(Exception, match="(?i)header|safetensor|deserializ"):
             AutoModel.from_pretrained(export)
         with pytest.raises(Exception, match="(?i)header|safetensor|deserializ"):

@@ -15,7 +15,7 @@ import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 #: What mmtrain itself needs; users add prefixes with ``allowed_target_prefixes`` in their config.
 DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = (

@@ -23,11 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
+
+from mmtrain.data.media_limits import MAX_IMAGE_PIXELS, fit_pixels, segment_problem
 
 SAMPLING_RATE = 16000
 
@@ -164,6 +167,21 @@ def segment_times(start: float, end: float, count: int) -> np.ndarray:
     return start + (np.arange(count) + 0.5) * (end - start) / count
 
 
+def check_segment(path: str | Path, modality: str, start: float, end: float | None, duration: float | None) -> None:
+    """Raise :class:`MediaError` (the sample is skipped with it) for a segment no decoder can seek to."""
+    reason = segment_problem(modality, start, end, duration)
+    if reason:
+        raise MediaError(path, modality, reason)
+
+
+def _stream_seconds(container: av.container.InputContainer, stream: Any) -> float | None:
+    """Duration of ``stream`` in seconds (the container's as a fallback; ``None`` when unknown)."""
+    total = _seconds(stream.duration, stream.time_base)
+    if total is None and container.duration is not None:
+        total = container.duration / av.time_base
+    return total
+
+
 def read_video_segment(
     path: str | Path | MediaFile, *, num_frames: int, start: float | None = None, end: float | None = None
 ) -> np.ndarray:
@@ -187,10 +205,9 @@ def read_video_segment(
         if not stream.codec_context.is_open:
             stream.thread_type = decoder_threads(stream.codec_context.width, stream.codec_context.height)
         begin = 0.0 if start is None else float(start)
+        total = _stream_seconds(container, stream)
+        check_segment(path, "video", begin, None if end is None else float(end), total)
         if end is None:
-            total = _seconds(stream.duration, stream.time_base)
-            if total is None and container.duration is not None:
-                total = container.duration / av.time_base
             if total is None:
                 raise MediaError(path, "video", "duration unknown; give the segment end")
             end = total
@@ -212,15 +229,19 @@ def _frames_at(
     time_base = stream.time_base
     tb_num, tb_den = time_base.numerator, time_base.denominator
     converter = VideoReformatter()
+    size: tuple[int | None, int | None] | None = None  # decided on the first chosen frame
     out: np.ndarray | None = None
     filled = 0
     previous: av.VideoFrame | None = None
     previous_rgb: np.ndarray | None = None
 
     def choose(frame: av.VideoFrame) -> None:
-        nonlocal out, filled, previous_rgb
+        nonlocal out, filled, previous_rgb, size
+        if size is None:
+            size = fit_pixels(frame.width, frame.height)
         if frame is not previous or previous_rgb is None:
-            previous_rgb = converter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+            previous_rgb = converter.reformat(frame, format="rgb24", width=size[0], height=size[1],
+                                              threads=1).to_ndarray()
         if out is None:
             out = np.empty((len(targets), *previous_rgb.shape), dtype=np.uint8)
         out[filled] = previous_rgb
@@ -242,7 +263,7 @@ def _frames_at(
             if previous is not None and previous is not frame:
                 previous_rgb = None
             previous = frame
-    except (av.FFmpegError, OSError) as err:
+    except (av.FFmpegError, OSError, OverflowError) as err:
         raise MediaError(path, "video", f"decoding failed: {err}") from err
     if previous is None:
         raise MediaError(path, "video", "no frame could be decoded in the segment")
@@ -287,6 +308,7 @@ def read_audio_segment(
         if not container.streams.audio:
             raise MediaError(path, "audio", "no audio stream")
         stream = container.streams.audio[0]
+        check_segment(path, "audio", begin, None if end is None else float(end), _stream_seconds(container, stream))
         resampler: av.AudioResampler | None = None
         direct: bool | None = None  # decided on the first frame
         chunks: list[np.ndarray] = []
@@ -317,7 +339,7 @@ def read_audio_segment(
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
             if resampler is not None:
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-        except (av.FFmpegError, OSError) as err:
+        except (av.FFmpegError, OSError, OverflowError) as err:
             raise MediaError(path, "audio", f"decoding failed: {err}") from err
     if not chunks:
         raise MediaError(path, "audio", "no audio could be decoded in the segment")
@@ -327,6 +349,9 @@ def read_audio_segment(
     segment = wave[offset:stop]
     if segment.size == 0:
         raise MediaError(path, "audio", f"no audio in the segment [{begin}, {end})")
+    bad = segment.size - int(np.count_nonzero(np.isfinite(segment)))
+    if bad:
+        raise MediaError(path, "audio", f"{bad} samples are NaN or infinite (a damaged float recording)")
     return segment
 
 
@@ -368,8 +393,14 @@ def read_image(source: str | Path | bytes) -> Image.Image:
     if not source:
         raise MediaError(name, "image", "empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(source)) as image:
+        with Image.open(io.BytesIO(source)) as image:  # reads the header only
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise MediaError(name, "image", f"declares {image.width}x{image.height} pixels "
+                                 f"({image.width * image.height / 1e6:.0f} Mpx), over the {MAX_IMAGE_PIXELS / 1e6:.0f} "
+                                 "Mpx cap (mmtrain.data.media.MAX_IMAGE_PIXELS); not decoded")
             image.load()
             return image.convert("RGB")
+    except MediaError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise MediaError(name, "image", f"cannot decode: {err}") from err

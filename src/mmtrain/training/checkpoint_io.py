@@ -11,7 +11,6 @@ Only files listed in *this folder's* manifest are ever deleted, never another ru
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -26,7 +25,7 @@ from typing import Any, BinaryIO
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from mmtrain.fileio import OWNER, atomic_write_bytes, fsync_dir, temporary_beside
+from mmtrain.fileio import OWNER, RunWriteError, atomic_write_bytes, fsync_dir, temporary_beside
 from mmtrain.integrity import SIGNATURE_KEY, check_signature, signature, signing_key
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "mmtrain-checkpoints"
 MANIFEST_VERSION = 1
-EXIT_CHECKPOINT_WRITE = 74  # suggested exit status when a checkpoint cannot be written (EX_IOERR)
 
 
 class CheckpointCorrupt(ValueError):
@@ -49,23 +47,12 @@ class UnsafeCheckpoint(ValueError):
     """A checkpoint holds objects ``torch.load(weights_only=True)`` refuses (arbitrary pickle)."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(RunWriteError):
     """A checkpoint could not be written; the previous checkpoints and the manifest are untouched."""
 
     def __init__(self, path: str | Path, cause: OSError) -> None:
-        code = cause.errno or errno.EIO
-        if code in (errno.ENOSPC, errno.EDQUOT):
-            advice = f"free disk space (df -h {Path(path).parent}) or choose another run_dir="
-        elif code == errno.EFBIG:
-            advice = "the file exceeds the file-size limit (ulimit -f); raise it, free space or choose another run_dir="
-        else:
-            advice = "the directory is not writable" if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                errno.ENOENT, errno.EEXIST) else "check the disk, free space"
-            advice += "; choose another run_dir= on a writable disk"
-        super().__init__(code, f"could not write checkpoint {path}: {cause.strerror or cause} "
-                               f"({errno.errorcode.get(code, code)}); {advice}. "
-                               "The previous checkpoints and manifest.json were left valid.")
-        self.path = Path(path)
+        super().__init__(path, cause, what="checkpoint",
+                         kept="The previous checkpoints and manifest.json were left valid.")
 
 
 class _HashingWriter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,15 @@ class SkipLedger(pl.Callback):
     """Appends ``batch["skipped"]`` records (from every DataLoader worker) to ``<run_dir>/skipped.jsonl``.
 
     Each line: ``{"id", "file", "modality", "error", "split", "epoch", "step", "rank"}``. Counts per
-    split are logged each epoch (``train/skipped``...); when, after ``min_samples`` samples of a
-    split, the skipped fraction exceeds ``max_skip_fraction``, the run stops with
-    :class:`SkipBudgetExceeded` naming the counts and the ledger.
+    split are logged each epoch (``train/skipped``...). The run stops with :class:`SkipBudgetExceeded`
+    (naming the counts, the ledger, the key that raises the budget and ``mmtrain data check``) only
+    when a split is over ``max_skip_fraction`` for certain, never on an unlucky start:
+
+    * a split of known size ``N`` stops mid-pass once more than ``max_skip_fraction * N`` of its
+      samples were skipped (over budget even if every remaining one decodes), and at the end of a
+      pass when the pass's skipped fraction is over the budget;
+    * a stream of unknown size stops once the lower bound of the skipped rate's 99.9% confidence
+      interval (Wilson score, after ``min_samples`` samples) is above the budget.
 
     Under DDP each rank sees its shard; at the end of every pass (train epoch, validation, test) the
     pass's counts are summed over ranks (one ``all_reduce``, on every rank at the same hook), so
@@ -54,6 +61,7 @@ class SkipLedger(pl.Callback):
         self.skipped: Counter[str] = Counter()  # finished passes, all ranks
         self.pass_seen: Counter[str] = Counter()  # the current pass, this rank
         self.epoch_skipped: Counter[str] = Counter()  # the current pass, this rank
+        self._sizes: dict[str, int | None] = {}  # samples in a pass of each split (None: a stream)
 
     def state_dict(self) -> dict[str, Any]:
         """Counts so far and the ledger's length: a resumed run neither double-counts nor re-lists
@@ -81,6 +89,8 @@ class SkipLedger(pl.Callback):
             return
         records = batch.get("skipped") or []
         self.pass_seen[split] += len(batch.get("ids", [])) + len(records)
+        if split not in self._sizes:
+            self._sizes[split] = split_size(trainer, split)
         if records:
             self.epoch_skipped[split] += len(records)
             lines = "".join(
@@ -89,17 +99,29 @@ class SkipLedger(pl.Callback):
                 for r in records
             )
             append_line(self.path, lines)  # one O_APPEND write per batch: ranks never interleave
-        self._check_budget(split)
+            self._check_budget(split, self._sizes[split])
 
-    def _check_budget(self, split: str) -> None:
+    def _check_budget(self, split: str, size: int | None) -> None:
+        """Mid-pass: stop only when ``split`` (``size`` samples a pass, ``None``: unknown) is over budget
+        for certain (known size) or with 99.9% confidence (a stream)."""
+        if size:
+            skipped, seen = self.epoch_skipped[split], self.pass_seen[split]
+            if skipped > self.max_skip_fraction * size:
+                self._stop(split, skipped, seen, f"already more than {self.max_skip_fraction:.1%} of the {size} samples")
+            return
         seen = self.seen[split] + self.pass_seen[split]
         skipped = self.skipped[split] + self.epoch_skipped[split]
-        if seen >= self.min_samples and skipped > self.max_skip_fraction * seen:
-            raise SkipBudgetExceeded(
-                f"{skipped} of {seen} {split} samples ({skipped / seen:.1%}) could not be decoded and were "
-                f"skipped, over the budget callbacks.skip_ledger.max_skip_fraction={self.max_skip_fraction}. "
-                f"See {self.path} for each file and error."
-            )
+        if seen >= self.min_samples and wilson_lower_bound(skipped, seen) > self.max_skip_fraction:
+            self._stop(split, skipped, seen, "a rate above the budget with 99.9% confidence")
+
+    def _stop(self, split: str, skipped: int, seen: int, why: str) -> None:
+        raise SkipBudgetExceeded(
+            f"{skipped} of {seen} {split} samples seen so far ({skipped / max(seen, 1):.1%}) could not be decoded and "
+            f"were skipped: {why}, over the budget callbacks.skip_ledger.max_skip_fraction={self.max_skip_fraction}. "
+            f"See {self.path} for each file and error. To list every bad file before training, run "
+            f"`mmtrain data check <the same overrides>`; to accept more, raise the budget "
+            f"(callbacks.skip_ledger.max_skip_fraction=0.1)."
+        )
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._record(trainer, batch, "train")
@@ -125,9 +147,12 @@ class SkipLedger(pl.Callback):
         seen, count = sum_over_ranks([seen, self.epoch_skipped.pop(split, 0)], pl_module.device)
         self.seen[split] += seen
         self.skipped[split] += count
+        self._sizes.pop(split, None)  # the next pass may see another loader (a re-built one, a new limit)
         pl_module.log(f"{split}/skipped", float(count), reduce_fx="sum", sync_dist=False)
         if count and trainer.is_global_zero:
             log.warning("%s epoch: %d samples skipped (ledger: %s)", split, count, self.path)
+        if seen and count > self.max_skip_fraction * seen:  # the whole pass, all ranks: the same on every rank
+            self._stop(split, count, seen, "the whole pass")
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.pass_seen.pop("val", None)  # a pass that did not finish (sanity check, interrupted) counts nothing
@@ -156,6 +181,34 @@ class SkipLedger(pl.Callback):
         splits = sorted(set(self.seen) | set(self.pass_seen))
         return {s: {"seen": self.seen[s] + self.pass_seen[s], "skipped": self.skipped[s] + self.epoch_skipped[s]}
                 for s in splits}
+
+
+def wilson_lower_bound(successes: int, trials: int, z: float = 3.29) -> float:
+    """Lower end of the Wilson score interval for a rate (``z`` 3.29: 99.9% two-sided)."""
+    if trials <= 0:
+        return 0.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = p + z * z / (2 * trials)
+    margin = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, (centre - margin) / denominator)
+
+
+def split_size(trainer: pl.Trainer, split: str) -> int | None:
+    """Samples in one pass of ``split``'s loader (the whole split, all ranks), or ``None`` for a stream."""
+    sampler = split_sampler(trainer, split)
+    dataset = getattr(sampler, "dataset", None) if sampler is not None else None
+    if dataset is None:
+        loaders = {"train": lambda: trainer.train_dataloader, "val": lambda: trainer.val_dataloaders,
+                   "test": lambda: trainer.test_dataloaders}[split]()
+        loaders = loaders[0] if isinstance(loaders, (list, tuple)) and len(loaders) == 1 else loaders
+        dataset = getattr(loaders, "dataset", None)
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
+        return None
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
 
 
 def sum_over_ranks(values: list[int], device: torch.device | None = None) -> list[int]:

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes
+from mmtrain.fileio import RunWriteError
 from mmtrain.config.validate import check_signature, validate_config
 from mmtrain.hf.feature_cache import setup_feature_cache
 from mmtrain.training.allocator import tune_malloc
@@ -226,9 +227,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_dir, checkpoint = resume_run_dir(cfg)
     else:
         run_dir = make_run_dir(cfg)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if launched_rank() == 0:  # a DDP process Lightning launched shares rank 0's directory
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        try:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            if launched_rank() == 0:  # a DDP process Lightning launched shares rank 0's directory
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        except OSError as err:  # read-only disk, a file in the way: named, exit 74 from the CLI
+            raise RunWriteError(run_dir, err) from err
     log.info("run directory: %s", run_dir)
     trainer = build_trainer(cfg, prefixes, run_dir)
     cache = setup_feature_cache(cfg.get("feature_cache"), model, datamodule,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,10 +52,31 @@ def require_dir(path: str | Path, what: str) -> Path:
     return folder
 
 
-def resolve(root: str | Path, relative: str) -> str:
-    """``relative`` joined to ``root`` (an absolute ``relative`` is kept as is)."""
+OUTSIDE_ROOT_KEY = "allow_outside_root"
+
+
+def resolve(root: str | Path, relative: str, where: str = "", *, allow_outside_root: bool = False) -> str:
+    """``relative`` joined to ``root`` (an absolute ``relative`` is kept as is), with symlinks resolved.
+
+    A data file may only name media inside its data root: ``../../etc/passwd``, an absolute path
+    elsewhere and a symlink that leads out are refused, unless the dataset's ``allow_outside_root``
+    is set (then the path is used as written).
+
+    Raises:
+        ValueError: naming ``where`` (file and row), the path, where it leads and the key to opt out.
+    """
     path = Path(relative)
-    return str(path if path.is_absolute() else Path(root) / path)
+    joined = path if path.is_absolute() else Path(root) / path
+    if allow_outside_root:
+        return str(joined)
+    base, real = os.path.realpath(root), os.path.realpath(joined)
+    if os.path.commonpath([base, real]) != base:
+        raise ValueError(
+            f"{where or root}: {relative!r} leads to {real}, outside the data root {base}. Media paths in a "
+            f"data file stay inside its root; if you trust this file, set {OUTSIDE_ROOT_KEY}: true on the dataset "
+            f"(e.g. data.train.{OUTSIDE_ROOT_KEY}=true)."
+        )
+    return real
 
 
 def read_csv(
@@ -105,6 +127,8 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path} row {err.lineno}: malformed JSON ({err.msg}, column {err.colno})") from err
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read (more than Python's recursion limit)") from None
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -133,6 +157,8 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
                 entries.append((f"{path} row {number}", json.loads(line)))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} row {number}: malformed JSON ({err.msg}, column {err.colno})") from err
+            except RecursionError:
+                raise ValueError(f"{path} row {number}: JSON nested too deeply to read") from None
     for where, entry in entries:
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")

@@ -13,11 +13,10 @@ each image is evaluated in exactly one fold.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from mmtrain.data.formats.common import (
     RecordDataset,
     as_float,
     read_csv,
+    read_records,
     require_dir,
     resolve,
 )
@@ -55,6 +55,7 @@ class ImagePairDataset(RecordDataset):
         image_root: folder the image paths are relative to.
         label_names: class names in index order.
         encoding: the CSV's text encoding.
+        allow_outside_root: use media paths that lead outside the data root as written (default: refused).
 
     Returns (per item): ``{"id": "<img1>|<img2>" ("#n" appended for the n-th repeat),
     "image": [PIL RGB, PIL RGB], "label": int, "item_ids": [img1, img2] (the CSV paths),
@@ -70,6 +71,7 @@ class ImagePairDataset(RecordDataset):
         image_root: str,
         label_names: Sequence[str] = PAIR_LABELS,
         encoding: str = "utf-8-sig",
+        allow_outside_root: bool = False,
     ) -> None:
         labels = LabelMap(label_names, type(self).__name__)
         if not labels:
@@ -97,7 +99,8 @@ class ImagePairDataset(RecordDataset):
                 "item_scores": [float(meta.get("score1", math.nan)), float(meta.get("score2", math.nan))],
                 "meta": meta,
             }
-            refs = tuple(MediaRef("image", resolve(image_root, row[key])) for key in ("img1", "img2"))
+            refs = tuple(MediaRef("image", resolve(image_root, row[key], f"{where} {key}",
+                                                 allow_outside_root=allow_outside_root)) for key in ("img1", "img2"))
             self.records.append(Record(fields, {"image": refs}))
 
 
@@ -262,19 +265,14 @@ def read_scored_items(file: str | Path, *, path_key: str, score_key: str) -> lis
     if not path.is_file():
         raise FileNotFoundError(f"scored-items file {path} does not exist")
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(enumerate(csv.DictReader(handle), start=2))
+        rows: list[tuple[str, dict[str, Any]]] = list(read_csv(path, required=(path_key, score_key)))
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        rows = [(n, json.loads(line)) for n, line in enumerate(lines, start=1) if line.strip()]
+        rows = read_records(path)  # malformed or too-deep JSON: named with file and row
     items = []
-    for line, row in rows:
+    for where, row in rows:
         if row.get(path_key) in (None, "") or row.get(score_key) in (None, ""):
-            raise ValueError(f"{path}:{line}: needs '{path_key}' and '{score_key}' (got keys {sorted(row)})")
-        try:
-            items.append((str(row[path_key]), float(row[score_key])))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}:{line}: '{score_key}' is not a number: {row[score_key]!r}") from err
+            raise ValueError(f"{where}: needs '{path_key}' and '{score_key}' (got keys {sorted(row)})")
+        items.append((str(row[path_key]), as_float(row[score_key], where, score_key)))
     return items
 
 

@@ -41,6 +41,7 @@ class InstructionDataset(RecordDataset):
         num_frames: ``T``, frames sampled uniformly over a whole video.
         modalities: which of ``video``, ``audio``, ``image``, ``text`` to load (``target_text``
             is always there).
+        allow_outside_root: use media paths that lead outside ``root`` as written (default: refused).
 
     Returns (per item): ``{"id": str, "text": str (prompt), "target_text": str (response),
     "image": PIL RGB, "audio": float32 [L] (16 kHz mono), "video": uint8 [T,H,W,3],
@@ -58,10 +59,12 @@ class InstructionDataset(RecordDataset):
         id_key: str = "id",
         num_frames: int = 8,
         modalities: Sequence[str] = OFFERED,
+        allow_outside_root: bool = False,
     ) -> None:
         self.set_media_options(modalities, OFFERED, num_frames)
         self.label_names: list[str] = []
         self.root = str(root)
+        self.allow_outside_root = allow_outside_root
         self.prompt_key, self.response_key, self.id_key = prompt_key, response_key, id_key
         entries = read_records(path)
         stem = Path(path).stem
@@ -71,7 +74,7 @@ class InstructionDataset(RecordDataset):
     def _record(self, where: str, entry: dict[str, Any], index: int, stem: str) -> Record:
         sample_id = entry.get(self.id_key)
         paths = {
-            m: resolve(self.root, as_str(entry[m], where, m))
+            m: resolve(self.root, as_str(entry[m], where, m), f"{where} {m!r}", allow_outside_root=self.allow_outside_root)
             for m in ("video", "audio", "image")
             if entry.get(m) is not None
         }

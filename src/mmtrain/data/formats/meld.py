@@ -42,6 +42,7 @@ class MeldDataset(RecordDataset):
         num_frames: ``T``, frames sampled uniformly over the whole clip.
         modalities: which of ``video``, ``audio``, ``text`` to load.
         encoding: the CSV's text encoding.
+        allow_outside_root: use media paths that lead outside the data root as written (default: refused).
 
     Returns (per item): ``{"id": "dia{D}_utt{U}", "video": uint8 [T,H,W,3], "audio": float32 [L]
     (16 kHz mono, whole clip), "text": str, "label": int, "meta": {"video_path", "label_name",
@@ -60,6 +61,7 @@ class MeldDataset(RecordDataset):
         num_frames: int = 8,
         modalities: Sequence[str] = OFFERED,
         encoding: str = "utf-8-sig",
+        allow_outside_root: bool = False,
     ) -> None:
         owner = type(self).__name__
         self.set_media_options(modalities, OFFERED, num_frames)
@@ -70,6 +72,7 @@ class MeldDataset(RecordDataset):
         self.label_column = label_column
         self.video_dir = str(video_dir)
         self.clip_pattern = clip_pattern
+        self.allow_outside_root = allow_outside_root
         require_dir(video_dir, "video")
         rows = read_csv(csv_path, required=(*REQUIRED, label_column), encoding=encoding)
         self.records = [self._record(where, row, labels) for where, row in rows]
@@ -79,7 +82,8 @@ class MeldDataset(RecordDataset):
         dialogue = as_int(row["Dialogue_ID"].strip(), where, "Dialogue_ID")
         utterance = as_int(row["Utterance_ID"].strip(), where, "Utterance_ID")
         label_name = row[self.label_column].strip()
-        video_path = resolve(self.video_dir, self.clip_pattern.format(dialogue=dialogue, utterance=utterance))
+        video_path = resolve(self.video_dir, self.clip_pattern.format(dialogue=dialogue, utterance=utterance), where,
+                             allow_outside_root=self.allow_outside_root)
         meta: dict[str, Any] = {k: v for k, v in row.items() if k not in ("Utterance", self.label_column)}
         meta.update(video_path=video_path, label_name=label_name, dialogue=dialogue, utterance=utterance)
         fields: dict[str, Any] = {

@@ -45,6 +45,7 @@ class MetadataDataset(RecordDataset):
         label_key: record key of the class name, or None for unlabelled data.
         label_names: class names in index order (required with ``label_key``; else empty).
         modalities: which of ``audio``, ``image``, ``text`` to load.
+        allow_outside_root: use media paths that lead outside ``root`` as written (default: refused).
 
     Returns (per item): ``{"id": str, "audio": float32 [L] (16 kHz mono), "image": PIL RGB,
     "text": str, "label": int (if labelled), "meta": {"audio_path", "image_path"}}`` (a modality
@@ -63,6 +64,7 @@ class MetadataDataset(RecordDataset):
         label_key: str | None = None,
         label_names: Sequence[str] = (),
         modalities: Sequence[str] = OFFERED,
+        allow_outside_root: bool = False,
     ) -> None:
         owner = type(self).__name__
         self.modalities = check_modalities(modalities, OFFERED, owner)
@@ -71,6 +73,7 @@ class MetadataDataset(RecordDataset):
             raise ValueError(f"{owner}: give label_key and label_names together (or neither)")
         self.label_names = labels.names
         self.root = str(root)
+        self.allow_outside_root = allow_outside_root
         self.keys = {"audio": audio_key, "image": image_key}
         self.text_key, self.id_key, self.label_key = text_key, id_key, label_key
         entries = read_records(path)
@@ -82,7 +85,8 @@ class MetadataDataset(RecordDataset):
         present = {m: key for m, key in self.keys.items() if entry.get(key) is not None}
         if not present:
             raise ValueError(f"{where}: no key {self.keys['audio']!r} or {self.keys['image']!r}")
-        paths = {m: resolve(self.root, as_str(entry[key], where, key)) for m, key in present.items()}
+        paths = {m: resolve(self.root, as_str(entry[key], where, key), f"{where} {key!r}",
+                            allow_outside_root=self.allow_outside_root) for m, key in present.items()}
         sample_id = entry.get(self.id_key)
         fields: dict[str, Any] = {
             "id": f"{stem}/{index}" if sample_id is None else str(sample_id),

@@ -14,6 +14,7 @@ read; a missing or broken one makes that sample a :class:`~mmtrain.data.skips.Sk
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Mp4LabelJsonDataset(RecordDataset):
         label_key: the segment key holding the label.
         num_frames: ``T``, frames sampled uniformly over each segment.
         modalities: which of ``video``, ``audio``, ``text`` to load.
+        allow_outside_root: use media paths that lead outside the data root as written (default: refused).
 
     Returns (per item): ``{"id": "<json stem>/<segment id or index>", "video": uint8 [T,H,W,3],
     "audio": float32 [L] (16 kHz mono, L ~ (end - start) * 16000), "text": str, "label": int,
@@ -61,11 +63,13 @@ class Mp4LabelJsonDataset(RecordDataset):
         label_key: str = "label",
         num_frames: int = 8,
         modalities: Sequence[str] = OFFERED,
+        allow_outside_root: bool = False,
     ) -> None:
         owner = type(self).__name__
         self.set_media_options(modalities, OFFERED, num_frames)
         self.video_dir = str(video_dir)
         self.label_key = label_key
+        self.allow_outside_root = allow_outside_root
         labels = LabelMap(label_names, owner)
         if not labels:
             raise ValueError(f"{owner}: label_names is empty; list the class names in index order")
@@ -88,7 +92,7 @@ class Mp4LabelJsonDataset(RecordDataset):
         if not isinstance(segments, list):
             raise ValueError(f"{file}: 'segments' must be a list, got {type(segments).__name__}")
         video = as_str(content.get("video", f"{file.stem}.mp4"), str(file), "video")
-        video_path = resolve(self.video_dir, video)
+        video_path = resolve(self.video_dir, video, f"{file} 'video'", allow_outside_root=self.allow_outside_root)
         return [self._segment(file, i, segment, video_path, labels) for i, segment in enumerate(segments)]
 
     def _segment(self, file: Path, index: int, segment: Any, video_path: str, labels: LabelMap) -> Record:
@@ -97,8 +101,8 @@ class Mp4LabelJsonDataset(RecordDataset):
             raise ValueError(f"{where}: expected a JSON object, got {type(segment).__name__}")
         start = as_float(require(segment, "start", where), where, "start")
         end = as_float(require(segment, "end", where), where, "end")
-        if start < 0 or end <= start:
-            raise ValueError(f"{where}: needs 0 <= start < end, got start={start}, end={end}")
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
+            raise ValueError(f"{where}: needs 0 <= start < end, both finite (seconds), got start={start}, end={end}")
         label_name = require(segment, self.label_key, where)
         segment_id = str(segment.get("id", index))
         fields: dict[str, Any] = {
