@@ -166,6 +166,12 @@ def _print_metrics(metrics: dict) -> None:
         console.print(f"[yellow]skipped samples (undecodable media):[/] {skipped}; see skipped.jsonl")
 
 
+def _composes(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a command that composes a config: Hydra overrides and ``--config-dir``."""
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option, ~group)")
+    parser.add_argument("--config-dir", help="extra folder with your own config groups (e.g. experiment/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtrain", description="Train multimodal models from YAML.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="compose a config and train", description=(
         "Compose the training config and train. Overrides are Hydra syntax: experiment=demo, "
         "model/fusion=gated, model/encoders/video=conv1d, ~model/encoders/audio, trainer.max_epochs=2."))
-    train.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option, ~group)")
-    train.add_argument("--config-dir", help="extra folder with your own config groups (e.g. experiment/)")
+    _composes(train)
     train.add_argument("--print-config", action="store_true", help="print the composed config and stop")
     train.set_defaults(func=_train)
 
@@ -182,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Write k folds of pairs with disjoint image sets from the config's kfold section, train each "
         "fold into <run dir>/fold_<i>/ and summarise the test metrics in <run dir>/kfold.json. "
         "Overrides as for train, e.g. experiment=pairwise_digits kfold.k=3 trainer.max_epochs=2."))
-    kfold.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option, ~group)")
-    kfold.add_argument("--config-dir", help="extra folder with your own config groups (e.g. experiment/)")
+    _composes(kfold)
     kfold.set_defaults(func=_kfold)
 
     evaluate = sub.add_parser("eval", help="evaluate a run or export folder on a data split")
@@ -225,14 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Decode every sample of every split of the composed config (same overrides as train) with "
         "data.num_workers workers; write each undecodable one to a JSON-lines ledger and print the "
         "counts against callbacks.skip_ledger.max_skip_fraction. Exit code 1 when a split is over it."))
-    check.add_argument("overrides", nargs="*", help="Hydra overrides, as for train (e.g. experiment=demo)")
-    check.add_argument("--config-dir", help="extra folder with your own config groups (e.g. experiment/)")
+    _composes(check)
     check.add_argument("--out", help="ledger file (default: <output_root>/data_check/<name>_<time>.jsonl)")
     check.set_defaults(func=_data_check)
 
     listing = sub.add_parser("list", help="list components and experiments")
     listing.set_defaults(func=_list)
     return parser
+
+
+def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The ``mmtrain train`` command that continues ``run_dir``: the same overrides, ``resume=`` added."""
+    import shlex
+
+    kept = [o for o in args.overrides if not o.split("=", 1)[0].lstrip("+~") in ("run_dir", "resume")]
+    extra = ["--config-dir", args.config_dir] if getattr(args, "config_dir", None) else []
+    return shlex.join(["mmtrain", "train", *extra, *kept, f"resume={run_dir}"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,12 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         console.print(f"[bold red]error:[/] {err.strerror}", highlight=False)
         return EXIT_WRITE_ERROR
-    except SystemExit as err:  # SIGTERM: a checkpoint was written; exit 143
+    except SystemExit as err:  # SIGTERM / Ctrl-C: a resume point was written; exit 143 / 130
         from mmtrain.training.signals import TrainingTerminated
 
         if not isinstance(err, TrainingTerminated):
             raise
         console.print(f"[bold yellow]{err}[/]", highlight=False)
+        if err.run_dir is not None and args.command == "train":
+            console.print(f"resume with: {resume_command(args, err.run_dir)}", highlight=False, soft_wrap=True)
         return int(err.code)
 
 

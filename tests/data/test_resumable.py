@@ -104,7 +104,7 @@ def test_two_ranks_split_the_global_batch_of_one_process() -> None:
 
 def test_mid_epoch_state_resumes_at_the_next_batch_with_the_same_augmentation() -> None:
     full = epoch(loader(), 1)
-    position = {"value": (1, 3)}
+    position = {"value": (1, 3, None)}
     running = loader(progress=lambda: position["value"])
     state = running.state_dict()
     assert state["epoch"] == 1 and state["batches"] == 3 and state["batches_per_epoch"] == 5
@@ -118,7 +118,7 @@ def test_mid_epoch_state_resumes_at_the_next_batch_with_the_same_augmentation() 
 
 
 def test_a_finished_epoch_resumes_at_the_start_of_the_next() -> None:
-    state = loader(progress=lambda: (0, 5)).state_dict()
+    state = loader(progress=lambda: (0, 5, None)).state_dict()
     resumed = loader()
     resumed.load_state_dict(state)
     assert [b["ids"] for b in resumed] == [b["ids"] for b in epoch(loader(), 1)]
@@ -133,7 +133,7 @@ def test_a_finished_epoch_resumes_at_the_start_of_the_next() -> None:
     ],
 )
 def test_a_resume_that_cannot_be_exact_is_refused(changed: dict[str, int], message: str) -> None:
-    state = loader(progress=lambda: (0, 2)).state_dict()
+    state = loader(progress=lambda: (0, 2, None)).state_dict()
     with pytest.raises(ResumeMismatch, match="cannot resume exactly") as err:
         loader(**changed).load_state_dict(state)
     assert message in str(err.value)

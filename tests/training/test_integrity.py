@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModel
 
 import mmtrain  # noqa: F401  (registers the Auto classes)
-from mmtrain.hf.specs import build_multimodal_model
+from _models import tiny_export
 from mmtrain.integrity import MANIFEST, SIGNING_KEY_ENV, ArtifactDamaged, SignatureMismatch, update_manifest
 from mmtrain.training.checkpoint_io import (
     MANIFEST_NAME,
@@ -40,16 +40,7 @@ def flip(path: Path, offset: int | None = None) -> None:
 @pytest.fixture
 def export(tmp_path: Path) -> Path:
     """A real export folder: a tiny model's save_pretrained plus a training config, manifest over all."""
-    torch.manual_seed(0)
-    model = build_multimodal_model(
-        encoders={"audio": {"_target_": "mmtrain.encoders.audio_conv1d.AudioConv1DEncoder", "num_mel_bins": 8,
-                            "hidden_dim": 8, "num_layers": 1}},
-        fusion={"_target_": "mmtrain.fusion.concat.ConcatPoolFusion", "hidden_dim": 8},
-        head={"_target_": "mmtrain.heads.classification.LinearClassifier"},
-        id2label={0: "a", 1: "b"}, allowed_target_prefixes=["mmtrain."],
-    )
-    folder = tmp_path / "export"
-    model.save_pretrained(folder)
+    folder = tiny_export(tmp_path / "export")
     (folder / "training_config.yaml").write_text("data: {batch_size: 2}\n")
     update_manifest(folder)
     return folder

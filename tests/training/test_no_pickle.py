@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _models import tiny_export
+
 from mmtrain.integrity import ArtifactDamaged, update_manifest
 from mmtrain.training.checkpoint_io import (
     AtomicCheckpointIO,
@@ -272,17 +274,7 @@ def test_mmtrain_export_and_the_export_callback_refuse_a_payload(payload: Simple
 @pytest.fixture
 def export(tmp_path: Path) -> Path:
     """A real export folder (config.json + model.safetensors) of a tiny audio-only model."""
-    from mmtrain.hf.specs import build_multimodal_model
-
-    model = build_multimodal_model(
-        encoders={"audio": {"_target_": "mmtrain.encoders.audio_conv1d.AudioConv1DEncoder", "num_mel_bins": 8,
-                            "hidden_dim": 8, "num_layers": 1}},
-        fusion={"_target_": "mmtrain.fusion.concat.ConcatPoolFusion", "hidden_dim": 8},
-        head={"_target_": "mmtrain.heads.classification.LinearClassifier"},
-        id2label={0: "a", 1: "b"}, allowed_target_prefixes=["mmtrain."],
-    )
-    model.save_pretrained(tmp_path / "export")
-    return tmp_path / "export"
+    return tiny_export(tmp_path / "export")
 
 
 def test_export_folders_read_only_safetensors(payload: SimpleNamespace, export: Path, tmp_path: Path) -> None:

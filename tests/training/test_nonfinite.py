@@ -38,13 +38,16 @@ class TinyTask(TaskBase):
     """Least squares on a linear layer; ``grad_poison``: the id whose batch gets an inf gradient
     (the loss stays finite)."""
 
-    def __init__(self, grad_poison: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, grad_poison: str | None = None, rows: bool = False, **kwargs: Any) -> None:
         torch.manual_seed(0)
         super().__init__(model=nn.Linear(3, 1), **kwargs)
         self.grad_poison = grad_poison
+        self.rows = rows  # report per-sample outputs, as the classification and pairwise tasks do
 
     def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         pred = self.model(batch["x"]).squeeze(-1)
+        if self.rows:
+            self.sample_rows = pred
         if self.grad_poison in batch["ids"]:
             pred.register_hook(lambda g: g * float("inf"))
         loss = ((pred - batch["y"]) ** 2).mean()
@@ -131,6 +134,14 @@ def test_abort_names_step_and_ids_and_applies_no_update(one_thread: None) -> Non
     assert 2 not in snaps.after  # stopped at that batch
     assert same(state(trainer, task), snaps.before[2])  # weights and Adam state as after step 1
     assert int(trainer.optimizers[0].state_dict()["state"][0]["step"]) == 2
+
+
+def test_per_sample_outputs_name_the_offending_sample_not_its_batch(one_thread: None) -> None:
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(TinyTask(optimizer=ADAM, rows=True), train_dataloaders=loader(nan_id="s5"))
+    assert "sample ids whose outputs are NaN/Inf: ['s5']" in str(err.value)
 
 
 def test_skip_leaves_weights_and_adam_state_unchanged_and_counts_the_step(

@@ -132,3 +132,79 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_resumes_exactly(workspace: Pa
     resumed = mmtrain(*BASE, "data.num_workers=0", f"resume={run_dir}", cwd=workspace)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert compare_runs(references[0], run_dir) == []
+
+
+@pytest.mark.parametrize(("step", "hook", "times", "why"), [
+    (5, "train_batch_end", 1, "one Ctrl-C: a resume point at the end of that step, exit 130"),
+    (8, "validation_batch", 2, "two Ctrl-C during validation: stopped at once, the last resume point stands"),
+])
+def test_ctrl_c_saves_exits_130_prints_the_resume_command_and_resumes_exactly(
+        workspace: Path, references: dict[int, Path], step: int, hook: str, times: int, why: str) -> None:
+    run_dir = workspace / f"sigint_{step}_{times}"
+    stopped = mmtrain(*BASE, "data.num_workers=0", *kill_overrides(step, hook, "INT", times), f"run_dir={run_dir}",
+                      cwd=workspace)
+    output = " ".join(stopped.stdout.split())
+    assert stopped.returncode == 130, why + stopped.stderr[-3000:]
+    assert "stopped by Ctrl-C (SIGINT)" in output and f"resume={run_dir}" in output, output[-1500:]
+    if times == 1:
+        assert f"at step {step}: checkpoint written to" in output
+        assert final_checkpoint(run_dir).name == f"last-step{step:07d}.ckpt"
+    else:
+        assert "stopped at once" in output
+    assert not (run_dir / "metrics.json").exists()
+    command = output[output.index("resume with: ") + len("resume with: "):].split()
+    kill = kill_overrides(step, hook, "INT", times)
+    assert command == ["mmtrain", "train", *BASE, "data.num_workers=0", *kill, f"resume={run_dir}"]
+    resumed = mmtrain(*[a for a in command[2:] if a not in kill], cwd=workspace)  # what was printed, without the switch
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert compare_runs(references[0], run_dir) == [], why
+
+
+# Lightning loop settings that decide the data position and the validation points (A), and the
+# optimizer steps, the end of the run and epochs without validation (B): each resumes bit-identically.
+LOOPS = {
+    "A": ["trainer.max_epochs=2", "+trainer.limit_train_batches=6", "+trainer.val_check_interval=2",
+          "callbacks.resume_checkpoint.every_n_train_steps=2"],
+    "B": ["trainer.max_epochs=3", "trainer.accumulate_grad_batches=2", "+trainer.max_steps=10",
+          "+trainer.check_val_every_n_epoch=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def loop_references(workspace: Path) -> dict[str, Path]:
+    runs = {}
+    for name, settings in LOOPS.items():
+        run_dir = workspace / f"loops_{name}"
+        done = mmtrain(*BASE, "data.num_workers=0", *settings, f"run_dir={run_dir}", cwd=workspace)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = run_dir
+    return runs
+
+
+@pytest.mark.parametrize(("loops", "step", "hook", "why"), [
+    ("A", 4, "validation_batch", "during a mid-epoch validation (val_check_interval) after limit_train_batches"),
+    ("A", 6, "train_batch_start", "the first batch of an epoch that limit_train_batches shortened"),
+    ("A", 9, "train_batch_end", "mid-epoch, after a checkpoint written once its validation ended"),
+    ("B", 4, "train_batch_start", "after an epoch without validation (check_val_every_n_epoch), accumulating"),
+    ("B", 10, "train_batch_end", "at max_steps, mid-epoch: early stopping reads the last validation's value"),
+])
+def test_loop_settings_resume_bit_identically(workspace: Path, loop_references: dict[str, Path], loops: str,
+                                             step: int, hook: str, why: str) -> None:
+    run_dir = workspace / f"loops_{loops}_{hook}_{step}"
+    killed = mmtrain(*BASE, "data.num_workers=0", *LOOPS[loops], *kill_overrides(step, hook), f"run_dir={run_dir}",
+                     cwd=workspace)
+    assert killed.returncode == SIGKILLED, killed.stderr[-3000:]
+    resumed = mmtrain(*BASE, "data.num_workers=0", *LOOPS[loops], f"resume={run_dir}", cwd=workspace)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert compare_runs(loop_references[loops], run_dir) == [], why
+
+
+def test_a_changed_loop_setting_is_refused_by_name(workspace: Path, loop_references: dict[str, Path]) -> None:
+    run_dir = loop_references["A"]
+    before = final_checkpoint(run_dir).read_bytes()
+    changed = [s.replace("limit_train_batches=6", "limit_train_batches=4") for s in LOOPS["A"]]
+    refused = mmtrain(*BASE, "data.num_workers=0", *changed, f"resume={run_dir}", cwd=workspace)
+    message = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode != 0
+    assert "cannot resume exactly" in message and "trainer.limit_train_batches was 6, now 4" in message, message[-2000:]
+    assert final_checkpoint(run_dir).read_bytes() == before  # the run it refused is untouched

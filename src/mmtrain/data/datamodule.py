@@ -117,12 +117,19 @@ class MultimodalDataModule(CpuBatchDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _progress(self) -> tuple[int, int]:
-        """``(epoch, train batches finished in it)`` as the trainer counts them."""
+    def _progress(self) -> tuple[int, int, int | None]:
+        """``(epoch, train batches finished in it, batches an epoch has)`` as the trainer counts them
+        (the last is ``trainer.num_training_batches``: ``trainer.limit_train_batches`` applied; ``None``
+        before the trainer knows it)."""
         trainer = self.trainer
         if trainer is None:
-            return 0, 0
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return 0, 0, None
+        per_epoch = trainer.num_training_batches
+        per_epoch = int(per_epoch) if per_epoch not in (None, float("inf")) else None
+        epochs = trainer.fit_loop.epoch_progress.current
+        if epochs.started < epochs.ready:  # between epochs (on_train_epoch_start): none of this one yet
+            return trainer.current_epoch, 0, per_epoch
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed, per_epoch
 
     def train_dataloader(self) -> ResumableLoader:
         """Train batches in a per-epoch order from ``seed``, resumable mid-epoch (:class:`ResumableLoader`)."""
@@ -136,7 +143,8 @@ class MultimodalDataModule(CpuBatchDataModule):
             sampler = None
         else:
             keyed = KeyedDataset(self._served("train"), self.seed)
-            sampler = EpochSampler(dataset, seed=self.seed, num_replicas=world, rank=rank)
+            sampler = EpochSampler(dataset, seed=self.seed, num_replicas=world, rank=rank,
+                                   epoch_source=lambda: self._progress()[0])
         return ResumableLoader(
             keyed,
             batch_size=self.batch_size,

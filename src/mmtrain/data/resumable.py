@@ -88,19 +88,26 @@ class EpochSampler(DistributedSampler):
 
     Like :class:`torch.utils.data.DistributedSampler` (the padding included, so every rank gets the
     same number of samples), which Lightning then leaves in place under DDP. ``skip`` samples of this
-    rank's share are left out of the next pass only (a resumed epoch).
+    rank's share are left out of the next pass only (a resumed epoch), and ``pinned`` (when set) is
+    the epoch of that pass.
 
     Args:
         dataset: the map-style dataset (only its length is used).
         seed: run seed.
         shuffle: permute per epoch; False keeps the dataset order.
         num_replicas, rank: this process's place in the world (1 and 0 outside DDP).
+        epoch_source: the epoch a pass belongs to, asked when the pass starts (the trainer's
+            ``current_epoch``). Without it, the last :meth:`set_epoch` decides. Lightning calls
+            ``set_epoch`` with its own epoch counter, which after some restarts (an epoch-end
+            checkpoint with ``max_steps``) runs one ahead of ``current_epoch``.
     """
 
     def __init__(self, dataset: Dataset, *, seed: int, shuffle: bool = True, num_replicas: int = 1,
-                 rank: int = 0) -> None:
+                 rank: int = 0, epoch_source: Callable[[], int] | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.skip = 0
+        self.pinned: int | None = None
+        self.epoch_source = epoch_source
 
     def order(self, epoch: int) -> list[int]:
         """This rank's indices for ``epoch`` (all of them, before any skip)."""
@@ -116,8 +123,11 @@ class EpochSampler(DistributedSampler):
         return indices[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch, skip = self.epoch, self.skip
-        self.skip = 0
+        if self.pinned is not None:
+            epoch = self.pinned
+        else:
+            epoch = int(self.epoch_source()) if self.epoch_source is not None else self.epoch
+        skip, self.skip, self.pinned = self.skip, 0, None
         return iter([(epoch, index) for index in self.order(epoch)[skip:]])
 
 
@@ -203,11 +213,12 @@ class ResumableLoader(ForkSharingLoader):
     """The train ``DataLoader``: Lightning saves its ``state_dict`` in each checkpoint and calls
     ``load_state_dict`` before the first batch of a resumed fit.
 
-    ``progress`` returns ``(epoch, batches finished in that epoch)`` as the trainer counts them (the
-    loader itself runs ahead: workers and Lightning prefetch).
+    ``progress`` returns ``(epoch, batches finished in that epoch, batches an epoch has)`` as the
+    trainer counts them (the loader itself runs ahead: workers and Lightning prefetch); the last is
+    the trainer's (``limit_train_batches`` applied), or ``None`` for this loader's own length.
     """
 
-    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int]] | None = None,
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int, int | None]] | None = None,
                  fingerprint: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.progress = progress
@@ -217,9 +228,14 @@ class ResumableLoader(ForkSharingLoader):
     def _world(self) -> int:
         return int(getattr(self.sampler, "num_replicas", 1))
 
+    def _epoch_length(self) -> int:
+        """Batches an epoch has: the trainer's count (``limit_train_batches``) when it has one."""
+        per_epoch = self.progress()[2] if self.progress is not None else None
+        return len(self) if per_epoch is None else min(int(per_epoch), len(self))
+
     def state_dict(self) -> dict[str, Any]:
-        epoch, batches = self.progress() if self.progress is not None else (0, 0)
-        return {"epoch": int(epoch), "batches": int(batches), "batches_per_epoch": len(self),
+        epoch, batches, _ = self.progress() if self.progress is not None else (0, 0, None)
+        return {"epoch": int(epoch), "batches": int(batches), "batches_per_epoch": self._epoch_length(),
                 "batch_size": int(self.batch_size or 0), "world_size": self._world(),
                 "fingerprint": self.fingerprint}
 
@@ -228,7 +244,8 @@ class ResumableLoader(ForkSharingLoader):
         require_unchanged(state, {
             "batch_size": ("data.batch_size", int(self.batch_size or 0)),
             "world_size": ("world size (trainer.devices x nodes)", self._world()),
-            "batches_per_epoch": ("batches per epoch", len(self)),
+            "batches_per_epoch": ("train batches per epoch (data, data.batch_size, trainer.limit_train_batches)",
+                                  self._epoch_length()),
             "fingerprint": ("train dataset fingerprint", self.fingerprint),
         })
         epoch, batches = int(state["epoch"]), int(state["batches"])
@@ -245,6 +262,7 @@ class ResumableLoader(ForkSharingLoader):
             inner.set_epoch(epoch)
         if isinstance(self.sampler, EpochSampler):
             self.sampler.skip = batches * int(self.batch_size or 1)
+            self.sampler.pinned = epoch
         else:
             self.discard = batches
 

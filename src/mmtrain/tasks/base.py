@@ -60,6 +60,7 @@ class TaskBase(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
         self.nonfinite_guard = NonFiniteGuard(nonfinite)  # raises ValueError on an unknown policy
+        self.sample_rows: torch.Tensor | None = None  # per-sample outputs of the last train step (step() sets)
 
     @property
     def nonfinite(self) -> str:
@@ -137,8 +138,9 @@ class TaskBase(pl.LightningModule):
             loss = self.empty_batch_loss()
             self.nonfinite_guard.record([], loss)
             return loss
+        self.sample_rows = None
         loss = self.step(batch, "train")
-        self.nonfinite_guard.record(batch["ids"], loss)
+        self.nonfinite_guard.record(batch["ids"], loss, self.sample_rows)  # rows: to name NaN/Inf samples
         return loss
 
     def optimizer_step(

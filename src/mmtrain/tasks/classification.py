@@ -63,6 +63,7 @@ class ClassificationTask(TaskBase):
         if "labels" not in batch:
             raise ValueError(f"a {split} batch has no labels (sample ids {batch['ids'][:5]}...).")
         logits = self(batch)
+        self.sample_rows = logits  # [B, C]: a NaN/Inf loss names the samples whose logits are not finite
         loss = self.loss_fn(logits, batch["labels"])
         self.metrics[f"{split}_metrics"].update(logits.detach(), batch["labels"])
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch),

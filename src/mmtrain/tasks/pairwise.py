@@ -102,6 +102,7 @@ class PairwiseTask(ClassificationTask):
             logits, reversed_logits = self.model.compare_both_orders(**inputs)
         else:
             logits, reversed_logits = self.model(**inputs).logits, None
+        self.sample_rows = logits  # [B, 3]: a NaN/Inf loss names the pairs whose logits are not finite
         ce = self.loss_fn(logits, labels)
         swap = swap_consistency(logits, reversed_logits, mirror=self.mirror) if both else ce.new_zeros(())
         loss = ce + self.swap_weight * swap if self.swap_weight > 0 else ce

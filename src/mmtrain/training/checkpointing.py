@@ -4,8 +4,10 @@ Best-k checkpoints stay with Lightning's ``ModelCheckpoint`` (``callbacks.checkp
 callback writes the checkpoints a run resumes from:
 
 * ``last-step<global step>.ckpt`` every ``every_n_train_steps`` optimizer steps (never in the middle
-  of gradient accumulation, never on an epoch's last batch: the epoch-end one follows) and after
-  every epoch (after its validation, so early-stopping and best-k states are inside);
+  of gradient accumulation, never on an epoch's last batch: the epoch-end one follows; after the
+  validation when one runs at that step, ``val_check_interval``) and after every epoch, once the
+  epoch has ended for good (at the next epoch's start, or when training ends), so its validation,
+  early-stopping, best-k and epoch-interval scheduler states are all inside;
 * the newest ``keep_last`` of them are kept, an older one is deleted only after the new one is
   committed to disk (:class:`~mmtrain.training.checkpoint_io.AtomicCheckpointIO`);
 * ``last.ckpt`` is a symlink to the newest of them;
@@ -23,6 +25,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ class StepCheckpoint(Checkpoint):
         self.keep_every_n_epochs = keep_every_n_epochs
         self.rotating: list[str] = []  # names of the kept last-step checkpoints, oldest first
         self._saved_step = -1
+        self._pending: str | None = None  # a mid-epoch checkpoint waiting for its step's validation
+        self._finished_epoch = -1  # the last epoch whose end was written
+        self._between_epochs = False  # saving in on_train_epoch_start
 
     def state_dict(self) -> dict[str, Any]:
         return {"rotating": list(self.rotating)}
@@ -73,10 +79,46 @@ class StepCheckpoint(Checkpoint):
             and (batch_idx + 1) % trainer.accumulate_grad_batches == 0
             and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         ):
+            if validation_follows(trainer, batch_idx):
+                # A checkpoint written now would resume *after* this batch but skip the validation
+                # that follows it (Lightning does not re-run it): write it once that validation ends.
+                self._pending = f"last-step{step:07d}.ckpt"
+                return
             self._save(trainer, f"last-step{step:07d}.ckpt", rotate=True)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch, step = trainer.current_epoch, trainer.global_step
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._save(trainer, pending, rotate=True)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            self._between_epochs = True
+            try:
+                self._save_finished_epoch(trainer)
+            finally:
+                self._between_epochs = False
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._between_epochs:
+            start_of_epoch(checkpoint.get("loops", {}).get("fit_loop", {}))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_finished_epoch(trainer)
+
+    def _save_finished_epoch(self, trainer: pl.Trainer) -> None:
+        """The checkpoint of the epoch that just ended, written once it has ended for good: at the next
+        epoch's start, or when training ends (max_epochs, max_steps, early stopping).
+
+        Not in ``on_train_epoch_end``: a checkpoint written there resumes by running that epoch's
+        ``on_train_epoch_end`` hooks a second time (Lightning cannot tell which ran), so early
+        stopping counts the epoch twice and an epoch-interval LR scheduler step is lost.
+        """
+        epoch, step = trainer.current_epoch - 1, trainer.global_step
+        if epoch < 0 or self._finished_epoch == epoch:
+            return
+        self._finished_epoch = epoch
         if self.keep_every_n_epochs and (epoch + 1) % self.keep_every_n_epochs == 0:
             self._save(trainer, f"epoch{epoch:03d}-step{step:07d}.ckpt", rotate=False)
         else:
@@ -98,6 +140,60 @@ class StepCheckpoint(Checkpoint):
                 old = self.dirpath / self.rotating.pop(0)
                 if trainer.is_global_zero and old.exists():
                     trainer.strategy.remove_checkpoint(str(old))
+
+
+#: The fit loop's per-epoch progress that Lightning resets when an epoch's batches start (the
+#: ``reset_on_run`` of ``_TrainingEpochLoop.reset``), as they appear in a checkpoint's ``loops``.
+EPOCH_RUN_PROGRESS = ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress",
+                      "epoch_loop.automatic_optimization.optim_progress")
+
+
+def start_of_epoch(fit_loop: dict[str, Any]) -> None:
+    """Make a checkpoint written in ``on_train_epoch_start`` resume *into* that epoch.
+
+    Lightning resets the epoch loop's ``current`` counters only after ``on_train_epoch_start``; a
+    checkpoint written there still holds the previous epoch's (all batches done, last batch seen), and
+    a resume would take the new epoch as finished. This applies the reset Lightning is about to do
+    (``current`` counters to 0, ``is_last_batch`` False, the validation batch total to 0) to the saved
+    copy only.
+    """
+    def zero(tree: Any, key: str = "") -> Any:
+        if isinstance(tree, dict):
+            return {k: zero(v, k) for k, v in tree.items()}
+        return 0 if key in ("ready", "started", "processed", "completed") else tree
+
+    for name in EPOCH_RUN_PROGRESS:
+        state = fit_loop.get(name)
+        if not isinstance(state, dict):
+            continue
+        if name.endswith("optim_progress"):
+            for part in state.get("optimizer", {}).values():
+                part["current"] = zero(part["current"])
+        else:
+            state["current"] = zero(state["current"])
+            if "is_last_batch" in state:
+                state["is_last_batch"] = False
+    val = fit_loop.get("epoch_loop.val_loop.batch_progress")
+    if isinstance(val, dict):
+        val["total"] = zero(val["total"])
+
+
+def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether Lightning validates right after train batch ``batch_idx`` of this epoch (a
+    ``val_check_interval`` point; the epoch's last batch is not asked about here)."""
+    if not getattr(trainer, "enable_validation", False):
+        return False
+    batches = trainer.num_val_batches
+    if not (sum(batches) if isinstance(batches, list) else batches):
+        return False
+    every_epochs = trainer.check_val_every_n_epoch
+    if every_epochs is not None and (trainer.current_epoch + 1) % every_epochs:
+        return False
+    every = trainer.val_check_batch
+    if every is None or every == float("inf"):
+        return False
+    position = batch_idx if every_epochs is not None else trainer.fit_loop.epoch_loop.total_batch_idx
+    return (position + 1) % int(every) == 0
 
 
 def point_last_at(directory: Path, name: str) -> None:

@@ -32,23 +32,30 @@ class KillSwitch(pl.Callback):
     Args:
         at_step: the global step (optimizer steps done) at which to fire.
         hook: where: before or after a train batch, during a validation batch, or at epoch end.
-        signal: ``KILL`` or ``TERM``.
+        signal: ``KILL``, ``TERM`` or ``INT`` (Ctrl-C).
         rank: only this global rank fires (the others are killed by the launcher or hang up).
+        times: how many signals to send at once (``INT`` twice: a second Ctrl-C).
     """
 
-    def __init__(self, *, at_step: int, hook: str = "train_batch_end", signal: str = "KILL", rank: int = 0) -> None:
+    def __init__(self, *, at_step: int, hook: str = "train_batch_end", signal: str = "KILL", rank: int = 0,
+                 times: int = 1) -> None:
         if hook not in HOOKS:
             raise ValueError(f"callbacks.kill.hook must be one of {HOOKS}, got {hook!r}")
-        if signal not in ("KILL", "TERM"):
-            raise ValueError(f"callbacks.kill.signal must be KILL or TERM, got {signal!r}")
+        if signal not in ("KILL", "TERM", "INT"):
+            raise ValueError(f"callbacks.kill.signal must be KILL, TERM or INT, got {signal!r}")
         self.at_step = int(at_step)
         self.hook = hook
         self.signal = signal
         self.rank = int(rank)
+        self.times = int(times)
+        self.fired = False  # once per process: a validation pass has many batches at one step
 
     def _fire(self, trainer: pl.Trainer, hook: str) -> None:
-        if hook == self.hook and trainer.global_step == self.at_step and trainer.global_rank == self.rank:
-            os.kill(os.getpid(), getattr(signal, f"SIG{self.signal}"))
+        if (hook == self.hook and trainer.global_step == self.at_step and trainer.global_rank == self.rank
+                and not self.fired):
+            self.fired = True
+            for _ in range(self.times):
+                os.kill(os.getpid(), getattr(signal, f"SIG{self.signal}"))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -119,7 +126,7 @@ def compare_runs(reference: Path, other: Path) -> list[str]:
     return diffs
 
 
-def kill_overrides(step: int, hook: str = "train_batch_end", signal_name: str = "KILL") -> list[str]:
+def kill_overrides(step: int, hook: str = "train_batch_end", signal_name: str = "KILL", times: int = 1) -> list[str]:
     """Command-line overrides that add a :class:`KillSwitch` to a run."""
     return ["+callbacks.kill._target_=mmtrain.training.faults.KillSwitch", f"+callbacks.kill.at_step={step}",
-            f"+callbacks.kill.hook={hook}", f"+callbacks.kill.signal={signal_name}"]
+            f"+callbacks.kill.hook={hook}", f"+callbacks.kill.signal={signal_name}", f"+callbacks.kill.times={times}"]

@@ -71,6 +71,7 @@ class MicroBatch:
 
     ids: list[str]
     loss: torch.Tensor  # detached
+    rows: torch.Tensor | None = None  # detached per-sample outputs [B, ...] (logits), when the task gives them
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Finding:
     loss_values: list[float] = field(default_factory=list)
     grads: dict[int, list[str]] = field(default_factory=dict)  # param group -> params with NaN/Inf grads
     window_ids: list[str] = field(default_factory=list)  # every id the step's gradients came from
+    per_sample: bool = False  # loss_ids are the samples whose own outputs are NaN/Inf, not whole batches
 
     @property
     def ids(self) -> list[str]:
@@ -97,6 +99,7 @@ class Finding:
         """Adds another rank's finding to this one."""
         self.loss_ids += other.loss_ids
         self.loss_values += other.loss_values
+        self.per_sample = self.per_sample or other.per_sample
         self.window_ids += other.window_ids
         for group, names in other.grads.items():
             known = self.grads.setdefault(group, [])
@@ -117,7 +120,8 @@ class Finding:
         """The blamed ids, at most :data:`MAX_IDS_SHOWN` of them."""
         ids = self.ids
         more = f" (+{len(ids) - MAX_IDS_SHOWN} more)" if len(ids) > MAX_IDS_SHOWN else ""
-        which = "of the batch(es) with the non-finite loss" if self.loss_ids else "of the step's batch(es)"
+        which = ("whose outputs are NaN/Inf" if self.per_sample else "of the batch(es) with the non-finite loss"
+                 ) if self.loss_ids else "of the step's batch(es)"
         return f"sample ids {which}: {ids[:MAX_IDS_SHOWN]}{more}"
 
 
@@ -144,6 +148,15 @@ def replay_closure(loss: Any, closure: Callable[[], Any]) -> Callable[[], Any]:
         return loss if calls == 1 else closure()
 
     return replayed
+
+
+def _bad_rows(batch: MicroBatch) -> list[str]:
+    """Ids of ``batch``'s samples whose own outputs hold NaN/Inf ([] when none does, or no rows)."""
+    rows = batch.rows
+    if rows is None or rows.ndim == 0 or rows.shape[0] != len(batch.ids):
+        return []
+    finite = torch.isfinite(rows.reshape(rows.shape[0], -1)).all(dim=1)
+    return [sample for sample, ok in zip(batch.ids, finite.tolist(), strict=True) if not ok]
 
 
 def _distributed() -> bool:
@@ -222,10 +235,12 @@ class NonFiniteGuard:
         self.skips: list[dict[str, Any]] = []
         self._norm: GradNorm | None = None
 
-    def record(self, ids: list[str], loss: torch.Tensor | None) -> None:
-        """Notes a training batch of the current accumulation window."""
+    def record(self, ids: list[str], loss: torch.Tensor | None, rows: torch.Tensor | None = None) -> None:
+        """Notes a training batch of the current accumulation window; ``rows`` [B, ...] are its
+        per-sample outputs (logits), looked at only if the loss is NaN/Inf, to name the samples."""
         if loss is not None:
-            self.window.append(MicroBatch([str(i) for i in ids], loss.detach()))
+            self.window.append(MicroBatch([str(i) for i in ids], loss.detach(),
+                                          None if rows is None else rows.detach()))
 
     def reset(self) -> None:
         """Starts a new accumulation window (after every optimizer step, taken or not)."""
@@ -291,7 +306,9 @@ class NonFiniteGuard:
         finding = Finding(window_ids=[i for mb in self.window for i in mb.ids])
         for mb in self.window:
             if not bool(torch.isfinite(mb.loss).all()):
-                finding.loss_ids += mb.ids
+                culprits = _bad_rows(mb)
+                finding.per_sample = finding.per_sample or bool(culprits)
+                finding.loss_ids += culprits or mb.ids
                 finding.loss_values += [float(v) for v in mb.loss.detach().flatten()[:1].cpu()]
         bad = [(group, param) for group, param, grad in grads if not bool(torch.isfinite(grad).all())]
         if bad:

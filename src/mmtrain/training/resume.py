@@ -34,6 +34,12 @@ from mmtrain.fileio import LineAppender, truncate
 
 log = logging.getLogger(__name__)
 
+#: Trainer settings a resume must keep (refused by name when they change): they decide the data
+#: position (``limit_train_batches``), the validation points (``val_check_interval``,
+#: ``check_val_every_n_epoch``, ``limit_val_batches``), the optimizer steps (``accumulate_grad_batches``)
+#: and the end of the run (``max_steps``), so a changed one cannot continue bit-identically.
+LOOP_SETTINGS = ("accumulate_grad_batches", "limit_train_batches", "limit_val_batches", "val_check_interval",
+                 "check_val_every_n_epoch", "max_steps")
 STEPS_NAME = "train_steps.csv"
 STEPS_HEADER = "epoch,batch,global_step,loss\n"
 
@@ -73,10 +79,22 @@ class ExactResume(pl.Callback):
         self._restored: dict[str, Any] | None = None
 
     def _contract(self, trainer: pl.Trainer) -> dict[str, Any]:
-        return {"seed": self.seed, "accumulate_grad_batches": int(trainer.accumulate_grad_batches)}
+        """What a resume must keep to be exact: the seed and the loop settings that decide which batch
+        comes when, where an epoch ends, when validation runs and where the run stops."""
+        loop = {name: getattr(trainer, name, None) for name in LOOP_SETTINGS}
+        return {"seed": self.seed, **{k: (v if isinstance(v, (int, float, str)) or v is None else repr(v))
+                                      for k, v in loop.items()}}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer
+        if self._restored is not None:  # restored before this hook (most strategies)
+            self._check_contract(trainer, self._restored)
+
+    def _check_contract(self, trainer: pl.Trainer, state: dict[str, Any]) -> None:
+        """Refuse, as soon as the checkpoint is read and before anything runs (even when the run it
+        continues had finished), a resume whose exactness settings changed."""
+        require_unchanged(state.get("contract", {}), {
+            k: (k if k == "seed" else f"trainer.{k}", v) for k, v in self._contract(trainer).items()})
 
     def state_dict(self) -> dict[str, Any]:
         trainer = getattr(self, "_trainer", None)
@@ -87,18 +105,29 @@ class ExactResume(pl.Callback):
             "rng": rng_state(),
             "contract": self._contract(trainer) if trainer is not None else {},
             "data": loader.state_dict() if isinstance(loader, ResumableLoader) else {},
+            # What the last validation reported, as callbacks read it (early stopping at an epoch end
+            # that max_steps cuts short reads the previous validation's value); Lightning keeps it
+            # in memory only, so a resumed process would otherwise start without it.
+            "callback_metrics": {k: v.detach().cpu().clone() for k, v in
+                                 (trainer.callback_metrics if trainer is not None else {}).items()
+                                 if isinstance(v, torch.Tensor)},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:  # a strategy that restores after on_fit_start (DeepSpeed, FSDP)
+            self._check_contract(trainer, self._restored)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restored is None:
             return
         state, self._restored = self._restored, None
-        require_unchanged(state.get("contract", {}), {k: (k, v) for k, v in self._contract(trainer).items()})
         set_rng_state(state["rng"])
         self._restore_data_position(trainer, state.get("data") or {})
+        metrics = trainer.callback_metrics  # Lightning's own dict, filled again by every later log
+        for key, value in (state.get("callback_metrics") or {}).items():
+            metrics.setdefault(key, value.to(pl_module.device))
         if trainer.is_global_zero:
             self.steps_log.close()
             truncate(self.steps_path, int(state.get("steps_bytes", 0)))

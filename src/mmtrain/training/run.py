@@ -158,7 +158,8 @@ def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path) -> 
     from mmtrain.training.checkpoint_io import AtomicCheckpointIO
     from mmtrain.training.signals import SigtermCheckpoint
 
-    callbacks.append(SigtermCheckpoint(run_dir / "checkpoints"))  # SIGTERM: checkpoint, exit 143
+    # SIGTERM / Ctrl-C: checkpoint, exit 143 / 130; first, so a Ctrl-C stop precedes every other batch hook
+    callbacks.insert(0, SigtermCheckpoint(run_dir / "checkpoints"))
     return pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         callbacks=callbacks,

@@ -24,14 +24,26 @@ So mmtrain:
 Lightning restores the previous SIGTERM handler before ``on_fit_end`` and outside its calls (building
 data or the model, writing the report); there SIGTERM keeps its default action: the process dies by
 the signal (shell status 143, ``returncode == -15`` from Python), with no training state to save.
+
+**Ctrl-C (SIGINT)** gets the same treatment in a single-process run: while :func:`exit_on_sigterm`
+is active, the first Ctrl-C only asks to stop. :class:`SigtermCheckpoint` (placed first among the
+callbacks) raises :class:`StopRequested` at the next train batch start, when the previous step has
+completed and no other callback has seen the new batch, and writes the resume point in
+``on_exception``; the run ends with :class:`TrainingTerminated` and exit status **130**. A second
+Ctrl-C stops at once (Lightning's own KeyboardInterrupt path), also with 130; the run then resumes
+from its last resume point. Under DDP, Ctrl-C is left to Lightning (every rank would have to agree
+on the batch to stop at).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
@@ -41,30 +53,44 @@ log = logging.getLogger(__name__)
 
 #: Process exit status after SIGTERM (128 + SIGTERM): not 0 (success) and not 1 (error).
 EXIT_SIGTERM = 143
+#: Process exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_SIGINT = 130
+
+
+class StopRequested(Exception):
+    """Raised at a train batch start after Ctrl-C: the previous step is complete, this one not begun."""
 
 
 class TrainingTerminated(SystemExit):
-    """The run stopped on SIGTERM; ``code`` is :data:`EXIT_SIGTERM`.
+    """The run stopped on SIGTERM or Ctrl-C; ``code`` is :data:`EXIT_SIGTERM` or :data:`EXIT_SIGINT`.
 
     Attributes:
         checkpoint: the checkpoint written on the way out (``None`` if none was: not fitting, or it failed).
         global_step: the trainer's step when training stopped.
         error: why no checkpoint could be written, if it could not.
+        signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
+        at_once: a second Ctrl-C stopped it mid-step (no checkpoint; the last resume point stands).
+        run_dir: the run directory to pass as ``resume=``.
     """
 
-    def __init__(self, checkpoint: Path | None = None, global_step: int | None = None, error: str | None = None):
-        super().__init__(EXIT_SIGTERM)
+    def __init__(self, checkpoint: Path | None = None, global_step: int | None = None, error: str | None = None,
+                 *, signal_name: str = "SIGTERM", at_once: bool = False, run_dir: Path | None = None):
+        super().__init__(EXIT_SIGINT if signal_name == "SIGINT" else EXIT_SIGTERM)
         self.checkpoint, self.global_step, self.error = checkpoint, global_step, error
+        self.signal_name, self.at_once, self.run_dir = signal_name, at_once, run_dir
 
     def __str__(self) -> str:
         where = f" at step {self.global_step}" if self.global_step is not None else ""
         if self.checkpoint is not None:
             saved = f"checkpoint written to {self.checkpoint}; resume from it"
+        elif self.at_once:
+            saved = "stopped at once, mid-step: the run resumes from its last resume point"
         elif self.error:
             saved = f"no checkpoint could be written ({self.error}); the earlier checkpoints are intact"
         else:
             saved = "training had finished; its checkpoints are complete"
-        return f"stopped by SIGTERM{where}: {saved} (exit code {EXIT_SIGTERM})."
+        name = "Ctrl-C (SIGINT)" if self.signal_name == "SIGINT" else "SIGTERM"
+        return f"stopped by {name}{where}: {saved} (exit code {self.code})."
 
 
 class SigtermCheckpoint(pl.Callback):
@@ -85,9 +111,15 @@ class SigtermCheckpoint(pl.Callback):
         self.saved: Path | None = None
         self.global_step: int | None = None
         self.error: str | None = None
+        self.interrupts = 0  # Ctrl-C presses seen while exit_on_sigterm was active
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.interrupts and not self.received:
+            raise StopRequested(f"Ctrl-C: stopping before train batch {batch_idx} of epoch {trainer.current_epoch}")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or self.received:
+        if not isinstance(exception, (SIGTERMException, StopRequested)) or self.received:
             return
         self.received, self.global_step = True, trainer.global_step
         if trainer.state.fn != TrainerFn.FITTING:
@@ -109,7 +141,7 @@ class SigtermCheckpoint(pl.Callback):
         log.warning("SIGTERM at step %d: wrote %s", trainer.global_step, path)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.received_sigterm and not self.received:  # arrived after the loops' last check
+        if (trainer.received_sigterm or self.interrupts) and not self.received:  # after the loops' last check
             self.received, self.global_step = True, trainer.global_step
             log.warning("SIGTERM after %s finished at step %d; stopping before the next stage",
                         stage, trainer.global_step)
@@ -118,9 +150,10 @@ class SigtermCheckpoint(pl.Callback):
         if self.received:
             raise self.terminated()
 
-    def terminated(self) -> TrainingTerminated:
-        """The exception a run ends with after SIGTERM."""
-        return TrainingTerminated(self.saved, self.global_step, self.error)
+    def terminated(self, *, at_once: bool = False) -> TrainingTerminated:
+        """The exception a run ends with after SIGTERM or Ctrl-C."""
+        return TrainingTerminated(self.saved, self.global_step, self.error, at_once=at_once,
+                                  signal_name="SIGINT" if self.interrupts else "SIGTERM", run_dir=self.dirpath.parent)
 
 
 @contextlib.contextmanager
@@ -133,18 +166,54 @@ def exit_on_sigterm(trainer: pl.Trainer) -> Iterator[None]:
     def callback() -> SigtermCheckpoint | None:
         return next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)), None)
 
-    try:
-        yield
-    except SIGTERMException as err:
-        found = callback()
-        raise (found.terminated() if found else TrainingTerminated(global_step=trainer.global_step)) from err
+    with _ctrl_c_asks_to_stop(callback, trainer):
+        try:
+            yield
+        except (SIGTERMException, StopRequested) as err:
+            found = callback()
+            raise (found.terminated() if found else TrainingTerminated(global_step=trainer.global_step)) from err
+        except SystemExit as err:  # Lightning's exit after a second Ctrl-C (KeyboardInterrupt -> sys.exit(1))
+            found = callback()
+            if found is None or found.interrupts < 2 or isinstance(err, TrainingTerminated):
+                raise
+            found.global_step = trainer.global_step
+            raise found.terminated(at_once=True) from err
     found = callback()
     if found is not None and found.received:
         raise found.terminated()
 
 
+@contextlib.contextmanager
+def _ctrl_c_asks_to_stop(callback: Callable[[], SigtermCheckpoint | None], trainer: Any) -> Iterator[None]:
+    """While active: the first Ctrl-C asks the trainer's :class:`SigtermCheckpoint` to stop at the next
+    batch, a second one raises KeyboardInterrupt (so does any Ctrl-C without that callback, or under
+    DDP). Main thread only; the handler before is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        found = callback() if getattr(trainer, "world_size", 1) == 1 else None
+        if found is None:
+            raise KeyboardInterrupt
+        found.interrupts += 1
+        if found.interrupts == 1:
+            log.warning("Ctrl-C: saving a resume point after this step, then stopping (Ctrl-C again to stop at once)")
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def exit_code(err: BaseException) -> int | None:
-    """The process exit status for ``err`` if it is a SIGTERM stop (ours or Lightning's), else ``None``."""
-    if isinstance(err, (TrainingTerminated, SIGTERMException)):
+    """The process exit status for ``err`` if it is a SIGTERM / Ctrl-C stop (ours or Lightning's), else ``None``."""
+    if isinstance(err, TrainingTerminated):
+        return int(err.code)
+    if isinstance(err, SIGTERMException):
         return EXIT_SIGTERM
     return None
