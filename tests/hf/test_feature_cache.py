@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 
 import mmtrain  # noqa: F401
 from mmtrain.config.compose import compose_config
@@ -196,6 +196,15 @@ def test_entries_carry_id_and_version(setup, tmp_path: Path) -> None:
     assert cache.stats.misses[("val", "video")] == 6 + 1  # that row only: the other five are read
     assert cache.stats.hits[("val", "video")] == 5
     assert load_file(str(path))["pooled"].shape[0] > 0
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    flipped[-3] ^= 0x01  # one bit of the last tensor's data: still a valid safetensors file
+    path.write_bytes(bytes(flipped))
+    assert load_file(str(path))["pooled"].shape[0] > 0
+    encode(model, cache, "val", ids, inputs)
+    assert cache.stats.misses[("val", "video")] == 6 + 2  # the damaged entry's checksum fails: recomputed
+    again, before = load_file(str(path)), load(good)
+    assert all(torch.equal(again[k], before[k]) for k in ("tokens", "mask", "pooled"))  # written again, intact
 
 
 def served_batch(datamodule: Any, cache: FeatureCache, count: int = 6) -> tuple[list[Any], dict[str, Any]]:

@@ -93,7 +93,7 @@ from mmtrain.hf.feature_keys import (
 log = logging.getLogger(__name__)
 
 #: Bump when the entry layout or key recipe changes: every old entry becomes a miss.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each entry carries a checksum of its tensors
 SPLITS = ("train", "val", "test")
 #: Modalities whose train-time batches ``data.processor.augment`` changes.
 AUGMENTED_MODALITIES = ("image", "video")

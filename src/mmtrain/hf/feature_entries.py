@@ -4,7 +4,8 @@ One entry is one sample's output of one frozen encoder slot (see :mod:`mmtrain.h
 for where entries live and when they are used): a ``safetensors`` file holding ``tokens`` [n, D]
 and ``mask`` [n] (the encoder's output up to its last real token) and ``pooled`` [D], in the
 encoder's output dtype, with metadata ``id`` (checked on read), ``length`` (the token count the
-encoder produced for the whole batch) and ``input_length`` (the padded input length it was given).
+encoder produced for the whole batch), ``input_length`` (the padded input length it was given) and
+``checksum`` (blake2b of the tensor bytes, checked on read: a damaged entry is recomputed).
 
 * :func:`read_entry` / :func:`write_entry`: one file; reads parse the safetensors header and tensors
   from the bytes (no pickle, nothing executed); writes are atomic (temporary file + ``os.replace``).
@@ -61,6 +62,8 @@ def read_entry(path: Path, sample_id: str) -> Entry | None:
             return None
         tensors = load(data)
         entry: Entry = {name: tensors[name] for name in TENSORS}
+        if meta.get("checksum") != _checksum(entry):  # a flipped bit in the tensors: recompute, never use
+            raise ValueError("checksum mismatch")
         entry["length"] = int(meta["length"])
         entry["input_length"] = int(meta["input_length"]) if meta.get("input_length") else None
     except Exception as err:  # noqa: BLE001 - any damage means: not an entry, recompute it
@@ -71,9 +74,19 @@ def read_entry(path: Path, sample_id: str) -> Entry | None:
 
 def write_entry(path: Path, sample_id: str, slot: str, key: str, version: int, entry: Mapping[str, Any]) -> None:
     """Atomic: a temporary file in the same folder, then ``os.replace``."""
+    tensors = {k: entry[k].contiguous() for k in TENSORS}
     meta = {"id": sample_id, "slot": slot, "key": key, "version": str(version),
-            "length": str(entry["length"]), "input_length": str(entry["input_length"] or "")}
-    atomic_write_bytes(path, save({k: entry[k].contiguous() for k in TENSORS}, metadata=meta))
+            "length": str(entry["length"]), "input_length": str(entry["input_length"] or ""),
+            "checksum": _checksum(tensors)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _checksum(tensors: Mapping[str, Any]) -> str:
+    """blake2b over the raw bytes of an entry's tensors (in :data:`TENSORS` order)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in TENSORS:
+        digest.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def split_rows(output: EncoderOutput, input_length: int | None) -> list[Entry]:
