@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -135,16 +136,21 @@ class SigtermCheckpoint(pl.Callback):
                 trainer.save_checkpoint(path, weights_only=False)  # full state: optimizer, loops, callbacks
         except Exception as err:  # noqa: BLE001  (the exit must still say SIGTERM; the reason is kept)
             self.error = f"{type(err).__name__}: {err}"
-            log.error("SIGTERM at step %d: could not write %s: %s", trainer.global_step, path, err)
+            log.error("%s at step %d: could not write %s: %s", self.signal_name, trainer.global_step, path, err)
             return
         self.saved = path
-        log.warning("SIGTERM at step %d: wrote %s", trainer.global_step, path)
+        log.warning("%s at step %d: wrote %s", self.signal_name, trainer.global_step, path)
+
+    @property
+    def signal_name(self) -> str:
+        """How the stop was asked for: ``Ctrl-C`` or ``SIGTERM``."""
+        return "Ctrl-C" if self.interrupts else "SIGTERM"
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if (trainer.received_sigterm or self.interrupts) and not self.received:  # after the loops' last check
             self.received, self.global_step = True, trainer.global_step
-            log.warning("SIGTERM after %s finished at step %d; stopping before the next stage",
-                        stage, trainer.global_step)
+            log.warning("%s after %s finished at step %d; stopping before the next stage",
+                        self.signal_name, stage, trainer.global_step)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.received:
@@ -192,7 +198,11 @@ def _ctrl_c_asks_to_stop(callback: Callable[[], SigtermCheckpoint | None], train
         yield
         return
 
+    owner = os.getpid()
+
     def on_sigint(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a DataLoader worker forked meanwhile: it keeps serving the last step
+            return
         found = callback() if getattr(trainer, "world_size", 1) == 1 else None
         if found is None:
             raise KeyboardInterrupt
