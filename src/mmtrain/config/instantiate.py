@@ -37,7 +37,22 @@ class InstantiationError(ValueError):
 
 
 class InterpolationInArtifactError(ValueError):
-    """A config read from an artifact (export, checkpoint, training config) holds an interpolation."""
+    """A config read from an artifact (export, checkpoint, training config) holds an interpolation.
+
+    Attributes:
+        source: the artifact, as named in the message.
+        keys: the config keys holding one.
+    """
+
+    def __init__(self, source: str, keys: list[str]) -> None:
+        self.source, self.keys = source, keys
+        more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+        super().__init__(
+            f"{source}: config key '{keys[0]}' holds an interpolation ('${{...}}'){more}. Configs stored in "
+            "checkpoints and exports are written resolved by mmtrain, so this artifact was edited; mmtrain does "
+            "not resolve interpolations read from artifacts. Replace them with plain values, or re-export from "
+            "a checkpoint you trust."
+        )
 
 
 def resolved_tree(cfg: Any, config_key: str = "") -> Any:
@@ -84,12 +99,7 @@ def refuse_interpolations(tree: Any, source: str) -> None:
     """
     keys = find_interpolations(tree)
     if keys:
-        raise InterpolationInArtifactError(
-            f"{source}: config key '{keys[0]}' holds an interpolation ('${{...}}'){f' (and {len(keys) - 1} more)' if len(keys) > 1 else ''}. "
-            "Configs stored in checkpoints and exports are written resolved by mmtrain, so this artifact "
-            "was edited; mmtrain does not resolve interpolations read from artifacts. Replace them with "
-            "plain values, or re-export from a checkpoint you trust."
-        )
+        raise InterpolationInArtifactError(source, keys)
 
 
 def stored_config(text: str, source: str) -> Any:

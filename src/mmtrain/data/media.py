@@ -151,10 +151,7 @@ def video_duration(path: str | Path) -> float:
     with _open(path, "video") as container:
         if not container.streams.video:
             raise MediaError(path, "video", "no video stream")
-        stream = container.streams.video[0]
-        seconds = _seconds(stream.duration, stream.time_base)
-        if seconds is None and container.duration is not None:
-            seconds = container.duration / av.time_base
+        seconds = _stream_seconds(container, container.streams.video[0])
         if seconds is None:
             raise MediaError(path, "video", "duration unknown")
         return seconds
@@ -165,13 +162,6 @@ def segment_times(start: float, end: float, count: int) -> np.ndarray:
     if end <= start:
         raise ValueError(f"segment end {end} must be after start {start}")
     return start + (np.arange(count) + 0.5) * (end - start) / count
-
-
-def check_segment(path: str | Path, modality: str, start: float, end: float | None, duration: float | None) -> None:
-    """Raise :class:`MediaError` (the sample is skipped with it) for a segment no decoder can seek to."""
-    reason = segment_problem(modality, start, end, duration)
-    if reason:
-        raise MediaError(path, modality, reason)
 
 
 def _stream_seconds(container: av.container.InputContainer, stream: Any) -> float | None:
@@ -206,7 +196,8 @@ def read_video_segment(
             stream.thread_type = decoder_threads(stream.codec_context.width, stream.codec_context.height)
         begin = 0.0 if start is None else float(start)
         total = _stream_seconds(container, stream)
-        check_segment(path, "video", begin, None if end is None else float(end), total)
+        if reason := segment_problem("video", begin, None if end is None else float(end), total):
+            raise MediaError(path, "video", reason)  # the sample is skipped with it
         if end is None:
             if total is None:
                 raise MediaError(path, "video", "duration unknown; give the segment end")
@@ -308,7 +299,9 @@ def read_audio_segment(
         if not container.streams.audio:
             raise MediaError(path, "audio", "no audio stream")
         stream = container.streams.audio[0]
-        check_segment(path, "audio", begin, None if end is None else float(end), _stream_seconds(container, stream))
+        if reason := segment_problem("audio", begin, None if end is None else float(end),
+                                     _stream_seconds(container, stream)):
+            raise MediaError(path, "audio", reason)
         resampler: av.AudioResampler | None = None
         direct: bool | None = None  # decided on the first frame
         chunks: list[np.ndarray] = []
@@ -397,7 +390,7 @@ def read_image(source: str | Path | bytes) -> Image.Image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise MediaError(name, "image", f"declares {image.width}x{image.height} pixels "
                                  f"({image.width * image.height / 1e6:.0f} Mpx), over the {MAX_IMAGE_PIXELS / 1e6:.0f} "
-                                 "Mpx cap (mmtrain.data.media.MAX_IMAGE_PIXELS); not decoded")
+                                 "Mpx cap (mmtrain.data.media_limits.MAX_IMAGE_PIXELS); not decoded")
             image.load()
             return image.convert("RGB")
     except MediaError:

@@ -69,8 +69,7 @@ class MultimodalConfig(PretrainedConfig):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except InterpolationInArtifactError as err:
-            where = f"{pretrained_model_name_or_path}/config.json"
-            raise InterpolationInArtifactError(str(err).replace("config.json", where, 1)) from None
+            raise InterpolationInArtifactError(f"{pretrained_model_name_or_path}/config.json", err.keys) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Serialisable dict; pretrained folder paths are dropped (see :func:`strip_pretrained_paths`)."""

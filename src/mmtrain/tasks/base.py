@@ -138,9 +138,9 @@ class TaskBase(pl.LightningModule):
             loss = self.empty_batch_loss()
             self.nonfinite_guard.record([], loss)
             return loss
-        self.sample_rows = None
         loss = self.step(batch, "train")
-        self.nonfinite_guard.record(batch["ids"], loss, self.sample_rows)  # rows: to name NaN/Inf samples
+        rows, self.sample_rows = self.sample_rows, None  # not kept past this step (nor its graph)
+        self.nonfinite_guard.record(batch["ids"], loss, rows)  # rows: to name NaN/Inf samples
         return loss
 
     def optimizer_step(

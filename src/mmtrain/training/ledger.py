@@ -196,13 +196,7 @@ def wilson_lower_bound(successes: int, trials: int, z: float = 3.29) -> float:
 
 def split_size(trainer: pl.Trainer, split: str) -> int | None:
     """Samples in one pass of ``split``'s loader (the whole split, all ranks), or ``None`` for a stream."""
-    sampler = split_sampler(trainer, split)
-    dataset = getattr(sampler, "dataset", None) if sampler is not None else None
-    if dataset is None:
-        loaders = {"train": lambda: trainer.train_dataloader, "val": lambda: trainer.val_dataloaders,
-                   "test": lambda: trainer.test_dataloaders}[split]()
-        loaders = loaders[0] if isinstance(loaders, (list, tuple)) and len(loaders) == 1 else loaders
-        dataset = getattr(loaders, "dataset", None)
+    dataset = getattr(split_loader(trainer, split), "dataset", None)
     if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
         return None
     try:
@@ -223,13 +217,18 @@ def sum_over_ranks(values: list[int], device: torch.device | None = None) -> lis
     return [int(v) for v in tensor.tolist()]
 
 
-def split_sampler(trainer: pl.Trainer, split: str) -> Any:
-    """The sampler of the loader that feeds ``split`` (the one Lightning injected under DDP), or None."""
+def split_loader(trainer: pl.Trainer, split: str) -> Any:
+    """The one loader that feeds ``split`` (None when that loop has none, or has several)."""
     loaders = {"train": lambda: trainer.train_dataloader, "val": lambda: trainer.val_dataloaders,
-               "test": lambda: trainer.test_dataloaders}[split]()  # None when that loop has no loader
+               "test": lambda: trainer.test_dataloaders}[split]()
     if isinstance(loaders, (list, tuple)):
         loaders = loaders[0] if len(loaders) == 1 else None
-    return getattr(loaders, "sampler", None)
+    return loaders
+
+
+def split_sampler(trainer: pl.Trainer, split: str) -> Any:
+    """The sampler of the loader that feeds ``split`` (the one Lightning injected under DDP), or None."""
+    return getattr(split_loader(trainer, split), "sampler", None)
 
 
 def padding_seen(sampler: Any, seen: int) -> int:

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes
-from mmtrain.fileio import RunWriteError
 from mmtrain.config.validate import check_signature, validate_config
+from mmtrain.fileio import RunWriteError
 from mmtrain.hf.feature_cache import setup_feature_cache
 from mmtrain.training.allocator import tune_malloc
 from mmtrain.report.html import write_report

@@ -69,16 +69,16 @@ class TrainingTerminated(SystemExit):
         checkpoint: the checkpoint written on the way out (``None`` if none was: not fitting, or it failed).
         global_step: the trainer's step when training stopped.
         error: why no checkpoint could be written, if it could not.
-        signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
+        ctrl_c: stopped by Ctrl-C (SIGINT), not SIGTERM.
         at_once: a second Ctrl-C stopped it mid-step (no checkpoint; the last resume point stands).
         run_dir: the run directory to pass as ``resume=``.
     """
 
     def __init__(self, checkpoint: Path | None = None, global_step: int | None = None, error: str | None = None,
-                 *, signal_name: str = "SIGTERM", at_once: bool = False, run_dir: Path | None = None):
-        super().__init__(EXIT_SIGINT if signal_name == "SIGINT" else EXIT_SIGTERM)
+                 *, ctrl_c: bool = False, at_once: bool = False, run_dir: Path | None = None):
+        super().__init__(EXIT_SIGINT if ctrl_c else EXIT_SIGTERM)
         self.checkpoint, self.global_step, self.error = checkpoint, global_step, error
-        self.signal_name, self.at_once, self.run_dir = signal_name, at_once, run_dir
+        self.ctrl_c, self.at_once, self.run_dir = ctrl_c, at_once, run_dir
 
     def __str__(self) -> str:
         where = f" at step {self.global_step}" if self.global_step is not None else ""
@@ -90,7 +90,7 @@ class TrainingTerminated(SystemExit):
             saved = f"no checkpoint could be written ({self.error}); the earlier checkpoints are intact"
         else:
             saved = "training had finished; its checkpoints are complete"
-        name = "Ctrl-C (SIGINT)" if self.signal_name == "SIGINT" else "SIGTERM"
+        name = "Ctrl-C (SIGINT)" if self.ctrl_c else "SIGTERM"
         return f"stopped by {name}{where}: {saved} (exit code {self.code})."
 
 
@@ -159,7 +159,7 @@ class SigtermCheckpoint(pl.Callback):
     def terminated(self, *, at_once: bool = False) -> TrainingTerminated:
         """The exception a run ends with after SIGTERM or Ctrl-C."""
         return TrainingTerminated(self.saved, self.global_step, self.error, at_once=at_once,
-                                  signal_name="SIGINT" if self.interrupts else "SIGTERM", run_dir=self.dirpath.parent)
+                                  ctrl_c=bool(self.interrupts), run_dir=self.dirpath.parent)
 
 
 @contextlib.contextmanager
