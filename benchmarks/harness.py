@@ -26,10 +26,24 @@ console = Console(width=150)  # the table stays readable when the output is a fi
 DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"
 
 
+def with_malloc_tunables() -> None:
+    """Re-execute this benchmark script once with ``perf.malloc``'s ``GLIBC_TUNABLES`` (as the ``mmtrain``
+    command runs), so every contender of a benchmark gets the same allocator settings."""
+    import os
+    import sys
+
+    from mmtrain.app.perf import REEXEC_MARK, malloc_tunables, needs_malloc_reexec
+
+    if needs_malloc_reexec(os.environ):
+        env = dict(os.environ, GLIBC_TUNABLES=malloc_tunables(os.environ.get("GLIBC_TUNABLES", "")))
+        env[REEXEC_MARK] = "1"
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def train_probed(overrides: Sequence[str], callbacks: Sequence[Any] = (), profiler: Any = None) -> dict[str, Any]:
-    """``mmtrain.training.run.train`` on ``compose_config(overrides)`` with extra ``callbacks`` (and a
+    """``mmtrain.app.commands.train.train`` on ``compose_config(overrides)`` with extra ``callbacks`` (and a
     Lightning ``profiler``) added to the trainer it builds; its metrics."""
-    import mmtrain.training.run as run_module
+    import mmtrain.app.commands.train as run_module
     from mmtrain.config.compose import compose_config
 
     build = run_module.build_trainer

@@ -13,7 +13,7 @@ same 200 rows each in both sets, to keep the run short.
 A reader that held the 10x train split in memory would add at least its Arrow size (printed in the
 last row) to the 10x peak.
 
-Training: ``python -m mmtrain.cli train data=parquet ...`` in a fresh subprocess per size, exactly
+Training: ``python -m mmtrain.app.cli train data=parquet ...`` in a fresh subprocess per size, exactly
 like tests/integration/test_streamed_training.py (tiny ViT image + tiny BERT text encoders, label
 column ``label``), ``data.num_workers=2``, 1 epoch, then the usual re-validation and test of
 ``mmtrain train`` (``evaluate_unimodal=false``, no progress bar, no TensorBoard logger).
@@ -35,7 +35,7 @@ Why the peak used to jump: CPython's full garbage collection writes to every obj
 one full collection in the training process while its 4 forked workers were alive copied ~120 MiB
 of shared pages (tree PSS 775 -> 895 MiB, main RSS unchanged), at a moment that varied from run to
 run: the ratio ranged 1.02-1.20. mmtrain's loaders now freeze the objects before forking
-(``mmtrain.data.forking``); peaks 754-787 MiB at both sizes, ratio 0.99-1.04 over three runs.
+(``perf.gc_freeze``, ``mmtrain.engine.callbacks.gc_freeze``); peaks 754-787 MiB at both sizes, ratio 0.99-1.04 over three runs.
 
 Run: ``.venv/bin/python benchmarks/memory.py [--quick]``. Exit code 1 when the goal is missed.
 """
@@ -136,7 +136,7 @@ def train_command(root: Path, run_dir: Path, batch_size: int) -> list[str]:
         "trainer.max_epochs=1", "callbacks.progress=null", "+trainer.enable_progress_bar=false",
         "logger.tensorboard=null", "evaluate_unimodal=false", f"run_dir={run_dir}",
     ]
-    return [sys.executable, "-m", "mmtrain.cli", "train", *overrides]
+    return [sys.executable, "-m", "mmtrain.app.cli", "train", *overrides]
 
 
 def tree_memory(process: psutil.Process) -> tuple[int, int]:

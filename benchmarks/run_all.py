@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--only step,cache,...]
 
-Rows: ``step`` (mmtrain vs a hand-written loop and the transformers Trainer), ``compute`` (achieved
+Rows: ``startup`` (``mmtrain --help``, ``mmtrain list``, ``import mmtrain`` vs ``python -c pass``), ``step`` (mmtrain vs a hand-written loop and the transformers Trainer), ``compute`` (achieved
 vs matmul-peak FLOP/s), ``cache`` (frozen-encoder feature cache), ``data`` (segment seek, decode
 throughput, time waiting for data), ``memory`` (peak RSS streaming parquet at 1x vs 10x).
 Exit code 1 when a goal is missed. ``--quick`` uses fewer steps, repeats and jobs (a few minutes).
@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Result, console, print_table  # noqa: E402
+from harness import Result, console, print_table, with_malloc_tunables  # noqa: E402
 
 #: name -> module; each has ``run(quick) -> list[Result]``.
-BENCHMARKS = {"step": "training_step", "cache": "feature_cache", "data": "decode", "wait": "data_wait",
-              "memory": "memory"}
+BENCHMARKS = {"startup": "startup", "step": "training_step", "cache": "feature_cache", "data": "decode",
+              "wait": "data_wait", "memory": "memory"}
 
 
 def main() -> int:
@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {sorted(BENCHMARKS)}")
     args = parser.parse_args()
+    with_malloc_tunables()
     chosen = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = sorted(set(chosen) - set(BENCHMARKS))
     if unknown:

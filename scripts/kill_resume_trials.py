@@ -3,7 +3,7 @@
     .venv/bin/python scripts/kill_resume_trials.py --trials 20 [--workers 2] [--seed 0] [-- overrides...]
 
 One uninterrupted reference run, then per trial: the same command with a
-:class:`~mmtrain.training.faults.KillSwitch` at a random global step and hook (before or after a train
+:class:`~mmtrain.engine.callbacks.faults.KillSwitch` at a random global step and hook (before or after a train
 batch, during validation, at epoch end), then the same command with ``resume=<run dir>``. Each
 resumed run is compared with the reference (final weights, optimizer, scheduler, early-stopping
 state, per-step losses, exported weights; ``torch.equal``). Prints one line per trial and the count.
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmtrain.training.faults import HOOKS, compare_runs, kill_overrides
+from mmtrain.engine.callbacks.faults import HOOKS, compare_runs, kill_overrides
 
 # The demo data at its tiny size (real mp4 decoding, augmentation, modality dropout, fusion dropout):
 # 16 train samples in batches of 2 = 8 steps per epoch, 3 epochs, a resume point every 3 steps.
@@ -32,7 +32,7 @@ BASE = ["experiment=demo", "data.prepare.size=tiny", "data.batch_size=2", "train
 def mmtrain(overrides: list[str], log: Path) -> int:
     """Run ``mmtrain train`` in a fresh process; its output goes to ``log``. Returns the exit code."""
     with open(log, "w") as out:
-        done = subprocess.run([sys.executable, "-m", "mmtrain.cli", "train", *overrides], stdout=out, stderr=out,
+        done = subprocess.run([sys.executable, "-m", "mmtrain.app.cli", "train", *overrides], stdout=out, stderr=out,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return done.returncode
 

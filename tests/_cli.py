@@ -11,5 +11,5 @@ from pathlib import Path
 def run_mmtrain(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """``mmtrain <args>`` in ``cwd``; output captured as text."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "mmtrain.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mmtrain", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=timeout)

@@ -9,14 +9,14 @@ import torch
 
 def tiny_export(folder: Path) -> Path:
     """``save_pretrained`` of a tiny audio-only classifier (config.json + model.safetensors + manifest.json)."""
-    from mmtrain.hf.specs import build_multimodal_model
+    from mmtrain.models.multimodal import build_multimodal_model
 
     torch.manual_seed(0)
     model = build_multimodal_model(
-        encoders={"audio": {"_target_": "mmtrain.encoders.audio_conv1d.AudioConv1DEncoder", "num_mel_bins": 8,
+        encoders={"audio": {"_target_": "mmtrain.components.encoders.audio_conv1d.AudioConv1DEncoder", "num_mel_bins": 8,
                             "hidden_dim": 8, "num_layers": 1}},
-        fusion={"_target_": "mmtrain.fusion.concat.ConcatPoolFusion", "hidden_dim": 8},
-        head={"_target_": "mmtrain.heads.classification.LinearClassifier"},
+        fusion={"_target_": "mmtrain.components.fusion.concat.ConcatPoolFusion", "hidden_dim": 8},
+        head={"_target_": "mmtrain.components.heads.classification.LinearClassifier"},
         id2label={0: "a", 1: "b"}, allowed_target_prefixes=["mmtrain."],
     )
     model.save_pretrained(folder)

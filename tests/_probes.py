@@ -1,4 +1,4 @@
-"""Adding test callbacks to the trainers ``mmtrain.training.run`` builds."""
+"""Adding test callbacks to the trainers ``mmtrain.app.commands.train`` builds."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 
 def probe_trainers(monkeypatch: pytest.MonkeyPatch, *callbacks: pl.Callback) -> None:
-    """Every trainer ``run.build_trainer`` builds while ``monkeypatch`` is active gets ``callbacks``."""
-    import mmtrain.training.run as run_module
+    """Every trainer ``mmtrain.app.commands.train.build_trainer`` builds while ``monkeypatch`` is active gets ``callbacks``."""
+    import mmtrain.app.commands.train as run_module
 
     build = run_module.build_trainer
 

@@ -21,9 +21,9 @@ from mmtrain.config.instantiate import (
     stored_config,
 )
 from mmtrain.config.targets import DEFAULT_ALLOWED_PREFIXES, TargetNotAllowedError
-from mmtrain.integrity import update_manifest
-from mmtrain.training.build import build_callbacks, build_task
-from mmtrain.training.run import prepare
+from mmtrain.core.integrity import update_manifest
+from mmtrain.engine.build import build_callbacks, build_task
+from mmtrain.app.commands.train import prepare
 
 # Command-line overrides, as a script that passes user input through to `mmtrain train` would.
 CLI_VARIANTS = {
@@ -93,8 +93,8 @@ def test_strings_from_code_and_escapes_stay_data(marker_module: tuple[str, Path]
 
 def test_task_label_names_are_not_read_as_interpolations(marker_module: tuple[str, Path]) -> None:
     """Label names come from data files; the task receives them verbatim."""
-    from mmtrain.hf.processing import build_processor
-    from mmtrain.training.build import build_model
+    from mmtrain.models.processing import build_processor
+    from mmtrain.engine.build import build_model
 
     name, marker = marker_module
     labels = ["calm", f"${{oc.create:{{_target_: {name}.Thing}}}}"]
@@ -152,18 +152,18 @@ def test_export_config_json_with_interpolation_is_refused(tmp_path: Path, value:
                                                           marker_module: tuple[str, Path]) -> None:
     from transformers import AutoModel
 
-    import mmtrain  # noqa: F401  (registers the Auto classes)
-    from mmtrain.hf.modeling import MultimodalModel
+    import mmtrain.models  # noqa: F401  (registers the Auto classes)
+    from mmtrain.models.multimodal import MultimodalModel
 
     name, marker = marker_module
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
         "model_type": "mmtrain_multimodal",
-        "encoders": {"text": {"_target_": "mmtrain.encoders.llm_embeddings.LLMEmbeddingEncoder",
+        "encoders": {"text": {"_target_": "mmtrain.components.encoders.llm_embeddings.LLMEmbeddingEncoder",
                               "config": {"vocab_size": 10, "hidden_size": 8}}},
-        "fusion": {"_target_": "mmtrain.fusion.concat.ConcatPoolFusion", "hidden_dim": value.replace("torch.load", f"{name}.Thing")},
-        "head": {"_target_": "mmtrain.heads.classification.LinearClassifier"},
+        "fusion": {"_target_": "mmtrain.components.fusion.concat.ConcatPoolFusion", "hidden_dim": value.replace("torch.load", f"{name}.Thing")},
+        "head": {"_target_": "mmtrain.components.heads.classification.LinearClassifier"},
         "id2label": {"0": "a", "1": "b"},
     }))
     with pytest.raises(InterpolationInArtifactError) as err:
@@ -178,7 +178,7 @@ def test_export_config_json_with_interpolation_is_refused(tmp_path: Path, value:
 
 
 def test_eval_refuses_a_training_config_with_an_interpolation(tmp_path: Path, marker_module: tuple[str, Path]) -> None:
-    from mmtrain.training.evaluate import evaluate
+    from mmtrain.app.commands.evaluate import evaluate
 
     name, marker = marker_module
     folder = tmp_path / "export"
@@ -197,9 +197,9 @@ def test_eval_refuses_a_training_config_with_an_interpolation(tmp_path: Path, ma
 
 def test_export_refuses_a_checkpoint_config_with_an_interpolation(tmp_path: Path,
                                                                   marker_module: tuple[str, Path]) -> None:
-    from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
-    from mmtrain.training.checkpoint_io import AtomicCheckpointIO
-    from mmtrain.training.evaluate import export_checkpoint
+    from mmtrain.engine.callbacks.export import CONFIG_KEY, LABELS_KEY
+    from mmtrain.engine.callbacks.checkpoint_io import AtomicCheckpointIO
+    from mmtrain.app.commands.evaluate import export_checkpoint
 
     name, marker = marker_module
     cfg = compose_config([])

@@ -9,11 +9,12 @@ from omegaconf import OmegaConf
 
 from mmtrain.config.compose import ConfigError, compose_config, config_groups, group_options
 from mmtrain.config.validate import target_nodes
-from mmtrain.training.run import prepare
+from mmtrain.app.commands.train import prepare
 
 GROUPS = config_groups()
-# Groups that only a given model kind's defaults list names (model/decoder sits in model=llm).
-HOST_KIND = {"model/decoder": "model=llm"}
+# Groups (or group/option) that only a given model kind takes (model/decoder sits in model=llm; the
+# regression head's num_outputs comes from model=regression).
+HOST_KIND = {"model/decoder": "model=llm", "model/head/regression": "model=regression"}
 
 
 def _all_options() -> list[tuple[str, str]]:
@@ -29,7 +30,7 @@ def test_every_yaml_file_belongs_to_a_checked_group() -> None:
 
 @pytest.mark.parametrize(("group", "option"), _all_options(), ids=lambda v: str(v))
 def test_option_composes_and_binds(group: str, option: str) -> None:
-    host = [HOST_KIND[group]] if group in HOST_KIND else []
+    host = [kind] if (kind := HOST_KIND.get(f"{group}/{option}", HOST_KIND.get(group))) else []
     cfg = compose_config([*host, f"{group}={option}"])
     prepare(cfg)  # raises on an unknown argument, a missing one, or a refused target
     section = group.split("/")[0]
@@ -52,7 +53,7 @@ def test_trainer_keys_are_checked_against_the_trainer_signature() -> None:
 def test_a_gpu_only_strategy_is_refused_here_before_anything_is_built(option: str, named: str, tmp_path) -> None:
     import torch
 
-    from mmtrain.training.run import train
+    from mmtrain.app.commands.train import train
 
     if option == "fsdp" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: FSDP would run")

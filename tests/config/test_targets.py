@@ -16,7 +16,7 @@ from mmtrain.config.targets import (
     locate_allowed,
     narrow_prefixes,
 )
-from mmtrain.training.run import prepare
+from mmtrain.app.commands.train import prepare
 
 DANGEROUS = ["os.system", "builtins.eval", "logging.os.system", "subprocess.Popen", "torch.load"]
 TRAMPOLINES = [
@@ -71,7 +71,7 @@ def test_user_can_allow_their_own_prefix(marker_module: tuple[str, Path]) -> Non
 def test_stored_allowlist_narrows_never_widens() -> None:
     runtime = ["mmtrain.", "torch.optim."]
     assert narrow_prefixes(runtime, ["mmtrain.", "os."]) == ("mmtrain.",)
-    assert narrow_prefixes(runtime, ["mmtrain.fusion."]) == ("mmtrain.fusion.",)
+    assert narrow_prefixes(runtime, ["mmtrain.components.fusion."]) == ("mmtrain.components.fusion.",)
     assert narrow_prefixes(runtime, None) == ("mmtrain.", "torch.optim.")
 
 
@@ -95,9 +95,9 @@ def test_argument_the_target_lacks_is_named() -> None:
 
 
 def test_checkpoint_with_refused_target_is_not_imported(tmp_path: Path, marker_module: tuple[str, Path]) -> None:
-    from mmtrain.training.callbacks import CONFIG_KEY, LABELS_KEY
-    from mmtrain.training.checkpoint_io import AtomicCheckpointIO
-    from mmtrain.training.evaluate import export_checkpoint
+    from mmtrain.engine.callbacks.export import CONFIG_KEY, LABELS_KEY
+    from mmtrain.engine.callbacks.checkpoint_io import AtomicCheckpointIO
+    from mmtrain.app.commands.evaluate import export_checkpoint
 
     name, marker = marker_module
     cfg = compose_config([])

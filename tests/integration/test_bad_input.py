@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mmtrain.config.compose import compose_config
-from mmtrain.training.run import train
+from mmtrain.app.commands.train import train
 
 CASES = [
     ("model.encoders.text.config.vocab_size=100", "model.encoders.text"),
@@ -30,8 +30,8 @@ def test_bad_input_is_named_before_training(override: str, named: str, tmp_path:
 
 
 def test_run_dir_with_a_file_in_the_way_exits_74_naming_the_path(tmp_path: Path) -> None:
-    from mmtrain.cli import console, main
-    from mmtrain.fileio import EXIT_WRITE_ERROR, RunWriteError
+    from mmtrain.app.cli import console, main
+    from mmtrain.core.fileio import EXIT_WRITE_ERROR, RunWriteError
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the run directory should go")

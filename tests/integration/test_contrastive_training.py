@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-import mmtrain  # noqa: F401
+import mmtrain.models  # noqa: F401
 from mmtrain.config.compose import compose_config
-from mmtrain.training.run import train
+from mmtrain.app.commands.train import train
 
 TINY = ["data=synthetic", "data.train.num_samples=16", "data.val.num_samples=13", "data.test.num_samples=8",
         "data.batch_size=8", "data.processor.max_text_length=8", "trainer.max_epochs=1", "callbacks.progress=null",
@@ -42,7 +42,7 @@ def test_tiny_trimodal_run_writes_retrieval_metrics_and_exports(tmp_path: Path) 
         assert torch.equal(tensor, best[f"model.{name}"]), name
     assert any(k.startswith("losses.audio_text.") for k in best), "per-pair temperatures are saved with the task"
     # predict embeds what it is given and reports the cosine similarity of each pair of modalities
-    from mmtrain.training.predict import predict
+    from mmtrain.app.commands.predict import predict
 
     answer = predict(tmp_path / "run" / "export", text="a handwritten four", audio=None, image=None)
     assert list(answer["embeddings"]) == ["text"] and len(answer["embeddings"]["text"]) == 16
@@ -73,7 +73,7 @@ import mmtrain
 from mmtrain.config.compose import compose_config
 from mmtrain.config.instantiate import safe_instantiate
 from mmtrain.config.targets import runtime_prefixes
-from mmtrain.training.build import build_data, build_model
+from mmtrain.engine.build import build_data, build_model
 
 out = Path(sys.argv[1])
 cfg = compose_config(json.loads(sys.argv[2]))

@@ -31,12 +31,12 @@ from _dist import end_rank
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from mmtrain.losses.contrastive import SymmetricInfoNCE
-from mmtrain.tasks.classification import ClassificationTask
-from mmtrain.tasks.contrastive import gather_rows
-from mmtrain.tasks.generation import split_references
-from mmtrain.training.faults import compare_runs, final_checkpoint, kill_overrides
-from mmtrain.training.ledger import padding_seen, sum_over_ranks
+from mmtrain.components.losses.contrastive import SymmetricInfoNCE
+from mmtrain.engine.tasks.classification import ClassificationTask
+from mmtrain.engine.tasks.contrastive import gather_rows
+from mmtrain.engine.tasks.generation import split_references
+from mmtrain.engine.callbacks.faults import compare_runs, final_checkpoint, kill_overrides
+from mmtrain.engine.callbacks.ledger import padding_seen, sum_over_ranks
 
 # The real demo set at its tiny size (mp4 + label JSON: 16 train, 8 val, 8 test samples), video and
 # audio towers + bottleneck fusion, with nothing random left in training. A resume point every 3 steps.
@@ -68,7 +68,7 @@ def killed_ddp_run(*overrides: str, cwd: Path, name: str) -> int:
     the other rank, left waiting in a collective, is killed with its process group. Returns rank 0's code."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "mmtrain.cli", "train", *overrides], cwd=cwd, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "mmtrain.app.cli", "train", *overrides], cwd=cwd, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     code = process.wait(timeout=300)
     try:

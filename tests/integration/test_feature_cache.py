@@ -15,16 +15,16 @@ import pytest
 import torch
 from _probes import probe_trainers
 
-import mmtrain  # noqa: F401
+import mmtrain.models  # noqa: F401
 from mmtrain.config.compose import compose_config
 from mmtrain.config.targets import runtime_prefixes
 from mmtrain.data.demo import ensure_demo
 from mmtrain.data.formats import common
 from mmtrain.data.resumable import dataset_fingerprint
-from mmtrain.training.build import build_data
-from mmtrain.training.faults import compare_runs, final_checkpoint, kill_overrides
-from mmtrain.training.run import train
-from mmtrain.training.signals import TrainingTerminated
+from mmtrain.engine.build import build_data
+from mmtrain.engine.callbacks.faults import compare_runs, final_checkpoint, kill_overrides
+from mmtrain.app.commands.train import train
+from mmtrain.engine.callbacks.signals import TrainingTerminated
 
 pytestmark = pytest.mark.slow
 

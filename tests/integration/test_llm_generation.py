@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from mmtrain.config.compose import compose_config
-from mmtrain.training.evaluate import evaluate
-from mmtrain.training.predict import predict
-from mmtrain.training.run import train
+from mmtrain.app.commands.evaluate import evaluate
+from mmtrain.app.commands.predict import predict
+from mmtrain.app.commands.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
-import mmtrain  # noqa: F401
+import mmtrain.models  # noqa: F401
 from mmtrain.config.compose import compose_config
-from mmtrain.hf.processing import model_inputs
-from mmtrain.training.evaluate import export_checkpoint
-from mmtrain.training.run import train
+from mmtrain.models.processing import model_inputs
+from mmtrain.app.commands.evaluate import export_checkpoint
+from mmtrain.app.commands.train import train
 
 pytestmark = pytest.mark.slow
 

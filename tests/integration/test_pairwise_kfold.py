@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmtrain.cli import main
+from mmtrain.app.cli import main
 from mmtrain.config.compose import compose_config
 from mmtrain.data.formats.image_pairs import make_pair_folds, write_pair_csv
-from mmtrain.training.run import train
+from mmtrain.app.commands.train import train
 
 FAST = ["trainer.max_epochs=1", "callbacks.progress=null", "logger.tensorboard=null", "data.batch_size=8",
         "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "model.encoders.image.config.hidden_size=16",
@@ -55,8 +55,8 @@ def test_train_on_a_tiny_pair_set(tmp_path: Path) -> None:
     assert written["test"]["acc"] == test["acc"]
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
     # predict compares two images given as a pair; its probabilities equal the model's on that pair
-    from mmtrain.training.evaluate import evaluate
-    from mmtrain.training.predict import predict
+    from mmtrain.app.commands.evaluate import evaluate
+    from mmtrain.app.commands.predict import predict
 
     first, second = str(tmp_path / eval_pairs[0].img1), str(tmp_path / eval_pairs[0].img2)
     answer = predict(tmp_path / "run", image=[first, second])
@@ -99,7 +99,7 @@ def test_kfold_command_writes_disjoint_folds_and_a_summary(tmp_path: Path) -> No
 
 
 def test_a_failing_fold_keeps_the_finished_ones(tmp_path: Path) -> None:
-    from mmtrain.training.kfold import run_kfold
+    from mmtrain.app.commands.kfold import run_kfold
 
     items = write_items(tmp_path)
     replaced = {split: tmp_path / "replaced_by_kfold.csv" for split in ("train", "val", "test")}

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from mmtrain.config.compose import compose_config
-from mmtrain.training.ledger import SkipBudgetExceeded
-from mmtrain.training.run import train
+from mmtrain.engine.callbacks.ledger import SkipBudgetExceeded
+from mmtrain.app.commands.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_corruption_within_the_budget_never_stops_the_run(tmp_path: Path) -> Non
 
 
 def test_budget_rules_for_known_sizes_and_streams(tmp_path: Path) -> None:
-    from mmtrain.training.ledger import SkipLedger, wilson_lower_bound
+    from mmtrain.engine.callbacks.ledger import SkipLedger, wilson_lower_bound
 
     ledger = SkipLedger(run_dir=str(tmp_path), max_skip_fraction=0.05)
     ledger.pass_seen["val"], ledger.epoch_skipped["val"] = 96, 5
@@ -101,7 +101,7 @@ def test_budget_rules_for_known_sizes_and_streams(tmp_path: Path) -> None:
 
 
 def test_data_check_lists_every_bad_file_without_training(tmp_path: Path) -> None:
-    from mmtrain.cli import console, main
+    from mmtrain.app.cli import console, main
 
     bad = write_set(tmp_path, broken=5)
     out = tmp_path / "check.jsonl"

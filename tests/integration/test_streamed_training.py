@@ -8,7 +8,7 @@ import pytest
 
 from mmtrain.config.compose import compose_config
 from mmtrain.data.demo import ensure_demo
-from mmtrain.training.run import train
+from mmtrain.app.commands.train import train
 
 pytestmark = pytest.mark.slow
 

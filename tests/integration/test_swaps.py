@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-import mmtrain  # noqa: F401
+import mmtrain.models  # noqa: F401
 from mmtrain.config.compose import compose_config
-from mmtrain.training.run import train
+from mmtrain.app.commands.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_freezing_from_config_keeps_frozen_parts_identical(tmp_path: Path) -> No
     cfg = compose_config(["+model.trainable.video=false", "+model.trainable.text=false", *TINY,
                           f"run_dir={tmp_path / 'run'}"])
     from mmtrain.config.targets import runtime_prefixes
-    from mmtrain.training.build import build_model
+    from mmtrain.engine.build import build_model
 
     train(cfg)
     best = torch.load(next((tmp_path / "run" / "checkpoints").glob("best-*.ckpt")), weights_only=True)["state_dict"]

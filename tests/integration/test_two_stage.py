@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmtrain.cli import main
+from mmtrain.app.cli import main
 from mmtrain.config.compose import compose_config
-from mmtrain.training.run import train
+from mmtrain.app.commands.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_one_command_runs_every_stage_and_stage_two_keeps_the_stage_one_encoders
     # The fusion and head trained: they differ from the same-seed initial weights.
     cfg = compose_config(["experiment=emotion_two_stage", *SYNTH, "stages=null"])
     from mmtrain.config.targets import runtime_prefixes
-    from mmtrain.training.build import build_model
+    from mmtrain.engine.build import build_model
 
     torch.manual_seed(int(cfg.seed))
     initial = build_model(cfg, [str(i) for i in range(4)], runtime_prefixes(), warm_start=False).state_dict()

@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -39,6 +40,7 @@ def compose_config(
         if not folder.is_dir():
             raise ConfigError(f"--config-dir {folder} does not exist.")
         extra.append(f"hydra.searchpath=[file://{folder}]")
+    host_hydra = get_gh_backup()  # a caller's own Hydra app stays initialised as it was
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -46,7 +48,7 @@ def compose_config(
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"cannot compose the config: {err}") from err
     finally:
-        GlobalHydra.instance().clear()
+        restore_gh_from_backup(host_hydra)
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -1,7 +1,7 @@
 """OmegaConf resolvers mmtrain's YAML may use; registered when configs are composed.
 
 ``${stage:<name>}``: the run directory of stage ``<name>`` of the pipeline being run (see
-:mod:`mmtrain.training.stages`), e.g. ``+model.init.video=${stage:video}``.
+:mod:`mmtrain.app.commands.stages`), e.g. ``+model.init.video=${stage:video}``.
 """
 
 from __future__ import annotations

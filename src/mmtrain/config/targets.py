@@ -2,7 +2,7 @@
 
 Every ``_target_`` in a config tree is checked against ``allowed_target_prefixes`` *before* any
 import happens. A prefix matches on dotted-name boundaries (``mmtrain.`` allows
-``mmtrain.fusion.concat.ConcatPoolFusion``, never ``mmtrain_evil.x``). After the string check,
+``mmtrain.components.fusion.concat.ConcatPoolFusion``, never ``mmtrain_evil.x``). After the string check,
 the target is located attribute by attribute and every hop must stay inside an allowed module,
 so an allowed package cannot be used as a trampoline (``torch.optim.optimizer.os.system``).
 """
@@ -73,13 +73,43 @@ def iter_targets(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_targets(value, f"{path}[{index}]")
 
 
+#: Modules of mmtrain 0.1's flat layout -> where they live now (longest prefix first), so the configs
+#: inside checkpoints and export folders written before the layered layout still build.
+MOVED_MODULES = (
+    ("mmtrain.hf.modeling.", "mmtrain.models.multimodal."),
+    *((f"mmtrain.hf.specs.build_{kind}_model", f"mmtrain.models.{kind}.build_{kind}_model")
+      for kind in ("multimodal", "pairwise", "contrastive", "llm")),
+    ("mmtrain.hf.specs.", "mmtrain.models.registry."),
+    ("mmtrain.hf.", "mmtrain.models."),
+    ("mmtrain.training.callbacks.", "mmtrain.engine.callbacks.export."),
+    *((f"mmtrain.training.{name}.", f"mmtrain.engine.callbacks.{name}.")
+      for name in ("audit", "ledger", "signals", "checkpointing", "resume", "threads", "faults")),
+    *((f"mmtrain.{name}.", f"mmtrain.components.{name}.")
+      for name in ("encoders", "fusion", "heads", "losses", "metrics", "lm", "decoders")),
+    ("mmtrain.tasks.", "mmtrain.engine.tasks."),
+)
+
+
+def current_target(target: str) -> str:
+    """``target`` under the package layout of this version (see :data:`MOVED_MODULES`)."""
+    for old, new in MOVED_MODULES:
+        if target == old or (old.endswith(".") and target.startswith(old)):
+            return new + target[len(old):]
+    return target
+
+
 def locate_allowed(target: str, prefixes: Sequence[str], key: str = "<root>") -> Any:
     """Import and return ``target`` if it and every hop to it lie inside ``prefixes``.
+
+    A target written by an earlier mmtrain layout (``mmtrain.encoders.conv1d...``) is found where it
+    lives now (:func:`current_target`); the allowlist is checked on both names.
 
     Raises:
         TargetNotAllowedError: naming ``key`` and ``target`` when refused.
     """
     prefixes = _normalise(prefixes)
+    if _matches(target, prefixes):
+        target = current_target(target)
     if not _matches(target, prefixes):
         raise TargetNotAllowedError(
             f"config key '{key}': _target_ '{target}' is not allowed. Allowed prefixes: "

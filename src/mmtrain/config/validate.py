@@ -3,26 +3,50 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmtrain.config.compose import ConfigError
 from mmtrain.config.targets import check_targets, locate_allowed
 
+T = TypeVar("T")
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
-#: Arguments the builders pass in code, by config key; never written in YAML.
-INJECTED: dict[str, frozenset[str]] = {
-    "model": frozenset({"id2label", "allowed_target_prefixes", "lm_vocab_size", "media_token_ids", "class_token_id"}),
-    "model.fusion": frozenset({"input_dims"}),
-    "model.head": frozenset({"input_dim", "num_labels"}),
-    "model.projector": frozenset({"input_dim", "output_dim"}),
-    "model.decoder": frozenset({"vocab_size"}),
-    "model.projection": frozenset({"input_dim"}),
-    "task": frozenset({"model", "label_names", "prompt"}),
-}
+#: Attribute holding what a target declares it is given in code (see :func:`injects`).
+INJECTS_ATTR = "__mmtrain_injects__"
+
+
+def injects(**arguments: Iterable[str]) -> Callable[[T], T]:
+    """Declare, on a builder or class a config's ``_target_`` names, the arguments mmtrain passes in code
+    (never written in YAML): ``own`` for the target's own arguments, any other keyword for the node
+    below it of that name (``fusion=["input_dims"]``: the ``fusion`` node's target gets ``input_dims``).
+
+    The declaration sits beside the code that passes the arguments, so a new model or task kind adds
+    its own and nothing central lists kinds. Inherited by subclasses.
+    """
+    declared = {("" if key == "own" else key): frozenset(values) for key, values in arguments.items()}
+
+    def mark(target: T) -> T:
+        setattr(target, INJECTS_ATTR, declared)
+        return target
+
+    return mark
+
+
+def injected_arguments(key: str, targets: Mapping[str, Any]) -> frozenset[str]:
+    """Arguments the node at ``key`` is given in code: its own target's ``own`` declaration plus what the
+    nearest target above it declares for the path down to it (see :func:`injects`)."""
+    names = set(getattr(targets[key], INJECTS_ATTR, {}).get("", ()))
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:end])
+        if parent in targets:
+            names |= getattr(targets[parent], INJECTS_ATTR, {}).get(".".join(parts[end:]), frozenset())
+            break
+    return frozenset(names)
+
 
 #: Keys the builders take out of a node before building it (``data.prepare`` runs first, alone;
 #: ``model.init`` loads earlier weights after the model is built).
@@ -108,6 +132,7 @@ def validate_config(cfg: DictConfig, prefixes: Sequence[str], sections: Sequence
     for section in keys:
         check_targets(trees[section], prefixes, section)
     for section in keys:
-        for key, node in target_nodes(trees[section], section):
-            target = locate_allowed(str(node["_target_"]), prefixes, key)
-            check_signature(key, node, target, INJECTED.get(key, frozenset()), CONSUMED.get(key, frozenset()))
+        nodes = dict(target_nodes(trees[section], section))
+        targets = {key: locate_allowed(str(node["_target_"]), prefixes, key) for key, node in nodes.items()}
+        for key, node in nodes.items():
+            check_signature(key, node, targets[key], injected_arguments(key, targets), CONSUMED.get(key, frozenset()))

@@ -1,6 +1,6 @@
 """Serve frozen-encoder features before decoding: a split dataset that skips media the cache holds.
 
-With the feature cache on (:mod:`mmtrain.hf.feature_cache`), :class:`CachedFeatureDataset` wraps a
+With the feature cache on (:mod:`mmtrain.models.feature_cache`), :class:`CachedFeatureDataset` wraps a
 split's raw dataset (beneath the resume wrappers of :mod:`mmtrain.data.resumable`). For each sample
 it reads the entries of the split's cached slots (a :class:`CachePlan`, computed in the main process
 from the model: folders and keys) and attaches them to the sample under ``CACHED_KEY``. A media
@@ -28,7 +28,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmtrain.hf.feature_entries import Entry, entry_name, pack, read_entry
+from mmtrain.data.feature_entries import Entry, entry_name, pack, read_entry
 
 #: Sample and batch key of the cached features (sample: ``{"keys", "entries"}``; batch: :class:`CachedBatch`).
 CACHED_KEY = "cached_features"
@@ -133,32 +133,38 @@ class CachedFeatureDataset(Dataset):
         return self._attach(sample, entries)
 
     def _attach(self, sample: dict[str, Any], entries: dict[str, Entry]) -> dict[str, Any]:
-        if entries:
-            sample[CACHED_KEY] = {"keys": self._keys, "entries": entries}
+        # also without entries: the batch then tells the model which split and samples to store
+        sample[CACHED_KEY] = {"split": self.plan.split, "keys": self._keys, "entries": entries}
         return sample
 
 
 class CachedBatch:
-    """A batch's cached features, built by the collate: per slot the packed entries of its rows
-    (:func:`~mmtrain.hf.feature_entries.pack`, ``None`` rows where a sample has none), the key they
-    were read under, and per modality which rows were served (not decoded).
+    """A batch's cached features, built by the collate and given to the model as its explicit
+    ``cached_features`` input: the split and sample ids of the rows (where a missing entry is stored),
+    per slot the packed entries of its rows (:func:`~mmtrain.data.feature_entries.pack`, ``None`` rows
+    where a sample has none) and the key they were read under, and per modality which rows were
+    served (not decoded).
 
     A plain class, not a collection: Lightning leaves it on the CPU when it moves the batch.
     """
 
-    def __init__(self, keys: dict[str, str], packed: dict[str, dict[str, Any] | None],
+    def __init__(self, split: str, ids: list[str], keys: dict[str, str], packed: dict[str, dict[str, Any] | None],
                  served: dict[str, list[bool]]) -> None:
+        self.split = split
+        self.ids = ids
         self.keys = keys
         self.packed = packed
         self.served = served
 
     def __repr__(self) -> str:
         rows = {slot: sum(p["has"]) if p else 0 for slot, p in self.packed.items()}
-        return f"CachedBatch(rows with entries {rows}, served {({m: sum(s) for m, s in self.served.items()})})"
+        return (f"CachedBatch({self.split}, rows with entries {rows}, "
+                f"served {({m: sum(s) for m, s in self.served.items()})})")
 
 
 def gather_cached(samples: Sequence[Mapping[str, Any]], modalities: Sequence[str]) -> CachedBatch | None:
-    """The :class:`CachedBatch` of collated samples, or ``None`` when none carries cached features."""
+    """The :class:`CachedBatch` of collated samples, or ``None`` when none carries cached features (a
+    split without cached slots, or samples that did not come through :class:`CachedFeatureDataset`)."""
     given = [s.get(CACHED_KEY) for s in samples]
     present = [g for g in given if g]
     if not present:
@@ -166,4 +172,5 @@ def gather_cached(samples: Sequence[Mapping[str, Any]], modalities: Sequence[str
     keys = dict(present[0]["keys"])
     packed = {slot: pack([g["entries"].get(slot) if g else None for g in given]) for slot in keys}
     served = {m: [isinstance(s.get(m), CachedMedia) for s in samples] for m in modalities}
-    return CachedBatch(keys, packed, served)
+    ids = [str(s.get("id", i)) for i, s in enumerate(samples)]
+    return CachedBatch(str(present[0]["split"]), ids, keys, packed, served)

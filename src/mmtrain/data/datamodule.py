@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mmtrain.data.cached_features import CachedFeatureDataset
-from mmtrain.data.forking import ForkSharingLoader, release_frozen
 from mmtrain.data.resumable import (
     EpochSampler,
     KeyedDataset,
@@ -19,8 +18,16 @@ from mmtrain.data.resumable import (
     dataset_fingerprint,
 )
 from mmtrain.data.transport import WorkerPacked
-from mmtrain.hf.processing import MultimodalProcessor
 
+
+
+class BatchProcessor(Protocol):
+    """What the datamodule asks of a processor (:class:`mmtrain.models.processing.MultimodalProcessor`
+    is one): raw samples -> a batch, plainly or with the train split's augmentation."""
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+    def collate_train(self, samples: list[dict[str, Any]]) -> dict[str, Any]: ...
 
 class CpuBatchDataModule(pl.LightningDataModule):
     """A ``LightningDataModule`` whose loaders yield CPU tensors: on the CPU a batch is handed on as it
@@ -48,7 +55,7 @@ class MultimodalDataModule(CpuBatchDataModule):
         seed: run seed; the train order and augmentation of every epoch derive from it
             (:mod:`mmtrain.data.resumable`), so a resumed run sees the same batches.
 
-    ``feature_cache`` (set by :func:`~mmtrain.hf.feature_cache.setup_feature_cache`): when set, each
+    ``feature_cache`` (set by :func:`~mmtrain.models.feature_cache.setup_feature_cache`): when set, each
     loader reads its split through :class:`~mmtrain.data.cached_features.CachedFeatureDataset`, which
     leaves the media of cached encoder slots undecoded for samples whose features are on disk.
     """
@@ -57,7 +64,7 @@ class MultimodalDataModule(CpuBatchDataModule):
         self,
         *,
         train: Dataset,
-        processor: MultimodalProcessor,
+        processor: BatchProcessor,
         val: Dataset | None = None,
         test: Dataset | None = None,
         batch_size: int = 16,
@@ -108,7 +115,7 @@ class MultimodalDataModule(CpuBatchDataModule):
         """Val/test batches in dataset order (Lightning shards them over ranks under DDP)."""
         if split not in self.splits:
             raise ValueError(f"no '{split}' dataset configured (data.{split}).")
-        return ForkSharingLoader(
+        return DataLoader(
             self._served(split),
             batch_size=self.batch_size,
             shuffle=False,
@@ -155,10 +162,6 @@ class MultimodalDataModule(CpuBatchDataModule):
             progress=self._progress,
             fingerprint=dataset_fingerprint(dataset),  # of the unwrapped dataset: the same with the cache on
         )
-
-    def teardown(self, stage: str) -> None:
-        """End of a fit / validate / test: objects frozen before the workers forked are collectable again."""
-        release_frozen()
 
     def val_dataloader(self) -> DataLoader[Any]:
         return self._loader("val")

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
-from mmtrain.data.forking import ForkSharingLoader
 
 
 def derive_seed(*parts: Any) -> int:
@@ -209,7 +208,7 @@ def require_unchanged(saved: dict[str, Any], now: dict[str, tuple[str, Any]]) ->
         )
 
 
-class ResumableLoader(ForkSharingLoader):
+class ResumableLoader(DataLoader):
     """The train ``DataLoader``: Lightning saves its ``state_dict`` in each checkpoint and calls
     ``load_state_dict`` before the first batch of a resumed fit.
 

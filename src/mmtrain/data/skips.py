@@ -2,7 +2,7 @@
 
 A dataset never returns an empty tensor for a broken file: it returns a :class:`SkippedSample`
 instead of the sample. The processor's collate keeps such records out of the tensors and passes
-them along as ``batch["skipped"]``; the :class:`~mmtrain.training.ledger.SkipLedger` callback
+them along as ``batch["skipped"]``; the :class:`~mmtrain.engine.callbacks.ledger.SkipLedger` callback
 writes them to ``skipped.jsonl`` in the run directory, counts them and enforces the skip budget.
 Records travel inside batches, so every DataLoader worker's skips reach the main process.
 """

@@ -5,12 +5,19 @@ between train, val and test.
 
 ``build_demo(root, seed=0, size="small")`` builds it; ``ensure_demo`` builds only when needed;
 ``python -m mmtrain.data.demo --root data/spoken_digits`` does it from a shell.
+
+(Names load on first use: importing the package alone loads no decoder, NumPy or SciPy.)
 """
 
-from mmtrain.data.demo.build import build_demo, ensure_demo, read_manifest
-from mmtrain.data.demo.cli import add_cli, main
-from mmtrain.data.demo.errors import DemoSourceError
-from mmtrain.data.demo.spec import SIZES, CorruptionConfig
+import importlib
+from typing import Any
 
-__all__ = ["SIZES", "CorruptionConfig", "DemoSourceError", "add_cli", "build_demo", "ensure_demo", "main",
-           "read_manifest"]
+_LAZY = {"build_demo": "build", "ensure_demo": "build", "read_manifest": "build", "add_cli": "cli", "main": "cli",
+         "DemoSourceError": "errors", "SIZES": "spec", "CorruptionConfig": "spec"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

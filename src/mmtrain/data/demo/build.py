@@ -32,7 +32,8 @@ from mmtrain.data.demo.spec import (
     CorruptionConfig,
 )
 from mmtrain.data.demo.views import Item, clip_labels, write_item_media, write_json, write_split_views
-from mmtrain.data.demo.voices import SOUNDS_DIR, VoiceBank, voices_by_split
+from mmtrain.data.demo.spec import SOUNDS_DIR
+from mmtrain.data.demo.voices import VoiceBank, voices_by_split
 
 Progress = Callable[[str, int, int], None]  # (split, clips done, clips in split)
 FOLDERS = ("videos", "labels", "images", "audio")

@@ -16,10 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmtrain.data.demo.build import build_demo, ensure_demo, read_manifest
 from mmtrain.data.demo.errors import DemoSourceError
-from mmtrain.data.demo.spec import MODALITIES, SIZES, SPLITS
-from mmtrain.data.demo.voices import SOUNDS_DIR
+from mmtrain.data.demo.spec import MODALITIES, SIZES, SOUNDS_DIR, SPLITS
 
 console = Console()
 
@@ -61,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
                     tasks[split] = bar.add_task(f"{split} clips", total=total)
                 bar.update(tasks[split], completed=done)
 
+            from mmtrain.data.demo.build import build_demo, ensure_demo
+
             build = ensure_demo if args.if_needed else build_demo
             root = build(args.root, seed=args.seed, size=args.size, progress=progress, **options)
     except (DemoSourceError, FileExistsError, ValueError) as err:
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(root: Path, seconds: float | None = None) -> None:
     """Counts, held-out sources and corruption rates of the set at ``root``, from its manifest."""
+    from mmtrain.data.demo.build import read_manifest
+
     manifest = read_manifest(root)
     if manifest is None:
         console.print(f"[red]no demo manifest in {root}[/]")

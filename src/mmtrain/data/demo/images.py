@@ -68,8 +68,9 @@ def load_sklearn() -> tuple[np.ndarray, np.ndarray]:
     """``(images float32 [N,8,8] in [0,1], labels int [N])`` from scikit-learn."""
     try:
         from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - scikit-learn is a dependency of the demo
-        raise DemoSourceError("the demo needs scikit-learn for its digit images: pip install scikit-learn") from err
+    except ImportError as err:
+        raise DemoSourceError("the demo set needs scikit-learn for its digit images, which is not installed: "
+                              "pip install 'mmtrain[demo]' (scripts/install.sh installs it)") from err
     digits = load_digits()
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
 

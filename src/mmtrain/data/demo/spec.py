@@ -7,6 +7,10 @@ manifest read one source of truth.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: Where Debian's asterisk-core-sounds-* packages put the recorded voices.
+SOUNDS_DIR = Path("/usr/share/asterisk/sounds")
 
 DATASET_NAME = "spoken_digits"
 # Bump when the layout or the generation changes, so ``ensure_demo`` rebuilds older sets.

@@ -23,8 +23,8 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from mmtrain.data.demo.errors import DemoSourceError
+from mmtrain.data.demo.spec import SOUNDS_DIR
 
-SOUNDS_DIR = Path("/usr/share/asterisk/sounds")
 
 
 @dataclass(frozen=True)

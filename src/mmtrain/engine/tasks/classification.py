@@ -1,0 +1,71 @@
+"""Classification task: cross-entropy over the model's logits, accuracy / macro-F1 / confusion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmtrain.components.metrics.classification import ClassificationMetrics
+from mmtrain.engine.tasks.base import OptimizerFactory, SchedulerFactory, TaskBase
+
+
+class ClassificationTask(TaskBase):
+    """Trains a model whose forward returns ``.logits`` [B, C] against ``labels`` [B].
+
+    Args:
+        model: e.g. ``MultimodalModel``.
+        optimizer, scheduler: factories (see :class:`TaskBase`).
+        label_names: class names (from the data's label map).
+        loss: loss module taking ``(logits, labels)``; cross-entropy when ``None``.
+        param_groups: optimizer settings per model part (see :class:`TaskBase`).
+        nonfinite: NaN/Inf policy, ``abort`` or ``skip`` (see :class:`TaskBase`).
+    """
+
+    primary_metric = "acc"
+    higher_is_better = True
+    only_modality_metrics = ("acc", "macro_f1")
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        label_names: list[str],
+        scheduler: SchedulerFactory | None = None,
+        loss: nn.Module | None = None,
+        param_groups: dict[str, dict[str, float]] | None = None,
+        nonfinite: str = "abort",
+    ) -> None:
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
+                         nonfinite=nonfinite)
+        self.label_names = list(label_names)
+        self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
+        # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
+        self.metrics = nn.ModuleDict(
+            {f"{s}_metrics": ClassificationMetrics(self.label_names) for s in ("train", "val", "test")}
+        )
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.model(**self.model_batch(batch)).logits
+
+    def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+        if "labels" not in batch:
+            raise ValueError(f"a {split} batch has no labels (sample ids {batch['ids'][:5]}...).")
+        logits = self(batch)
+        self.sample_rows = logits  # [B, C]: a NaN/Inf loss names the samples whose logits are not finite
+        loss = self.loss_fn(logits, batch["labels"])
+        self.metrics[f"{split}_metrics"].update(logits.detach(), batch["labels"])
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch),
+                 on_step=split == "train", on_epoch=True)
+        return loss
+
+    def _finish(self, split: str) -> None:
+        result = self.metrics[f"{split}_metrics"].compute()
+        self.results[split] = result
+        self.log(f"{split}/acc", result["acc"], prog_bar=split != "train")
+        self.log(f"{split}/macro_f1", result["macro_f1"], prog_bar=split == "val")
+
+    def on_train_epoch_end(self) -> None:
+        self._finish("train")

@@ -1,0 +1,307 @@
+"""``LLMModel``: encoder features as pseudo-tokens inside a causal LM (LLaVA-style).
+
+encoders -> one projector per slot (``[B, M, E]`` pseudo-tokens) -> written into the LM's
+``inputs_embeds`` at the prompt's placeholder positions (``<VIDEO_PAD>``..., see
+:mod:`mmtrain.components.lm.prompt`) -> causal LM. With a ``head``, the LM's last hidden state at the class
+token (e.g. ``<EMO>``) is classified; with ``lm_labels`` the LM loss (-100 ignored) is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from mmtrain.components.encoders.base import EncoderOutput
+from mmtrain.config.plain import plain
+from mmtrain.config.validate import injects
+from mmtrain.models.base import MultimodalPreTrainedModel, run_part
+from mmtrain.models.configuration import MultimodalConfig
+from mmtrain.models.registry import ModelKind, config_fields, predict_label, register_model_kind
+from mmtrain.components.lm import lora as lora_lib
+
+
+class LLMConfig(MultimodalConfig):
+    """Specs of an LLM-decoder model (see :class:`MultimodalConfig` for ``encoders``/``trainable``).
+
+    Args:
+        projector: one projector spec, built per encoder slot (``input_dim``/``output_dim`` injected).
+        decoder: causal LM spec (``mmtrain.components.lm.decoder.CausalLMDecoder``; ``vocab_size`` injected).
+        head: classification head on the class token's hidden state, or ``None`` (LM loss only).
+        lm_vocab_size: the prompt tokenizer's length (marker tokens included).
+        media_token_ids: encoder slot -> id of its placeholder token.
+        class_token_id: id of the class token (needed with a ``head``).
+        lora: LoRA on the LM (``r``, ``alpha``, ``dropout``, ``target_modules``, ``quantize``) or
+            ``None``; see :mod:`mmtrain.components.lm.lora`.
+    """
+
+    model_type = "mmtrain_llm"
+    spec_keys = ("encoders", "projector", "decoder", "head")  # no annotation: a class constant
+
+    projector: dict[str, Any] | None = None
+    decoder: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
+    lm_vocab_size: int | None = None
+    media_token_ids: dict[str, int] | None = None
+    class_token_id: int | None = None
+    lora: dict[str, Any] | None = None
+
+
+@dataclass
+class LLMOutput(ModelOutput):
+    """``loss`` (classification CE + LM loss, whichever apply), ``logits`` [B, C] (with a head),
+    ``lm_loss`` (mean NLL of the ``lm_labels`` tokens), ``lm_logits`` [B, L, V] (``return_lm_logits``
+    only), ``hidden`` [B, L, E] (the LM's last hidden states), ``lm_nll_sum`` / ``lm_token_count``
+    (summed NLL and number of scored tokens, for perplexity)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    lm_logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    lm_nll_sum: torch.Tensor | None = None
+    lm_token_count: torch.Tensor | None = None
+
+
+class LLMModel(MultimodalPreTrainedModel):
+    """Encoders + projectors + causal LM (+ a classification head at the class token).
+
+    Forward takes the encoders' inputs (as for the other kinds) plus ``lm_input_ids`` /
+    ``lm_attention_mask`` [B, L] from the prompt builder, optionally ``labels`` [B] (classes)
+    and ``lm_labels`` [B, L] (next-token targets, -100 ignored).
+    """
+
+    config_class = LLMConfig
+
+    def __init__(self, config: LLMConfig) -> None:
+        lora = lora_lib.lora_settings(config.lora, config.trainable)  # checked before anything is built
+        super().__init__(config)
+        if not config.decoder or not config.projector:
+            raise ValueError("LLMConfig needs 'decoder' and 'projector' specs.")
+        missing = sorted(set(config.encoders) - set(config.media_token_ids or {}))
+        if missing:
+            raise ValueError(f"LLMConfig.media_token_ids has no placeholder token for encoder slots {missing}.")
+        if lora and lora["quantize"]:  # QLoRA: the pretrained LM loaded 4/8-bit (CUDA + bitsandbytes)
+            self.decoder = lora_lib.build_quantized_decoder(config.decoder, config.lm_vocab_size,
+                                                            lora["quantize"])
+        else:
+            self.decoder = self.build_part("decoder", vocab_size=config.lm_vocab_size)
+        width = int(self.decoder.hidden_size)
+        self.projector = nn.ModuleDict(
+            {name: self.build_part("projector", input_dim=dim, output_dim=width) for name, dim in self.encoder_dims.items()}
+        )
+        self.head = None
+        if config.head:
+            if config.class_token_id is None:
+                raise ValueError("a classification head needs the class token (LLMConfig.class_token_id).")
+            self.head = self.build_part("head", input_dim=width, num_labels=config.num_labels)
+        self.finish_init()
+        if lora:  # after post_init: the LM's base weights freeze, adapters and new token rows train
+            rows = lora_lib.new_token_ids(config.decoder, config.lm_vocab_size, config.class_token_id)
+            lora_lib.apply_lora(self.decoder, lora, rows)
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, pretrained_model_name_or_path: str | Path, *model_args: Any, **kwargs: Any
+    ) -> LLMModel:
+        """As :meth:`MultimodalPreTrainedModel.from_pretrained`; an adapter-only export (it holds
+        ``adapter_config.json``) loads through :meth:`from_adapter` on the base LM it records."""
+        if lora_lib.is_adapter_export(pretrained_model_name_or_path):
+            return cls.from_adapter(pretrained_model_name_or_path)
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return model  # type: ignore[return-value]
+
+    @classmethod
+    def from_adapter(
+        cls, folder: str | Path, base: str | Path | None = None, *, full_precision: bool = False
+    ) -> LLMModel:
+        """Load an adapter-only export (``export/adapter``, see :mod:`mmtrain.components.lm.lora`).
+
+        Args:
+            folder: the adapter export (peft adapter + the weights outside the LM + config).
+            base: folder of the base LM (its ``save_pretrained``); default: the one recorded at export.
+            full_precision: load a QLoRA adapter on the unquantized base (e.g. on CPU, or to merge).
+        """
+        config = lora_lib.adapter_model_config(cls.config_class, folder, base, full_precision)
+        model = cls(config)
+        lora_lib.load_adapter_weights(model, folder)
+        return model.eval()
+
+    def merged(self) -> LLMModel:
+        """A copy with the LoRA adapters folded into the LM (``config.lora`` ``None``): a plain export."""
+        if self.config.lora is None:
+            raise ValueError("this model has no LoRA (config.lora is None); there is nothing to merge.")
+        return lora_lib.merged_copy(self)
+
+    def components(self) -> dict[str, nn.Module]:
+        parts = {**super().components(), "projector": self.projector, "decoder": self.decoder}
+        return parts if self.head is None else {**parts, "head": self.head}
+
+    def pseudo_tokens(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Slot -> projected features ``[B, M, E]``."""
+        return {name: self.projector[name](self.encode_one(name, **batch)) for name in self.encoders}
+
+    def inputs_embeds(self, lm_input_ids: torch.Tensor, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings ``[B, L, E]`` with each slot's pseudo-tokens at its placeholder positions.
+
+        A sample holds either exactly ``M`` placeholders of a slot (the projector's count) or none
+        (the modality is absent); anything else means the prompt and the model disagree.
+        """
+        embeds = self.decoder.embed(lm_input_ids)
+        for name, feats in tokens.items():
+            positions = lm_input_ids == int(self.config.media_token_ids[name])  # [B, L]
+            counts = positions.sum(dim=1)
+            wrong = [(i, int(c)) for i, c in enumerate(counts.tolist()) if c not in (0, feats.shape[1])]
+            if wrong:
+                raise ValueError(
+                    f"prompt rows {wrong[:5]} hold a number of '{name}' placeholders other than the "
+                    f"projector's {feats.shape[1]} pseudo-tokens (or 0); build prompts with the same "
+                    "media_tokens as model.projector.num_tokens."
+                )
+            rows = counts > 0
+            if bool(rows.any()):
+                embeds = embeds.masked_scatter(positions[..., None], feats[rows].to(embeds.dtype))
+        return embeds
+
+    def class_hidden(self, lm_input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The last hidden state at each row's class token: ``[B, E]`` (exactly one per row)."""
+        at = lm_input_ids == int(self.config.class_token_id)
+        counts = at.sum(dim=1)
+        if bool((counts != 1).any()):
+            raise ValueError(f"every prompt needs exactly one class token; counts per row {counts.tolist()[:8]}.")
+        return hidden[at]
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        if batch.get("lm_input_ids") is None:
+            raise ValueError("the batch has no lm_input_ids: an LLM model needs a prompt (data.processor.prompt).")
+        outputs = self.encode_checked(batch)
+        tokens = {n: run_part("model.projector", lambda n=n, o=o: self.projector[n](o)) for n, o in outputs.items()}
+        embeds = run_part("model.decoder", lambda: self.inputs_embeds(batch["lm_input_ids"], tokens))
+        out = run_part("model.decoder", lambda: self.decoder(embeds, batch.get("lm_attention_mask")))
+        if self.head is not None:
+            at = run_part("model.head", lambda: self.class_hidden(batch["lm_input_ids"], out.hidden_states[-1]))
+            run_part("model.head", lambda: self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at)))
+
+    def forward(
+        self,
+        lm_input_ids: torch.Tensor,
+        lm_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        lm_labels: torch.Tensor | None = None,
+        return_lm_logits: bool = False,
+        **batch: Any,
+    ) -> LLMOutput:
+        """``return_lm_logits``: also the LM's logits at every position (costly with a 50k vocabulary;
+        the LM loss needs them only at the answer positions and computes just those)."""
+        embeds = self.inputs_embeds(lm_input_ids, self.pseudo_tokens(batch))
+        out = self.decoder(embeds, lm_attention_mask, labels=lm_labels, full_logits=return_lm_logits)
+        hidden = out.hidden_states[-1]
+        logits = loss = None
+        if self.head is not None:
+            at = self.class_hidden(lm_input_ids, hidden)
+            logits = self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at))
+            if labels is not None:
+                loss = nn.functional.cross_entropy(logits, labels)
+        if out.loss is not None:
+            loss = out.loss if loss is None else loss + out.loss
+        return LLMOutput(loss=loss, logits=logits, lm_loss=out.loss, lm_logits=out.logits, hidden=hidden,
+                         lm_nll_sum=out.nll_sum, lm_token_count=out.token_count)
+
+    def prompt_embeds(self, lm_prompt_ids: torch.Tensor, **batch: Any) -> torch.Tensor:
+        """Embeddings ``[B, P, E]`` of the (left-padded) prompts with the media pseudo-tokens in place."""
+        return self.inputs_embeds(lm_prompt_ids, self.pseudo_tokens(batch))
+
+    @torch.no_grad()
+    def generate_answers(
+        self,
+        lm_prompt_ids: torch.Tensor,
+        lm_prompt_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        **batch: Any,
+    ) -> torch.Tensor:
+        """Greedy answers ``[B, N]`` (new token ids, eos kept, then padding) to the prompts of a batch
+        (``lm_prompt_ids`` / ``lm_prompt_mask`` [B, P] from the processor, plus the encoders' inputs)."""
+        from mmtrain.components.lm.generate import greedy_generate
+
+        embeds = self.prompt_embeds(lm_prompt_ids, **batch)
+        return greedy_generate(self.decoder, embeds, lm_prompt_mask, max_new_tokens=max_new_tokens,
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+
+    @torch.no_grad()
+    def score_answers(
+        self, lm_prompt_ids: torch.Tensor, lm_prompt_mask: torch.Tensor, *, candidates: list[list[int]], **batch: Any
+    ) -> torch.Tensor:
+        """Log-probability ``[B, C]`` of each candidate answer (token ids, eos included) after each prompt;
+        ``argmax(-1)`` is the answer constrained to the candidates."""
+        from mmtrain.components.lm.generate import score_candidates
+
+        embeds = self.prompt_embeds(lm_prompt_ids, **batch)
+        return score_candidates(self.decoder, embeds, lm_prompt_mask, candidates)
+
+
+@injects(own=["id2label", "allowed_target_prefixes", "lm_vocab_size", "media_token_ids", "class_token_id"],
+         projector=["input_dim", "output_dim"], decoder=["vocab_size"], head=["input_dim", "num_labels"])
+def build_llm_model(
+    *,
+    encoders: Mapping[str, Any],
+    projector: Mapping[str, Any],
+    decoder: Mapping[str, Any],
+    id2label: Mapping[int, str],
+    allowed_target_prefixes: Sequence[str],
+    lm_vocab_size: int,
+    media_token_ids: Mapping[str, int],
+    head: Mapping[str, Any] | None = None,
+    class_token_id: int | None = None,
+    trainable: Mapping[str, bool] | None = None,
+    lora: Mapping[str, Any] | None = None,
+) -> LLMModel:
+    """Build an LLM-decoder model: encoders -> per-slot projector -> pseudo-tokens in a causal LM.
+
+    Args: as :func:`build_multimodal_model`, plus ``projector`` (one spec, built per slot),
+    ``decoder`` (causal LM spec), ``head`` (classifier at the class token, or ``None``), and the
+    prompt tokenizer's facts: ``lm_vocab_size``, ``media_token_ids`` (slot -> placeholder id) and
+    ``class_token_id`` (see :class:`mmtrain.components.lm.prompt.PromptBuilder`). ``lora``: LoRA on the LM
+    (``r``, ``alpha``, ``dropout``, ``target_modules``, ``quantize``; see :mod:`mmtrain.components.lm.lora`) or ``None``.
+    """
+    parts = {"projector": projector, "decoder": decoder, **({"head": head} if head else {})}
+    return LLMModel(LLMConfig(
+        **config_fields(encoders=encoders, id2label=id2label, allowed_target_prefixes=allowed_target_prefixes,
+                        trainable=trainable, **parts),
+        lm_vocab_size=int(lm_vocab_size), media_token_ids={str(k): int(v) for k, v in plain(media_token_ids).items()},
+        class_token_id=None if class_token_id is None else int(class_token_id),
+        lora=None if lora is None else dict(plain(lora)),
+    ))
+
+
+def predict_llm(model: LLMModel, processor: Any, batch: dict[str, Any], *, choices: Sequence[str] | None = None,
+                max_new_tokens: int = 16, **options: Any) -> dict[str, Any]:
+    """``predict`` of an LLM-decoder model: with a head, its label; without (instruction-tuned), the
+    answer to the prompt, greedy, or the likeliest of ``choices`` with their probabilities."""
+    if model.head is not None:
+        if choices:
+            raise ValueError("--choice is for instruction-tuned LLM models (model=llm without a head).")
+        return predict_label(model, processor, batch)
+    builder, tokenizer = processor.prompt_builder, processor.tokenizer
+    prompt = {"lm_prompt_ids": batch.pop("lm_input_ids"), "lm_prompt_mask": batch.pop("lm_attention_mask")}
+    if choices:
+        candidates = [builder.answer_ids({"target_text": c}) for c in choices]
+        scores = model.score_answers(**prompt, **batch, candidates=candidates)[0].softmax(-1)
+        return {"answer": choices[int(scores.argmax())],
+                "choice_probabilities": {c: round(float(p), 6) for c, p in zip(choices, scores)}}
+    ids = model.generate_answers(**prompt, **batch, max_new_tokens=max_new_tokens,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return {"answer": tokenizer.decode(ids[0], skip_special_tokens=True).strip()}
+
+
+KIND = register_model_kind(ModelKind(
+    name="llm", config_class=LLMConfig, model_class=LLMModel, builder=build_llm_model, predict=predict_llm,
+    predict_options=frozenset({"choices", "max_new_tokens"}), processor=False,
+))

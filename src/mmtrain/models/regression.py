@@ -1,0 +1,126 @@
+"""The regression kind: encoders -> fusion -> a head with ``num_outputs`` continuous values.
+
+A sample's float target (``target_key`` of a data format, e.g. a CH-SIMS-style sentiment score in
+[-1, 1]) reaches the model as ``labels`` [B, num_outputs] float; ``forward`` returns the predictions as
+``logits`` [B, num_outputs] and, with labels, the configured loss (``mse``, ``l1`` or ``huber``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from mmtrain.config.validate import injects
+from mmtrain.models.base import MultimodalPreTrainedModel, run_part
+from mmtrain.models.configuration import MultimodalConfig
+from mmtrain.models.registry import ModelKind, config_fields, register_model_kind
+
+#: ``loss`` setting -> the loss on ``(predictions, targets)``.
+LOSSES = {"mse": nn.functional.mse_loss, "l1": nn.functional.l1_loss, "huber": nn.functional.huber_loss}
+
+
+class RegressionConfig(MultimodalConfig):
+    """Specs of a regressor: ``encoders``, ``fusion``, ``head`` (``input_dim`` and ``num_outputs`` filled
+    in by the model).
+
+    Args (beyond :class:`MultimodalConfig`):
+        num_outputs: how many values a sample has (1 for one score).
+        target_names: a name per output (``predict`` shows them), default ``value`` / ``value_<i>``.
+        loss: ``mse``, ``l1`` or ``huber`` (what ``forward`` returns with ``labels``).
+    """
+
+    model_type = "mmtrain_regression"
+
+    num_outputs: int = 1
+    target_names: list[str] | None = None
+    loss: str = "mse"
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if int(self.num_outputs) < 1:
+            raise ValueError(f"model.num_outputs must be >= 1, got {self.num_outputs}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"model.loss: unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
+        names = list(self.target_names or (["value"] if self.num_outputs == 1 else
+                                           [f"value_{i}" for i in range(self.num_outputs)]))
+        if len(names) != int(self.num_outputs):
+            raise ValueError(f"model.target_names has {len(names)} names for num_outputs={self.num_outputs}")
+        self.target_names = names
+
+
+class RegressionModel(MultimodalPreTrainedModel):
+    """Forward takes the processor's batch (as :class:`~mmtrain.models.multimodal.MultimodalModel`) and
+    returns ``logits`` [B, num_outputs] (the predicted values), plus ``loss`` with ``labels`` [B, num_outputs]."""
+
+    config_class = RegressionConfig
+
+    def __init__(self, config: RegressionConfig) -> None:
+        super().__init__(config)
+        if not config.fusion or not config.head:
+            raise ValueError("RegressionConfig needs 'encoders', 'fusion' and 'head' specs.")
+        self.fusion = self.build_part("fusion", input_dims=self.encoder_dims)
+        self.head = self.build_part("head", input_dim=int(self.fusion.output_dim), num_outputs=int(config.num_outputs))
+        self.finish_init()
+
+    def components(self) -> dict[str, nn.Module]:
+        return {**super().components(), "fusion": self.fusion, "head": self.head}
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        outputs = self.encode_checked(batch)
+        fused = run_part("model.fusion", lambda: self.fusion(outputs))
+        values = run_part("model.head", lambda: self.head(fused))
+        expected = (fused.pooled.shape[0], int(self.config.num_outputs))
+        if tuple(values.shape) != expected:
+            raise ValueError(f"model.head returns {tuple(values.shape)}, expected {expected} (batch, num_outputs).")
+
+    def forward(self, labels: torch.Tensor | None = None, **batch: Any) -> SequenceClassifierOutput:
+        values = self.head(self.fusion(self.encode(**batch)))
+        loss = None
+        if labels is not None:
+            loss = LOSSES[self.config.loss](values, labels.to(values.dtype).reshape(values.shape))
+        return SequenceClassifierOutput(loss=loss, logits=values)
+
+
+@injects(own=["id2label", "allowed_target_prefixes"], fusion=["input_dims"], head=["input_dim", "num_outputs"])
+def build_regression_model(
+    *,
+    encoders: Mapping[str, Any],
+    fusion: Mapping[str, Any],
+    head: Mapping[str, Any],
+    id2label: Mapping[int, str],
+    allowed_target_prefixes: Sequence[str],
+    num_outputs: int = 1,
+    target_names: Sequence[str] | None = None,
+    loss: str = "mse",
+    trainable: Mapping[str, bool] | None = None,
+) -> RegressionModel:
+    """Build a regressor from its component specs (the ``model`` config node).
+
+    Args: as :func:`~mmtrain.models.multimodal.build_multimodal_model` (``id2label``, the data's label
+    map if it has one, is only stored), plus ``num_outputs``, ``target_names`` and ``loss`` (see
+    :class:`RegressionConfig`).
+    """
+    return RegressionModel(RegressionConfig(
+        **config_fields(encoders=encoders, fusion=fusion, head=head, id2label=id2label,
+                        allowed_target_prefixes=allowed_target_prefixes, trainable=trainable),
+        num_outputs=int(num_outputs), target_names=None if target_names is None else [str(n) for n in target_names],
+        loss=str(loss),
+    ))
+
+
+def predict_values(model: RegressionModel, processor: Any, batch: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """``predict`` of a regressor: each output's predicted value, by name."""
+    batch.pop("labels", None)
+    with torch.no_grad():
+        values = model(**batch).logits[0]
+    return {"prediction": {name: round(float(v), 6) for name, v in zip(model.config.target_names, values)}}
+
+
+KIND = register_model_kind(ModelKind(
+    name="regression", config_class=RegressionConfig, model_class=RegressionModel, builder=build_regression_model,
+    predict=predict_values, auto_classes=("AutoModel",),
+))
