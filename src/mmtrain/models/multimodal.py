@@ -35,10 +35,19 @@ class MultimodalModel(MultimodalPreTrainedModel):
     def __init__(self, config: MultimodalConfig) -> None:
         super().__init__(config)
         if not config.fusion or not config.head:
-            raise ValueError("MultimodalConfig needs 'encoders', 'fusion' and 'head' specs.")
+            raise ValueError(f"{type(config).__name__} needs 'encoders', 'fusion' and 'head' specs.")
         self.fusion = self.build_part("fusion", input_dims=self.encoder_dims)
-        self.head = self.build_part("head", input_dim=int(self.fusion.output_dim), num_labels=config.num_labels)
+        self.head = self.build_part("head", input_dim=int(self.fusion.output_dim), **self.head_arguments())
         self.finish_init()
+
+    def head_arguments(self) -> dict[str, int]:
+        """What the builder gives the head besides ``input_dim``: the class count (a kind with another
+        output, e.g. regression's ``num_outputs``, overrides it)."""
+        return {"num_labels": int(self.config.num_labels)}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss ``forward`` returns with ``labels``: cross-entropy."""
+        return nn.functional.cross_entropy(logits, labels)
 
     def components(self) -> dict[str, nn.Module]:
         return {**super().components(), "fusion": self.fusion, "head": self.head}
@@ -47,15 +56,14 @@ class MultimodalModel(MultimodalPreTrainedModel):
         outputs = self.encode_checked(batch)
         fused = run_part("model.fusion", lambda: self.fusion(outputs))
         logits = run_part("model.head", lambda: self.head(fused))
-        expected = (fused.pooled.shape[0], self.config.num_labels)
+        (name, width), = self.head_arguments().items()
+        expected = (fused.pooled.shape[0], width)
         if tuple(logits.shape) != expected:
-            raise ValueError(f"model.head returns logits {tuple(logits.shape)}, expected {expected} (batch, classes).")
+            raise ValueError(f"model.head returns {tuple(logits.shape)}, expected {expected} (batch, {name}).")
 
     def forward(self, labels: torch.Tensor | None = None, **batch: Any) -> SequenceClassifierOutput:
-        fused = self.fusion(self.encode(**batch))
-        logits = self.head(fused)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        logits = self.head(self.fusion(self.encode(**batch)))
+        return SequenceClassifierOutput(loss=self.loss(logits, labels) if labels is not None else None, logits=logits)
 
 
 @injects(own=["id2label", "allowed_target_prefixes"], fusion=["input_dims"], head=["input_dim", "num_labels"])

@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mmtrain.config.validate import injects
-from mmtrain.models.base import MultimodalPreTrainedModel, run_part
 from mmtrain.models.configuration import MultimodalConfig
+from mmtrain.models.multimodal import MultimodalModel
 from mmtrain.models.registry import ModelKind, config_fields, register_model_kind
 
 #: ``loss`` setting -> the loss on ``(predictions, targets)``.
@@ -52,37 +51,18 @@ class RegressionConfig(MultimodalConfig):
         self.target_names = names
 
 
-class RegressionModel(MultimodalPreTrainedModel):
-    """Forward takes the processor's batch (as :class:`~mmtrain.models.multimodal.MultimodalModel`) and
-    returns ``logits`` [B, num_outputs] (the predicted values), plus ``loss`` with ``labels`` [B, num_outputs]."""
+class RegressionModel(MultimodalModel):
+    """Encoders -> fusion -> a head with ``num_outputs`` values: forward takes the processor's batch (as
+    :class:`~mmtrain.models.multimodal.MultimodalModel`) and returns ``logits`` [B, num_outputs] (the
+    predicted values), plus the configured ``loss`` with ``labels`` [B, num_outputs] float."""
 
     config_class = RegressionConfig
 
-    def __init__(self, config: RegressionConfig) -> None:
-        super().__init__(config)
-        if not config.fusion or not config.head:
-            raise ValueError("RegressionConfig needs 'encoders', 'fusion' and 'head' specs.")
-        self.fusion = self.build_part("fusion", input_dims=self.encoder_dims)
-        self.head = self.build_part("head", input_dim=int(self.fusion.output_dim), num_outputs=int(config.num_outputs))
-        self.finish_init()
+    def head_arguments(self) -> dict[str, int]:
+        return {"num_outputs": int(self.config.num_outputs)}
 
-    def components(self) -> dict[str, nn.Module]:
-        return {**super().components(), "fusion": self.fusion, "head": self.head}
-
-    def check_batch(self, batch: Mapping[str, Any]) -> None:
-        outputs = self.encode_checked(batch)
-        fused = run_part("model.fusion", lambda: self.fusion(outputs))
-        values = run_part("model.head", lambda: self.head(fused))
-        expected = (fused.pooled.shape[0], int(self.config.num_outputs))
-        if tuple(values.shape) != expected:
-            raise ValueError(f"model.head returns {tuple(values.shape)}, expected {expected} (batch, num_outputs).")
-
-    def forward(self, labels: torch.Tensor | None = None, **batch: Any) -> SequenceClassifierOutput:
-        values = self.head(self.fusion(self.encode(**batch)))
-        loss = None
-        if labels is not None:
-            loss = LOSSES[self.config.loss](values, labels.to(values.dtype).reshape(values.shape))
-        return SequenceClassifierOutput(loss=loss, logits=values)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return LOSSES[self.config.loss](logits, labels.to(logits.dtype).reshape(logits.shape))
 
 
 @injects(own=["id2label", "allowed_target_prefixes"], fusion=["input_dims"], head=["input_dim", "num_outputs"])
