@@ -124,3 +124,14 @@ def test_list_shows_components_and_experiments(tmp_path: Path) -> None:
     assert result.returncode == 0
     for option in ("bottleneck", "perceiver", "frame_attention", "whisper", "demo"):
         assert option in result.stdout
+
+
+def test_predict_refuses_a_modality_the_model_lacks(trained_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
+    result = mmtrain("predict", str(trained_run / "export"), "--image", str(tmp_path / "x.png"), "--text", "seven",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--image given, but the model has no image encoder; it reads --video / --audio / --text" in " ".join(
+        result.stdout.split())

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="evaluate a run or export folder on a data split")
     evaluate.add_argument("path", help="a run directory or its export/ folder")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--split", default="test", choices=["val", "test"])
     evaluate.add_argument("overrides", nargs="*", help="overrides of the stored data config, e.g. data.batch_size=8")
     evaluate.set_defaults(func=_eval)
 

@@ -40,17 +40,56 @@ def compose_config(
         if not folder.is_dir():
             raise ConfigError(f"--config-dir {folder} does not exist.")
         extra.append(f"hydra.searchpath=[file://{folder}]")
+    try:
+        cfg = _compose(config_name, extra)
+    except (HydraException, OmegaConfBaseException) as err:
+        hint = _did_you_mean(str(err), config_name, extra)
+        raise ConfigError(f"{hint}cannot compose the config: {err}") from err
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
     host_hydra = get_gh_backup()  # a caller's own Hydra app stays initialised as it was
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=extra)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"cannot compose the config: {err}") from err
+            return compose(config_name=config_name, overrides=overrides)
     finally:
         restore_gh_from_backup(host_hydra)
-    OmegaConf.set_struct(cfg, True)
-    return cfg
+
+
+def _did_you_mean(message: str, config_name: str, overrides: list[str]) -> str:
+    """For an override of a key that does not exist (Hydra: "Could not override 'a.b.c'"), a first line
+    naming the closest keys of that node, before Hydra's advice to append with ``+``; else ``""``."""
+    import difflib
+    import re
+
+    missing = re.search(r"Could not find '([^']+)'", message)
+    if missing and "/" in missing.group(1):
+        group, _, option = missing.group(1).rpartition("/")
+        close = difflib.get_close_matches(option, group_options(group), n=3, cutoff=0.5)
+        if close:
+            return f"{group}={option} is not an option: did you mean {' or '.join(f'{group}={c}' for c in close)}?\n"
+        return ""
+    found = re.search(r"Could not override '([^']+)'", message)
+    if not found:
+        return ""
+    key = found.group(1)
+    parent, _, name = key.rpartition(".")
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        node = OmegaConf.select(_compose(config_name, rest), parent) if parent else _compose(config_name, rest)
+    except (HydraException, OmegaConfBaseException):
+        return ""
+    if not isinstance(node, DictConfig):
+        return ""
+    close = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=3, cutoff=0.6)
+    where = f"'{parent}'" if parent else "the config's top level"
+    if close:
+        names = " or ".join(f"'{parent}.{c}'" if parent else f"'{c}'" for c in close)
+        return f"config key '{key}' does not exist: did you mean {names}? (To add a new key on purpose: +{key}=...)\n"
+    return f"config key '{key}' does not exist in {where}; its keys: {sorted(str(k) for k in node.keys())}.\n"
 
 
 def group_options(group: str) -> list[str]:

@@ -87,9 +87,13 @@ def check_signature(
     if not takes_any:
         unknown = sorted(given - set(params))
         if unknown:
+            import difflib
+
             accepted = sorted(n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            close = difflib.get_close_matches(unknown[0], accepted, n=2, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(f'{key}.{c}') for c in close)}?" if close else ""
             raise ConfigError(
-                f"config key '{key}.{unknown[0]}': {name} has no argument '{unknown[0]}'. "
+                f"config key '{key}.{unknown[0]}': {name} has no argument '{unknown[0]}'.{hint} "
                 f"Its arguments: {accepted}."
             )
     if node.get("_partial_", False):

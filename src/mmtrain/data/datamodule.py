@@ -80,6 +80,10 @@ class MultimodalDataModule(CpuBatchDataModule):
         self.processor = processor
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (0: load in the main process), got {num_workers}")
         self.seed = int(seed)
         self.label_names = self._label_names()
         self.feature_cache: Any = None

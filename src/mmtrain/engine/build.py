@@ -115,10 +115,23 @@ def token_budget(datamodule: Any, model: MultimodalPreTrainedModel) -> dict[str,
     return check_token_budget(builder, datamodule.splits, positions)
 
 
-def build_callbacks(cfg: DictConfig, prefixes: Sequence[str]) -> list[pl.Callback]:
-    """Every non-null entry of ``cfg.callbacks``."""
-    nodes = (cfg.get("callbacks") or {}).items()
-    return [safe_instantiate(n, prefixes, config_key=f"callbacks.{k}") for k, n in nodes if n is not None]
+def build_callbacks(cfg: DictConfig, prefixes: Sequence[str],
+                    monitored: tuple[str, str] | None = None) -> list[pl.Callback]:
+    """Every non-null entry of ``cfg.callbacks``; ``monitor: auto`` (the best checkpoint, early stopping)
+    becomes ``monitored`` (``(monitor, mode)``, the task's :meth:`~mmtrain.engine.tasks.base.TaskBase.monitored`)."""
+    from omegaconf import OmegaConf
+
+    built = []
+    for key, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if node.get("monitor") == "auto":
+            if monitored is None:
+                raise ValueError(f"callbacks.{key}.monitor is 'auto', but no task says what to monitor: "
+                                 f"set callbacks.{key}.monitor=val/<metric> and mode=max|min.")
+            node = OmegaConf.merge(node, {"monitor": monitored[0], "mode": monitored[1]})
+        built.append(safe_instantiate(node, prefixes, config_key=f"callbacks.{key}"))
+    return built
 
 
 #: Lightning loggers whose package is an optional extra of mmtrain: target -> (module, extra).

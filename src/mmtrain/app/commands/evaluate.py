@@ -62,7 +62,10 @@ def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | No
         raise ValueError(f"the data's labels {datamodule.label_names} differ from the model's {labels}.")
     wire_processor(datamodule.processor, model)
     task = build_task(cfg, prefixes, model, labels, datamodule.processor)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+    import sys
+
+    # a progress bar where someone watches (a terminal); none in logs and pipes
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=sys.stderr.isatty(),
                          enable_checkpointing=False, enable_model_summary=False)
     loop = trainer.validate if split == "val" else trainer.test
     loop(task, datamodule=datamodule, verbose=False)

@@ -65,6 +65,11 @@ def predict(
     model = AutoModel.from_pretrained(str(folder)).eval()
     processor = AutoProcessor.from_pretrained(str(folder))
     kind = kind_of(model)
+    asked = {"video": video, "audio": audio, "image": image, "text": text}
+    foreign = [m for m, value in asked.items() if _many(value) and m not in processor.modalities]
+    if foreign:  # refused before any file is decoded, never silently dropped
+        raise ValueError(f"--{' / --'.join(foreign)} given, but the model has no {'/'.join(foreign)} encoder; "
+                         f"it reads --{' / --'.join(processor.modalities)}.")
     sample = _sample(processor, video, audio, image, text)
     given = [m for m in processor.modalities if sample.get(m) is not None]
     if not given:

@@ -147,11 +147,13 @@ def check_strategy(trainer: DictConfig) -> None:
 
 
 def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path,
-                  extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+                  extra_callbacks: list[pl.Callback] | None = None,
+                  monitored: tuple[str, str] | None = None) -> pl.Trainer:
     """Lightning ``Trainer`` from ``cfg.trainer`` with the configured callbacks and loggers, plus
-    ``extra_callbacks`` (e.g. those of the run's :class:`~mmtrain.app.perf.PerfSettings`)."""
+    ``extra_callbacks`` (e.g. those of the run's :class:`~mmtrain.app.perf.PerfSettings`);
+    ``monitored``: what ``monitor: auto`` callbacks follow (the task's ``monitored()``)."""
     loggers = build_loggers(cfg, prefixes)
-    callbacks = build_callbacks(cfg, prefixes) + list(extra_callbacks or [])
+    callbacks = build_callbacks(cfg, prefixes, monitored) + list(extra_callbacks or [])
     if not loggers:
         dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
         callbacks = [c for c in callbacks if c not in dropped]
@@ -250,7 +252,7 @@ def _train(cfg: DictConfig, perf: PerfSettings) -> dict[str, Any]:
         except OSError as err:  # read-only disk, a file in the way: named, exit 74 from the CLI
             raise RunWriteError(run_dir, err) from err
     log.info("run directory: %s", run_dir)
-    trainer = build_trainer(cfg, prefixes, run_dir, perf.callbacks())
+    trainer = build_trainer(cfg, prefixes, run_dir, perf.callbacks(), task.monitored())
     cache = setup_feature_cache(cfg.get("feature_cache"), model, datamodule,
                                 {s: OmegaConf.to_container(cfg.data[s], resolve=True) for s in datamodule.splits})
 

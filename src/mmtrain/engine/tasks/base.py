@@ -48,6 +48,9 @@ class TaskBase(pl.LightningModule):
     primary_metric: ClassVar[str] = "loss"
     #: Whether larger values of :attr:`primary_metric` are better.
     higher_is_better: ClassVar[bool] = False
+    #: The validation metric the best checkpoint and early stopping follow when the config says
+    #: ``monitor: auto`` (the default); ``None``: :attr:`primary_metric`. Its sense is :attr:`higher_is_better`.
+    monitor_metric: ClassVar[str | None] = None
     #: Test metrics ``evaluate_unimodal`` reports with one modality at a time (the task honours
     #: ``only_modality``); empty: the task does not support it.
     only_modality_metrics: ClassVar[tuple[str, ...]] = ()
@@ -238,6 +241,12 @@ class TaskBase(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self.step(batch, "test") if batch["ids"] else None
+
+    @classmethod
+    def monitored(cls) -> tuple[str, str]:
+        """``(monitor, mode)`` for Lightning's ``ModelCheckpoint`` / ``EarlyStopping``: ``val/<metric>``,
+        ``max`` or ``min``."""
+        return f"val/{cls.monitor_metric or cls.primary_metric}", "max" if cls.higher_is_better else "min"
 
     def model_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The entries of ``batch`` the model takes, without ``labels``; with :attr:`only_modality` set,

