@@ -40,3 +40,10 @@ def test_eval_offers_only_the_splits_it_scores(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as done:
         main(["eval", "some-run", "--split", "train"])
     assert done.value.code == 2 and "invalid choice: 'train' (choose from 'val', 'test')" in capsys.readouterr().err
+
+
+def test_the_run_config_names_its_data_by_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = prepare(compose_config(["experiment=demo"]))  # data_root: data (relative), as shipped
+    assert cfg.data_root == str(tmp_path / "data") and cfg.output_root == str(tmp_path / "outputs")
+    assert cfg.data.prepare.root == str(tmp_path / "data" / "spoken_digits")  # what an eval elsewhere reads

@@ -59,7 +59,7 @@ def test_builder_refuses_without_prepare(variant: str, tmp_path: Path, marker_mo
     name, marker = marker_module
     cfg = compose_config([*_overrides(variant, name), f"run_dir={tmp_path}"])
     with pytest.raises(TargetNotAllowedError) as err:
-        build_callbacks(cfg, DEFAULT_ALLOWED_PREFIXES)
+        build_callbacks(cfg, DEFAULT_ALLOWED_PREFIXES, ("val/acc", "max"))
     assert "callbacks.evil" in str(err.value) and f"{name}.Thing" in str(err.value)
     assert not marker.exists()
 
@@ -76,7 +76,7 @@ def test_experiment_file_in_config_dir_is_refused(tmp_path: Path, marker_module:
     with pytest.raises(TargetNotAllowedError):
         prepare(cfg)
     with pytest.raises(TargetNotAllowedError):
-        build_callbacks(cfg, DEFAULT_ALLOWED_PREFIXES)
+        build_callbacks(cfg, DEFAULT_ALLOWED_PREFIXES, ("val/acc", "max"))
     assert not marker.exists()
 
 

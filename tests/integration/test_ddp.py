@@ -85,6 +85,10 @@ def killed_ddp_run(*overrides: str, cwd: Path, name: str) -> int:
     return code
 
 
+#: What each run of the `runs` fixture printed.
+OUTPUTS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder whose data/ holds the tiny demo set (built by the first run)."""
@@ -99,7 +103,15 @@ def runs(workspace: Path) -> dict[str, Path]:
         done = mmtrain(*BASE, *extra, f"run_dir={run_dir}", cwd=workspace, name=name)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
         out[name] = run_dir
+        OUTPUTS[name] = done.stdout
     return out
+
+
+def test_only_the_first_process_prints_the_results(runs: dict[str, Path]) -> None:
+    # the second rank runs the same command (Lightning's ddp launcher) and shares stdout
+    lines = OUTPUTS["two_processes"].splitlines()
+    assert sum(line.startswith("run directory:") for line in lines) == 1
+    assert OUTPUTS["two_processes"].count("┃ metric ") == 1  # one metric table
 
 
 def metrics(run_dir: Path) -> dict:

@@ -14,7 +14,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+#: Rich tables, colours and wrapped log columns on a terminal; plain, unwrapped lines for logs, pipes and
+#: CI (a path is never broken mid-word at column 80).
+INTERACTIVE = sys.stdout.isatty()
+console = Console() if INTERACTIVE else Console(soft_wrap=True, width=200, no_color=True, highlight=False)
+#: Lightning's advertisement for its hosted logger, printed on every run: not shown by the mmtrain command.
+ADVERT_PREFIX = "💡 Tip:"
 # Errors that describe bad input; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
 
@@ -55,9 +60,16 @@ def _train(args: argparse.Namespace) -> int:
         console.print(f"run directory: {summary['run_dir']} (one folder per stage, stages.json)")
         return 0
     metrics = train(cfg)
-    _print_metrics(metrics)
-    console.print(f"run directory: {metrics['run_dir']}")
+    if _first_process():  # the processes a `ddp` strategy launches run the same command: one table
+        _print_metrics(metrics)
+        console.print(f"run directory: {metrics['run_dir']}")
     return 0
+
+
+def _first_process() -> bool:
+    """Whether this is the command the user started, not a copy a ``ddp`` strategy launched (those
+    have a ``LOCAL_RANK`` or ``NODE_RANK`` above 0)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _kfold(args: argparse.Namespace) -> int:
@@ -277,9 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logger = logging.getLogger("mmtrain")
     if not logger.handlers:
-        logger.addHandler(RichHandler(console=console, show_path=False, rich_tracebacks=False))
+        if INTERACTIVE:
+            handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        else:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+            lambda record: not str(record.msg).startswith(ADVERT_PREFIX))
     own_process = argv is None  # the `mmtrain` command itself, not a caller's main([...])
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

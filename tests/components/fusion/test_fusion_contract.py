@@ -62,6 +62,18 @@ def test_shapes_and_output_dim(name: str, build, make_inputs) -> None:
 
 
 @pytest.mark.parametrize("name", MULTIMODAL)
+def test_a_loss_on_pooled_alone_reaches_every_parameter(name: str, build, make_inputs) -> None:
+    """A classification or regression head reads ``pooled`` only: no parameter may sit on a path to
+    ``tokens`` alone (the gradient audit would report it as never trained)."""
+    torch.manual_seed(0)
+    fusion = build(name).train()
+    out = fusion(make_inputs(3))
+    (out.pooled * torch.randn_like(out.pooled)).sum().backward()
+    unused = [pname for pname, param in fusion.named_parameters() if param.grad is None or not param.grad.abs().sum() > 0]
+    assert not unused, f"{name}: parameters no pooled-only loss reaches: {unused}"
+
+
+@pytest.mark.parametrize("name", MULTIMODAL)
 def test_backward_gives_finite_gradients_to_every_parameter(name: str, build, make_inputs) -> None:
     torch.manual_seed(0)
     fusion = build(name).train()

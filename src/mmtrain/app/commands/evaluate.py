@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from mmtrain.config.validate import validate_config
 from mmtrain.engine.build import build_data, build_model, build_task, wire_processor
 from mmtrain.engine.callbacks.export import CONFIG_KEY, LABELS_KEY
 from mmtrain.engine.export import TRAINING_CONFIG, find_export, write_export
+
+log = logging.getLogger(__name__)
 
 
 def _stored_config(
@@ -56,6 +59,8 @@ def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | No
         raise FileNotFoundError(f"{config_file} is missing: it names the data to evaluate on.")
     cfg, prefixes = _stored_config(config_file.read_text(), str(config_file), overrides, ("data", "model", "task"))
     model = AutoModel.from_pretrained(str(folder))
+    log.info("evaluating %s on the %s split of the data its training config names (data_root: %s)",
+             folder, split, cfg.get("data_root"))
     datamodule = build_data(cfg, prefixes)
     labels = [model.config.id2label[i] for i in sorted(model.config.id2label)] if datamodule.label_names else []
     if datamodule.label_names != labels:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +109,17 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
-    """Allowlist and validate before any directory or import: nothing is built from a bad config."""
+    """Allowlist and validate before any directory or import: nothing is built from a bad config.
+
+    ``data_root`` and ``output_root`` become absolute (from the current directory), so the run's
+    ``config.yaml`` and its export's training config name the same folders wherever they are read
+    (``mmtrain eval`` from another directory reads the data the run trained on).
+    """
     allow_prefixes(cfg.get("allowed_target_prefixes") or [])
+    with open_dict(cfg):
+        for key in ("data_root", "output_root"):
+            if isinstance(cfg.get(key), str) and not cfg._get_node(key)._is_interpolation():
+                cfg[key] = str(Path(cfg[key]).expanduser().resolve())
     prefixes = runtime_prefixes()
     if not cfg.get("run_dir"):
         with open_dict(cfg):
@@ -179,26 +190,36 @@ def unimodal_results(trainer: pl.Trainer, task: Any, datamodule: Any) -> dict[st
     for name in task.model.encoders:
         task.only_modality = name
         try:
-            trainer.test(task, datamodule=datamodule, verbose=False)
+            with quiet_lightning():
+                trainer.test(task, datamodule=datamodule, verbose=False)
         finally:
             task.only_modality = None
         results[name] = {k: task.results["test"][k] for k in task.only_modality_metrics}
     return results
 
 
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's warnings that say nothing to an mmtrain user, filtered for the block only: frozen
+    components are in eval mode on purpose (the task's ``on_fit_start`` names them instead), and the
+    pinned Lightning calls a torch API that torch 2.13 deprecates (``LeafSpec``; not ours to fix)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        yield
+
+
 def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, task: Any, datamodule: Any, run_dir: Path,
                  checkpoint: Path | None) -> dict[str, Any]:
     """Fit (from ``checkpoint`` when resuming), re-score the best weights on val, test; the metrics."""
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        # frozen components are in eval mode on purpose (MultimodalPreTrainedModel.train); the task's
-        # on_fit_start names them instead of Lightning's generic warning
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    with quiet_lightning():
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None,
                     weights_only=True)
     fit_seconds = time.perf_counter() - started
     if "val" in datamodule.splits:  # re-score the best weights the export callback loaded
-        trainer.validate(task, datamodule=datamodule, verbose=False)
+        with quiet_lightning():
+            trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = {
         "run_dir": str(run_dir),
         "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
@@ -210,7 +231,8 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, task: Any, datamodule: An
         metrics["resumed_from"] = checkpoint.name
     metrics["primary_metric"] = {"name": task.primary_metric, "higher_is_better": task.higher_is_better}
     if "test" in datamodule.splits:
-        trainer.test(task, datamodule=datamodule, verbose=False)
+        with quiet_lightning():
+            trainer.test(task, datamodule=datamodule, verbose=False)
         fused = task.results["test"]
         if cfg.get("evaluate_unimodal") and task.only_modality_metrics and len(task.model.encoders) > 1:
             metrics["test_only_one_modality"] = unimodal_results(trainer, task, datamodule)

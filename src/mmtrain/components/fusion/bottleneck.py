@@ -35,7 +35,7 @@ class BottleneckFusion(nn.Module):
     Output:
         tokens: ``[B, num_bottleneck_tokens, hidden_dim]`` final bottleneck tokens (LayerNorm).
         mask: ``[B, num_bottleneck_tokens]`` all ``True``.
-        pooled: ``[B, hidden_dim]`` LayerNorm of the mean of the final bottleneck tokens.
+        pooled: ``[B, hidden_dim]`` LayerNorm of the mean of the final (normed) bottleneck tokens.
     """
 
     def __init__(
@@ -149,5 +149,5 @@ class BottleneckFusion(nn.Module):
             bottleneck = torch.einsum("bm,bmnd->bnd", weights, torch.stack(copies, dim=1))
 
         tokens = self.norm(bottleneck)
-        pooled = self.pooled_norm(bottleneck.mean(dim=1))
+        pooled = self.pooled_norm(tokens.mean(dim=1))  # through `norm` too: a pooled-only head trains it
         return EncoderOutput(tokens=tokens, mask=torch.ones_like(bn_mask), pooled=pooled)
