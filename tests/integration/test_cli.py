@@ -135,3 +135,16 @@ def test_predict_refuses_a_modality_the_model_lacks(trained_run: Path, tmp_path:
     assert result.returncode == 2
     assert "--image given, but the model has no image encoder; it reads --video / --audio / --text" in " ".join(
         result.stdout.split())
+
+
+def test_predict_reads_one_segment_of_a_clip(trained_run: Path, tmp_path: Path) -> None:
+    video, _ = write_media(tmp_path)  # 8 frames at 8 fps: 1 s
+    whole = mmtrain("predict", str(trained_run / "export"), "--video", str(video), "--text", "hi", cwd=tmp_path)
+    part = mmtrain("predict", str(trained_run / "export"), "--video", str(video), "--text", "hi",
+                   "--start", "0.5", "--end", "1.0", cwd=tmp_path)
+    assert whole.returncode == 0 and part.returncode == 0, part.stdout[-2000:]
+    probabilities = [json.loads(r.stdout[r.stdout.index("{"):])["probabilities"] for r in (whole, part)]
+    assert probabilities[0] != probabilities[1]  # other frames: another answer
+    late = mmtrain("predict", str(trained_run / "export"), "--video", str(video), "--start", "3", "--end", "4",
+                   cwd=tmp_path)
+    assert late.returncode == 2 and "Give --start/--end inside the clip" in " ".join(late.stdout.split())

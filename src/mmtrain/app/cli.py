@@ -114,7 +114,7 @@ def _predict(args: argparse.Namespace) -> int:
     from mmtrain.app.commands.predict import predict
 
     result = predict(args.export_dir, video=args.video, audio=args.audio, image=args.image, text=args.text,
-                     choices=args.choice, max_new_tokens=args.max_new_tokens)
+                     choices=args.choice, max_new_tokens=args.max_new_tokens, start=args.start, end=args.end)
     console.print_json(json.dumps(result))
     return 0
 
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--choice", action="append",
                          help="instruction-tuned LLM: answer with the likeliest of these (repeat the flag)")
     predict.add_argument("--max-new-tokens", type=int, default=16, help="instruction-tuned LLM: answer length cap")
+    predict.add_argument("--start", type=float, help="seconds: read --video/--audio from here (one segment of a clip)")
+    predict.add_argument("--end", type=float, help="seconds: read --video/--audio up to here")
     predict.set_defaults(func=_predict)
 
     export = sub.add_parser("export", help="write a save_pretrained folder from a training checkpoint")

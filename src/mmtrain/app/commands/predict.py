@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-from mmtrain.data.media import read_audio, read_image, read_video
+from mmtrain.data.media import MediaError, read_audio_segment, read_image, read_video_segment
 from mmtrain.models.processing import model_inputs
 from mmtrain.engine.export import find_export
 
@@ -28,11 +28,26 @@ def _many(values: Inputs) -> list[str]:
     return [values] if isinstance(values, str) else list(values)
 
 
-def _sample(processor: Any, video: Inputs, audio: Inputs, image: Inputs, text: Inputs) -> dict[str, Any]:
-    """Raw sample from files and text; a modality given twice becomes a list (an item pair)."""
+def _sample(processor: Any, video: Inputs, audio: Inputs, image: Inputs, text: Inputs,
+            start: float | None = None, end: float | None = None) -> dict[str, Any]:
+    """Raw sample from files and text; a modality given twice becomes a list (an item pair). ``start`` /
+    ``end`` (seconds) cut the video and audio files to one segment."""
+    def video_of(path: str) -> Any:
+        try:
+            return read_video_segment(path, num_frames=processor.num_frames, start=start, end=end)
+        except MediaError as err:
+            if start is None and end is None:
+                if "duration unknown" not in err.reason:
+                    raise
+                raise ValueError(f"--video {path}: its duration is unknown (a still image, or a stream without "
+                                 "timing): pass the segment with --start/--end (seconds), or give a still image "
+                                 "with --image.") from err
+            raise ValueError(f"--video {path}: no segment [{start}, {end}) s: {err.reason}. Give --start/--end "
+                             "inside the clip, or none for the whole file (a still image goes to --image).") from err
+
     readers = {
-        "video": lambda path: read_video(path, num_frames=processor.num_frames),
-        "audio": read_audio,
+        "video": video_of,
+        "audio": lambda path: read_audio_segment(path, start=start, end=end),
         "image": read_image,
         "text": str,
     }
@@ -53,6 +68,8 @@ def predict(
     text: Inputs = None,
     choices: Sequence[str] | None = None,
     max_new_tokens: int = 16,
+    start: float | None = None,
+    end: float | None = None,
 ) -> dict[str, Any]:
     """Run one sample through the export in ``export_dir``; modalities not given are marked absent.
 
@@ -70,7 +87,11 @@ def predict(
     if foreign:  # refused before any file is decoded, never silently dropped
         raise ValueError(f"--{' / --'.join(foreign)} given, but the model has no {'/'.join(foreign)} encoder; "
                          f"it reads --{' / --'.join(processor.modalities)}.")
-    sample = _sample(processor, video, audio, image, text)
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"--end ({end}) must be after --start ({start}).")
+    if (start is not None or end is not None) and not (_many(video) or _many(audio)):
+        raise ValueError("--start/--end cut --video and --audio files to one segment; neither was given.")
+    sample = _sample(processor, video, audio, image, text, start, end)
     given = [m for m in processor.modalities if sample.get(m) is not None]
     if not given:
         raise ValueError(f"give at least one of --{' / --'.join(processor.modalities)} (the model's modalities).")
