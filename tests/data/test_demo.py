@@ -262,3 +262,15 @@ def test_instruction_view_loads_as_instruction_data(built: tuple[Path, Path]) ->
     sample = dataset[0]
     assert sample["id"] == rows[0]["id"] and sample["text"] == rows[0]["prompt"]  # rows: the test split's
     assert sample["target_text"] in ANSWERS and sample["image"].size == (MEDIA.frame_size, MEDIA.frame_size)
+
+
+def test_a_build_inside_train_reports_progress_per_split(tmp_path, caplog) -> None:
+    import logging
+
+    from mmtrain.data.demo import ensure_demo
+
+    with caplog.at_level(logging.INFO, logger="mmtrain.data.demo"):
+        ensure_demo(tmp_path / "demo", size="tiny")  # off a terminal: a line per split, not 30 s of silence
+    built = [r.getMessage() for r in caplog.records if "split built" in r.getMessage()]
+    assert built == ["demo set: train split built (4 clips)", "demo set: val split built (2 clips)",
+                     "demo set: test split built (2 clips)"]

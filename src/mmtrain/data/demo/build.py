@@ -122,7 +122,12 @@ def ensure_demo(root: str | Path, seed: int = 0, size: str = "small", **options)
             and all((root / name).is_file() for name in manifest.get("files", {}))):
         return root
     log.info("building the spoken-digits demo set (size %s, seed %d) at %s; this happens once", size, seed, root)
-    return build_demo(root, seed=seed, size=size, **options)
+    if options.get("progress") is not None:
+        return build_demo(root, seed=seed, size=size, **options)
+    from mmtrain.data.demo.progress import clip_progress
+
+    with clip_progress() as progress:  # bars on a terminal, a line per split in logs
+        return build_demo(root, seed=seed, size=size, **{**options, "progress": progress})
 
 
 def read_manifest(root: str | Path) -> dict | None:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmtrain.data.demo.errors import DemoSourceError
+from mmtrain.data.demo.progress import clip_progress
 from mmtrain.data.demo.spec import MODALITIES, SIZES, SOUNDS_DIR, SPLITS
 
 console = Console()
@@ -50,15 +50,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"image_sources": args.image_sources, "sounds_dir": Path(args.sounds_dir), "espeak": args.espeak}
     started = time.perf_counter()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
-            tasks: dict[str, int] = {}
-
-            def progress(split: str, done: int, total: int) -> None:
-                if split not in tasks:
-                    tasks[split] = bar.add_task(f"{split} clips", total=total)
-                bar.update(tasks[split], completed=done)
-
+        with clip_progress(console) as progress:
             from mmtrain.data.demo.build import build_demo, ensure_demo
 
             build = ensure_demo if args.if_needed else build_demo
