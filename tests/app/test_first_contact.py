@@ -47,3 +47,13 @@ def test_the_run_config_names_its_data_by_absolute_path(tmp_path: Path, monkeypa
     cfg, _ = prepare(compose_config(["experiment=demo"]))  # data_root: data (relative), as shipped
     assert cfg.data_root == str(tmp_path / "data") and cfg.output_root == str(tmp_path / "outputs")
     assert cfg.data.prepare.root == str(tmp_path / "data" / "spoken_digits")  # what an eval elsewhere reads
+
+
+@pytest.mark.slow  # builds the tiny demo set, then stops at the model (~10 s)
+def test_settings_a_tower_config_does_not_have_are_named(tmp_path: Path) -> None:
+    # vqa_digits sets GPT-2's n_embd / n_head / n_inner; the TRM decoder's config has none of them
+    with pytest.raises(ValueError, match=r"'n_embd'.*are not a setting of a 'mmtrain_trm' config") as err:
+        train(compose_config(["experiment=vqa_digits", "model/decoder=trm", "data.prepare.size=tiny",
+                              f"data_root={tmp_path / 'data'}", f"output_root={tmp_path / 'outputs'}"]))
+    assert "config key 'model.decoder'" in " ".join(err.value.__notes__)  # printed under the error by the CLI
+    assert not (tmp_path / "outputs").exists()

@@ -308,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        notes = "".join(f"\n  {note}" for note in getattr(err, "__notes__", ()))  # e.g. which config key built it
+        console.print(f"[bold red]error:[/] {err}{notes}", highlight=False)
         return 2
     except OSError as err:  # a run file that cannot be written (full disk, unwritable run_dir)
         from mmtrain.core.fileio import EXIT_WRITE_ERROR, RunWriteError

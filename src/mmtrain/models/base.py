@@ -86,7 +86,7 @@ class MultimodalPreTrainedModel(PreTrainedModel):
                     f"choose an encoder with model/encoders/{modality_of(name)}=<option>, or remove the slot's "
                     f"settings along with it (~model.encoders.{name})."
                 )
-            encoder = safe_instantiate(spec, self.prefixes, config_key=f"encoders.{name}")
+            encoder = safe_instantiate(spec, self.prefixes, config_key=f"model.encoders.{name}")
             # An encoder may name the keys it reads (``input_names``); else its forward signature does.
             accepted = getattr(encoder, "input_names", None) or inspect.signature(encoder.forward).parameters
             self._accepts[name] = tuple(k for k in MODALITY_INPUTS[modality_of(name)] if k in accepted)
@@ -99,7 +99,7 @@ class MultimodalPreTrainedModel(PreTrainedModel):
 
     def build_part(self, key: str, **injected: Any) -> nn.Module:
         """Instantiate ``config.<key>`` (allowlisted) with the builder's ``injected`` arguments."""
-        return safe_instantiate(getattr(self.config, key), self.prefixes, config_key=key, **injected)
+        return safe_instantiate(getattr(self.config, key), self.prefixes, config_key=f"model.{key}", **injected)
 
     @property
     def encoder_dims(self) -> dict[str, int]:

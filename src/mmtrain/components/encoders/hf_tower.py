@@ -75,6 +75,28 @@ def _config_from_dict(model_type: str, config: dict[str, Any]) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
+def check_config_keys(model_type: str, fields: Mapping[str, Any]) -> None:
+    """Refuse settings a ``model_type`` config does not have (a ``PretrainedConfig`` would keep them
+    silently, e.g. GPT-2's ``n_embd`` given to another decoder), naming the closest known ones.
+
+    For the keyword arguments a config names (``config: {hidden_size: 64}``), not for a full
+    ``to_dict()`` (it holds ``model_type``: a saved checkpoint's config may carry keys an older
+    transformers wrote, which the model ignores)."""
+    import difflib
+
+    from transformers import AutoConfig
+
+    default = AutoConfig.for_model(model_type)
+    known = set(default.to_dict()) | set(getattr(default, "attribute_map", {}) or {}) | set(vars(default))
+    unknown = sorted(k for k in fields if k not in known and k not in _METADATA_KEYS)
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, sorted(known), n=2, cutoff=0.6) for k in unknown}
+        said = ", ".join(f"{k!r}" + (f" (did you mean {' or '.join(map(repr, h))}?)" if h else "") for k, h in hints.items())
+        raise ValueError(f"config: {said} {'is' if len(unknown) == 1 else 'are'} not a setting of a {model_type!r} "
+                         f"config ({type(default).__name__}); remove {'it' if len(unknown) == 1 else 'them'} or "
+                         "use the names that model type takes.")
+
+
 def build_hf_config(
     model_type: str,
     config: Mapping[str, Any] | None,
@@ -89,6 +111,8 @@ def build_hf_config(
         pretrained_folder: resolved local folder, or ``None``.
     """
     overrides = to_plain_dict(config)
+    if "model_type" not in overrides:  # written by hand, not a saved config: every key must mean something
+        check_config_keys(model_type, {k: v for k, v in overrides.items() if k not in _METADATA_KEYS})
     if pretrained_folder is None:
         hf_config = _config_from_dict(model_type, overrides)
     else:
