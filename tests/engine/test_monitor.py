@@ -31,6 +31,14 @@ def test_auto_follows_the_task(task: type, expected: tuple[str, str], tmp_path: 
     assert (stop.monitor, stop.mode) == expected
 
 
+@pytest.mark.parametrize(("monitor", "mode"), [("val/r@1_mean", "max"), ("val/loss", "min"), ("val/rmse", "min")])
+def test_a_named_monitor_with_mode_auto_gets_its_sense(tmp_path: Path, monitor: str, mode: str) -> None:
+    cfg, _ = prepare(compose_config([f"run_dir={tmp_path}", f"callbacks.checkpoint.monitor={monitor}"]))
+    best = next(c for c in build_callbacks(cfg, runtime_prefixes(), ("val/macro_f1", "max"))
+                if isinstance(c, ModelCheckpoint))
+    assert (best.monitor, best.mode) == (monitor, mode)
+
+
 def test_a_named_monitor_is_kept_and_auto_without_a_task_is_named(tmp_path: Path) -> None:
     cfg, _ = prepare(compose_config([f"run_dir={tmp_path}", "callbacks.checkpoint.monitor=val/acc",
                                      "callbacks.checkpoint.mode=max"]))
