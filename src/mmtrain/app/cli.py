@@ -43,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
     from mmtrain.app.commands.train import train
     from mmtrain.config.compose import compose_config
 
+    if args.multirun:
+        return _sweep(args)
     cfg = compose_config(args.overrides, config_dir=args.config_dir)
     if args.print_config:
         from omegaconf import OmegaConf
@@ -64,6 +66,33 @@ def _train(args: argparse.Namespace) -> int:
         _print_metrics(metrics)
         console.print(f"run directory: {metrics['run_dir']}")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``mmtrain train -m``: one run per combination of the sweep overrides, one comparison table."""
+    import functools
+
+    from mmtrain.app.commands.sweep import expand, run_sweep
+    from mmtrain.app.commands.train import train
+    from mmtrain.config.compose import compose_config
+
+    def compose(overrides: list[str]) -> Any:
+        return compose_config(overrides, config_dir=args.config_dir)
+
+    cfg = compose(expand(args.overrides)[0])
+    summary = run_sweep(cfg, args.overrides, compose, functools.partial(train, perf=_run_settings(args, cfg)))
+    columns = {name: _scalars(run.get("test") or {}) for name, run in summary["runs"].items()}
+    keys = list(dict.fromkeys(k for values in columns.values() for k in values))
+    table = Table(title=f"sweep: test metrics of {len(columns)} runs")
+    table.add_column("run")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, values in columns.items():
+        failed = summary["runs"][name].get("error")
+        table.add_row(name, *(("failed" if failed else "-") if k not in values else f"{values[k]:.4f}" for k in keys))
+    console.print(table)
+    console.print(f"run directory: {summary['run_dir']} (one folder per run, sweep.json, report.html)")
+    return 1 if summary["failed"] else 0
 
 
 def _first_process() -> bool:
@@ -216,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model/fusion=gated, model/encoders/video=conv1d, ~model/encoders/audio, trainer.max_epochs=2."))
     _composes(train)
     train.add_argument("--print-config", action="store_true", help="print the composed config and stop")
+    train.add_argument("-m", "--multirun", action="store_true", help=(
+        "sweep: comma lists and ranges (model/fusion=concat,gated task.optimizer.lr=1e-3,3e-3) train one run "
+        "per combination into one sweep folder, then print one comparison table (sweep.json, report.html)"))
     train.set_defaults(func=_train)
 
     kfold = sub.add_parser("kfold", help="k-fold cross-validation (config section kfold)", description=(

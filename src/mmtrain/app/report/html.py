@@ -26,7 +26,9 @@ from mmtrain.app.report.common import RunData, scalars, section, table
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
-SUMMARIES = ("metrics.json", "stages.json", "kfold.json")
+SUMMARIES = ("metrics.json", "stages.json", "kfold.json", "sweep.json")
+#: Section title and row name of each summary file.
+SUMMARY_KINDS = {"stages": ("Stages", "stage"), "kfold": ("Folds", "fold"), "sweep": ("Sweep", "run")}
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -64,14 +66,14 @@ def _safe(build: Callable[[RunData], str], run: RunData) -> str:
 
 def _summary_sections(summary: Mapping[str, Any], kind: str) -> list[str]:
     """One row per stage (``stages.json``) or fold (``kfold.json``), test metrics as columns."""
-    runs = summary.get("stages") if kind == "stages" else summary.get("folds")
+    runs = {"stages": summary.get("stages"), "kfold": summary.get("folds"), "sweep": summary.get("runs")}[kind]
     if isinstance(runs, list):
         runs = {str(i): r for i, r in enumerate(runs)}
     runs = runs or {}
     values = {name: scalars((r or {}).get("test") or (r or {})) for name, r in runs.items()}
     keys = list(dict.fromkeys(k for v in values.values() for k in v))
     parts = ["<p class='muted'>test-split metrics, one row each</p>"
-             + table([kind[:-1], *keys], ([n, *(v.get(k, "-") for k in keys)] for n, v in values.items()))]
+             + table([SUMMARY_KINDS[kind][1], *keys], ([n, *(v.get(k, "-") for k in keys)] for n, v in values.items()))]
     stats = summary.get("summary")  # k-fold: {metric: {mean, std, n}}
     if isinstance(stats, Mapping) and stats:
         parts.append("<h3>mean ± std over folds</h3>" + table(
@@ -79,7 +81,8 @@ def _summary_sections(summary: Mapping[str, Any], kind: str) -> list[str]:
             ([m, s.get("mean", "-"), s.get("std", "-"), s.get("n", "-")] for m, s in stats.items()
              if isinstance(s, Mapping) and s.get("mean") is not None)))
     if summary.get("failed"):
-        parts.append(f"<p>failed folds: {html.escape(str(summary['failed']))} (see fold_&lt;i&gt;/error.txt)</p>")
+        what = "runs" if kind == "sweep" else "folds (see fold_&lt;i&gt;/error.txt)"
+        parts.append(f"<p>failed {what}: {html.escape(str(summary['failed']))}</p>")
     return parts
 
 
@@ -105,8 +108,8 @@ def render(run_dir: str | Path) -> str:
             sections += parts
         else:
             data = json.loads((folder / name).read_text())
-            sections.append(section(name.split(".")[0], "Stages" if name == "stages.json" else "Folds",
-                                    "".join(_summary_sections(data, name.split(".")[0]))))
+            kind = name.split(".")[0]
+            sections.append(section(kind, SUMMARY_KINDS[kind][0], "".join(_summary_sections(data, kind))))
     config = details.config(RunData(folder=folder, config=(folder / "config.yaml").read_text(errors="replace")
                                     if (folder / "config.yaml").is_file() else None))
     if config:
