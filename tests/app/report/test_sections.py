@@ -46,8 +46,10 @@ def test_verdict_names_test_accuracy_best_val_and_chance(demo_run: Path) -> None
     assert "train loss (epoch mean)" in header
 
 
-def test_curves_plot_loss_and_metrics(demo_run: Path) -> None:
-    assert len(images(overview.curves(RunData.load(demo_run)))) == 2
+def test_curves_plot_loss_metrics_and_learning_rate(demo_run: Path) -> None:
+    block = overview.curves(RunData.load(demo_run))
+    assert len(images(block)) == 3  # loss, metrics per epoch, and the LR monitor's learning rate
+    assert 'alt="learning rate"' in block
 
 
 def test_per_class_metrics_come_from_the_confusion_matrix(demo_run: Path) -> None:

@@ -18,14 +18,15 @@ _NOT_CURVES = ("loss", "skipped", "n", "epoch", "temperature")
 
 
 def _best(run: RunData, key: str) -> tuple[float, int | None] | None:
-    """Best per-epoch validation value of ``key`` and its (1-based) epoch, from the curves."""
+    """Best per-epoch validation value of ``key`` and its epoch, from the curves; 0-based, as Lightning
+    and the checkpoint names (``best-epoch09-...``) count them."""
     series = run.series.get(f"val/{key}")
     if not series:
         return None
     pick = min if lower_is_better(key, run) else max
     step, value = pick(series, key=lambda point: point[1])
     epoch = sources.epoch_at(run.series, step)
-    return value, (None if epoch is None else epoch + 1)
+    return value, epoch
 
 
 def _standing(value: float, chance: float) -> tuple[str, str]:
@@ -97,7 +98,8 @@ def verdict(run: RunData) -> str:
                 badge = f'<span class="badge {cls}">{html.escape(words)}</span>'
         if best is not None:
             value, epoch = best
-            facts.append(f"best val {html.escape(key)} {value:.3f}" + (f" (epoch {epoch})" if epoch else ""))
+            facts.append(f"best val {html.escape(key)} {value:.3f}"
+                         + (f" (epoch {epoch:02d}, as the checkpoint names count)" if epoch is not None else ""))
         elif key in scalars(run.split("val")):
             facts.append(f"val {html.escape(key)} {run.split('val')[key]:.3f} (best checkpoint)")
         if chance is not None:
@@ -151,6 +153,9 @@ def curves(run: RunData) -> str:
     tags = _curve_tags(run, key)
     if tags:
         parts.append(plots.metric_curves({t: run.series[t] for t in tags}, run.chance(key), boundaries))
+    rates = {tag: points for tag, points in run.series.items() if tag.startswith("lr-") and points}
+    if rates:  # the LR monitor's curve (warm-up, cosine decay...)
+        parts.append(plots.learning_rate(rates, boundaries))
     return section("curves", "Curves", f'<div class="grid">{"".join(parts)}</div>') if parts else ""
 
 

@@ -16,6 +16,9 @@ from matplotlib.figure import Figure
 
 Series = Sequence[tuple[float, float]]
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+#: One marker per line, hollow and filled in turn: lines with equal values (val acc and macro-F1 on a
+#: balanced set) stay visible on top of each other.
+_MARKERS = [("o", 0), ("s", 0), ("^", 0), ("D", 0), ("v", 0), ("x", 0), ("P", 0), ("*", 0)]
 
 
 def image_tag(png: bytes, alt: str, mime: str = "image/png") -> str:
@@ -76,20 +79,46 @@ def loss_curves(train_steps: Series, epoch_series: Mapping[str, Series], boundar
 def metric_curves(series: Mapping[str, Series], chance: float | None, boundaries: Sequence[float],
                   title: str = "metrics per epoch") -> str:
     """One line per metric (val solid, train dashed) over optimizer steps, chance as a grey line."""
+    return _png(metric_figure(series, chance, boundaries, title), title)
+
+
+def metric_figure(series: Mapping[str, Series], chance: float | None, boundaries: Sequence[float],
+                  title: str = "metrics per epoch") -> Figure:
+    """The figure of :func:`metric_curves` (legend beside the axes, never over a line)."""
     figure = _figure(7.5, 3.4)
     axis = figure.add_subplot()
     for i, (name, points) in enumerate(series.items()):
         xs, ys = zip(*points)
         style = "--" if name.startswith("train/") else "-"
-        axis.plot(xs, ys, style, marker="o", ms=4, lw=1.5, color=_COLORS[i % len(_COLORS)], label=name)
+        marker, _ = _MARKERS[i % len(_MARKERS)]
+        hollow = {"markerfacecolor": "none", "markeredgewidth": 1.4} if i % 2 == 0 else {}
+        # each later line is drawn smaller and thinner, so an equal earlier one still shows around it
+        axis.plot(xs, ys, style, marker=marker, ms=max(3, 10 - 1.5 * i), lw=max(0.8, 2.2 - 0.3 * i),
+                  color=_COLORS[i % len(_COLORS)], label=name, **hollow)
     if chance is not None:
         axis.axhline(chance, color="#888", ls="-.", lw=1.2, label=f"chance ({chance:.3g})")
     _epoch_lines(axis, boundaries)
     axis.set_xlabel("optimizer step (dotted: epoch ends)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="best")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
     axis.set_title(title)
-    return _png(figure, title)
+    return figure
+
+
+def learning_rate(series: Mapping[str, Series], boundaries: Sequence[float]) -> str:
+    """The learning rate of each optimizer group over optimizer steps (``lr-<Optimizer>[/pg<i>]`` tags)."""
+    figure = _figure(7.5, 2.6)
+    axis = figure.add_subplot()
+    for i, (name, points) in enumerate(series.items()):
+        xs, ys = zip(*points)
+        axis.plot(xs, ys, lw=1.5, color=_COLORS[i % len(_COLORS)], label=name)
+    _epoch_lines(axis, boundaries)
+    axis.set_xlabel("optimizer step (dotted: epoch ends)")
+    axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axis.set_title("learning rate")
+    return _png(figure, "learning rate")
 
 
 def confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], split: str) -> str:
@@ -117,6 +146,12 @@ def confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], split: str)
 
 def per_class(names: Sequence[str], metrics: Mapping[str, Sequence[float]], chance: float | None, split: str) -> str:
     """Grouped horizontal bars per class (recall = per-class accuracy, precision, F1)."""
+    return _png(per_class_figure(names, metrics, chance, split), f"per-class metrics {split}")
+
+
+def per_class_figure(names: Sequence[str], metrics: Mapping[str, Sequence[float]], chance: float | None,
+                     split: str) -> Figure:
+    """The figure of :func:`per_class` (legend beside the bars, never over them)."""
     size = len(names)
     figure = _figure(6.0, min(9.0, 1.4 + 0.3 * size * (1.0 if len(metrics) > 1 else 0.6)))
     axis = figure.add_subplot()
@@ -130,9 +165,9 @@ def per_class(names: Sequence[str], metrics: Mapping[str, Sequence[float]], chan
     axis.invert_yaxis()
     axis.set_xlim(0, 1.0)
     axis.grid(axis="x", alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     axis.set_title(f"per-class metrics ({split})")
-    return _png(figure, f"per-class metrics {split}")
+    return figure
 
 
 def recall_at_k(directions: Mapping[str, Mapping[int, float]], chance: Mapping[str, Mapping[int, float]],
