@@ -21,7 +21,7 @@ from mmtrain.config.validate import check_signature, validate_config
 from mmtrain.core.fileio import RunWriteError
 from mmtrain.models.feature_cache import log_summary, setup_feature_cache
 from mmtrain.app.perf import PerfSettings
-from mmtrain.app.report.html import write_report
+from mmtrain.app.report.html import STOPPED_NAME, record_stop, write_report
 from mmtrain.engine.callbacks.ledger import SkipLedger
 from mmtrain.engine.callbacks.signals import exit_on_sigterm
 from mmtrain.engine.build import (
@@ -278,8 +278,14 @@ def _train(cfg: DictConfig, perf: PerfSettings) -> dict[str, Any]:
     cache = setup_feature_cache(cfg.get("feature_cache"), model, datamodule,
                                 {s: OmegaConf.to_container(cfg.data[s], resolve=True) for s in datamodule.splits})
 
-    with exit_on_sigterm(trainer):
-        metrics = fit_and_test(cfg, trainer, task, datamodule, run_dir, checkpoint)
+    try:
+        with exit_on_sigterm(trainer):
+            metrics = fit_and_test(cfg, trainer, task, datamodule, run_dir, checkpoint)
+    except BaseException as err:  # a report of what exists, with why it stopped; the error goes on as it was
+        if trainer.is_global_zero:
+            record_stop(run_dir, err, global_step=trainer.global_step, epoch=trainer.current_epoch)
+        raise
+    (run_dir / STOPPED_NAME).unlink(missing_ok=True)  # a resumed run that finished: no stale reason
     metrics.update({split: task.results[split] for split in ("val", "test") if split in task.results})
     if budget:
         metrics["token_budget"] = budget

@@ -27,6 +27,8 @@ from mmtrain.app.report.common import RunData, scalars, section, table
 log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 SUMMARIES = ("metrics.json", "stages.json", "kfold.json", "sweep.json")
+#: Written when a run stops before it finishes (an error, Ctrl-C, SIGTERM): why, and where.
+STOPPED_NAME = "stopped.json"
 #: Section title and row name of each summary file.
 SUMMARY_KINDS = {"stages": ("Stages", "stage"), "kfold": ("Folds", "fold"), "sweep": ("Sweep", "run")}
 
@@ -91,14 +93,45 @@ def _nav(sections: list[str]) -> str:
     return "<nav>" + "".join(f'<a href="#{a}">{t.split(" (")[0]}</a>' for a, t in links) + "</nav>"
 
 
+def record_stop(run_dir: str | Path, error: BaseException, *, global_step: int, epoch: int) -> None:
+    """Write ``stopped.json`` (why the run stopped, at which step) and a report of what the run left;
+    never raises (the run's own error is what the user must see)."""
+    from mmtrain.core.fileio import atomic_write_bytes
+
+    code = getattr(error, "code", None)
+    reason = {130: "interrupted (Ctrl-C)", 143: "terminated (SIGTERM)"}.get(code if isinstance(code, int) else -1)
+    stop = {"reason": reason or f"{type(error).__name__}: {error}", "global_step": int(global_step),
+            "epoch": int(epoch), "resume": f"mmtrain train ... resume={Path(run_dir)}"}
+    try:
+        atomic_write_bytes(Path(run_dir) / STOPPED_NAME, json.dumps(stop, indent=2).encode("utf-8"))
+        write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - a report must never hide the run's own error
+        log.warning("could not write the report of the stopped run %s: %r", run_dir, err)
+
+
+def _stopped_header(folder: Path) -> str:
+    try:
+        stop = json.loads((folder / STOPPED_NAME).read_text())
+    except (OSError, ValueError):
+        return ""
+    return (f"<div class='verdict'><p class='warn'><b>The run stopped before it finished</b>: "
+            f"{html.escape(str(stop.get('reason')))} (epoch {stop.get('epoch')}, optimizer step "
+            f"{stop.get('global_step')}). What it wrote until then is below; continue it with "
+            f"<code>{html.escape(str(stop.get('resume')))}</code>.</p></div>")
+
+
 def render(run_dir: str | Path) -> str:
-    """The report page of ``run_dir`` as HTML text.
+    """The report page of ``run_dir`` as HTML text (a run that stopped early: what it left, and why).
 
     Raises:
-        FileNotFoundError: ``run_dir`` has none of ``metrics.json``, ``stages.json``, ``kfold.json``.
+        FileNotFoundError: ``run_dir`` has none of ``metrics.json``, ``stages.json``, ``kfold.json``,
+            ``sweep.json``, ``stopped.json``.
     """
     folder = Path(run_dir)
     found = [name for name in SUMMARIES if (folder / name).is_file()]
+    stopped = _stopped_header(folder) if (folder / STOPPED_NAME).is_file() else ""
+    if not found and stopped:
+        found = ["metrics.json"]  # no metrics yet: the curves, audit and skips the run wrote
     if not found:
         raise FileNotFoundError(f"{folder} has no {' / '.join(SUMMARIES)}; is it a finished mmtrain run?")
     header, sections = "", []
@@ -118,7 +151,7 @@ def render(run_dir: str | Path) -> str:
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mmtrain run {title}</title>"
         f"<style>{_STYLE}</style></head><body><h1>mmtrain run {title}</h1>"
-        f"<p class='muted'>{html.escape(str(folder.resolve()))}</p>{header}{_nav(sections)}"
+        f"<p class='muted'>{html.escape(str(folder.resolve()))}</p>{stopped}{header}{_nav(sections)}"
         f"{''.join(sections)}</body></html>"
     )
 
