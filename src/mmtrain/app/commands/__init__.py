@@ -1,1 +1,1 @@
-"""One module per command: train, stages, kfold, evaluate, predict, data_check."""
+"""One module per command: train, stages, sweep, kfold, evaluate, predict, data_check."""
