@@ -29,15 +29,11 @@ DATA_ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-data"
 def with_malloc_tunables() -> None:
     """Re-execute this benchmark script once with ``perf.malloc``'s ``GLIBC_TUNABLES`` (as the ``mmtrain``
     command runs), so every contender of a benchmark gets the same allocator settings."""
-    import os
     import sys
 
-    from mmtrain.app.perf import REEXEC_MARK, malloc_tunables, needs_malloc_reexec
+    from mmtrain.app.perf import reexec_with_malloc_tunables
 
-    if needs_malloc_reexec(os.environ):
-        env = dict(os.environ, GLIBC_TUNABLES=malloc_tunables(os.environ.get("GLIBC_TUNABLES", "")))
-        env[REEXEC_MARK] = "1"
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    reexec_with_malloc_tunables(sys.argv, program=[sys.executable])
 
 
 def train_probed(overrides: Sequence[str], callbacks: Sequence[Any] = (), profiler: Any = None) -> dict[str, Any]:

@@ -94,13 +94,14 @@ def needs_malloc_reexec(environ: Mapping[str, str]) -> bool:
     return malloc_tunables(current) != current
 
 
-def reexec_with_malloc_tunables(argv: Sequence[str]) -> None:
-    """Replace this process by ``python -m mmtrain <argv>`` with the malloc tunables set (same pid,
-    same signal handling); returns only when nothing needs doing."""
+def reexec_with_malloc_tunables(argv: Sequence[str], program: Sequence[str] | None = None) -> None:
+    """Replace this process by ``<program> <argv>`` (default ``python -m mmtrain``) with the malloc
+    tunables set (same pid, same signal handling); returns only when nothing needs doing."""
     if not needs_malloc_reexec(os.environ):
         return
     env = dict(os.environ, GLIBC_TUNABLES=malloc_tunables(os.environ.get("GLIBC_TUNABLES", "")))
     env[REEXEC_MARK] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "mmtrain", *argv], env)
+    command = list(program or [sys.executable, "-m", "mmtrain"])
+    os.execve(command[0], [*command, *argv], env)

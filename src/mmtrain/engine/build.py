@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
+from mmtrain.components.metrics.sense import lower_is_better
 from mmtrain.config.instantiate import safe_instantiate
 from mmtrain.config.targets import locate_allowed
 from mmtrain.models.base import MultimodalPreTrainedModel
@@ -115,10 +116,6 @@ def token_budget(datamodule: Any, model: MultimodalPreTrainedModel) -> dict[str,
     return check_token_budget(builder, datamodule.splits, positions)
 
 
-#: Metric names where smaller is better, for a hand-named ``monitor`` left at ``mode: auto``.
-LOWER_IS_BETTER = ("loss", "mae", "rmse", "mse", "error", "perplexity")
-
-
 def build_callbacks(cfg: DictConfig, prefixes: Sequence[str],
                     monitored: tuple[str, str] | None = None) -> list[pl.Callback]:
     """Every non-null entry of ``cfg.callbacks``; ``monitor: auto`` (the best checkpoint, early stopping)
@@ -136,8 +133,8 @@ def build_callbacks(cfg: DictConfig, prefixes: Sequence[str],
             node = OmegaConf.merge(node, {"monitor": monitored[0], "mode": monitored[1]})
         elif node.get("mode") == "auto":  # a metric named by hand: its sense from the task, else its name
             monitor = str(node.get("monitor"))
-            lower = any(word in monitor for word in LOWER_IS_BETTER)
-            mode = monitored[1] if monitored is not None and monitor == monitored[0] else ("min" if lower else "max")
+            by_name = "min" if lower_is_better(monitor) else "max"
+            mode = monitored[1] if monitored is not None and monitor == monitored[0] else by_name
             node = OmegaConf.merge(node, {"mode": mode})
         built.append(safe_instantiate(node, prefixes, config_key=f"callbacks.{key}"))
     return built

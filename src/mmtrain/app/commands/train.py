@@ -118,7 +118,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
     allow_prefixes(cfg.get("allowed_target_prefixes") or [])
     with open_dict(cfg):
         for key in ("data_root", "output_root"):
-            if isinstance(cfg.get(key), str) and not cfg._get_node(key)._is_interpolation():
+            if isinstance(cfg.get(key), str) and not OmegaConf.is_interpolation(cfg, key):
                 cfg[key] = str(Path(cfg[key]).expanduser().resolve())
     prefixes = runtime_prefixes()
     if not cfg.get("run_dir"):
@@ -190,8 +190,7 @@ def unimodal_results(trainer: pl.Trainer, task: Any, datamodule: Any) -> dict[st
     for name in task.model.encoders:
         task.only_modality = name
         try:
-            with quiet_lightning():
-                trainer.test(task, datamodule=datamodule, verbose=False)
+            trainer.test(task, datamodule=datamodule, verbose=False)
         finally:
             task.only_modality = None
         results[name] = {k: task.results["test"][k] for k in task.only_modality_metrics}
@@ -213,13 +212,10 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, task: Any, datamodule: An
                  checkpoint: Path | None) -> dict[str, Any]:
     """Fit (from ``checkpoint`` when resuming), re-score the best weights on val, test; the metrics."""
     started = time.perf_counter()
-    with quiet_lightning():
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None,
-                    weights_only=True)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
     fit_seconds = time.perf_counter() - started
     if "val" in datamodule.splits:  # re-score the best weights the export callback loaded
-        with quiet_lightning():
-            trainer.validate(task, datamodule=datamodule, verbose=False)
+        trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = {
         "run_dir": str(run_dir),
         "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
@@ -231,8 +227,7 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, task: Any, datamodule: An
         metrics["resumed_from"] = checkpoint.name
     metrics["primary_metric"] = {"name": task.primary_metric, "higher_is_better": task.higher_is_better}
     if "test" in datamodule.splits:
-        with quiet_lightning():
-            trainer.test(task, datamodule=datamodule, verbose=False)
+        trainer.test(task, datamodule=datamodule, verbose=False)
         fused = task.results["test"]
         if cfg.get("evaluate_unimodal") and task.only_modality_metrics and len(task.model.encoders) > 1:
             metrics["test_only_one_modality"] = unimodal_results(trainer, task, datamodule)
@@ -279,7 +274,7 @@ def _train(cfg: DictConfig, perf: PerfSettings) -> dict[str, Any]:
                                 {s: OmegaConf.to_container(cfg.data[s], resolve=True) for s in datamodule.splits})
 
     try:
-        with exit_on_sigterm(trainer):
+        with exit_on_sigterm(trainer), quiet_lightning():
             metrics = fit_and_test(cfg, trainer, task, datamodule, run_dir, checkpoint)
     except BaseException as err:  # a report of what exists, with why it stopped; the error goes on as it was
         if trainer.is_global_zero:

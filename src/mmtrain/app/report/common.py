@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmtrain.components.metrics.sense import lower_is_better as smaller_is_better_by_name
 from mmtrain.app.report import sources
 
-# Metrics where smaller is better (the best epoch is the minimum).
-LOWER_IS_BETTER = ("loss", "perplexity", "error", "wer", "cer")
 # Runs written before metrics.json named its task's primary metric: the first of these present.
 PRIMARY = ("acc", "r@1_mean", "choice_acc", "spearman", "macro_f1")
 
@@ -109,7 +108,7 @@ def lower_is_better(key: str, run: RunData | None = None) -> bool:
     declared = run.declared_primary if run is not None else {}
     if declared.get("name") == key and "higher_is_better" in declared:
         return not declared["higher_is_better"]
-    return any(word in key.lower() for word in LOWER_IS_BETTER)
+    return smaller_is_better_by_name(key)
 
 
 def fmt(value: Any) -> str:

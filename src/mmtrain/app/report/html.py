@@ -98,9 +98,13 @@ def record_stop(run_dir: str | Path, error: BaseException, *, global_step: int, 
     never raises (the run's own error is what the user must see)."""
     from mmtrain.core.fileio import atomic_write_bytes
 
-    code = getattr(error, "code", None)
-    reason = {130: "interrupted (Ctrl-C)", 143: "terminated (SIGTERM)"}.get(code if isinstance(code, int) else -1)
-    stop = {"reason": reason or f"{type(error).__name__}: {error}", "global_step": int(global_step),
+    from mmtrain.engine.callbacks.signals import TrainingTerminated
+
+    if isinstance(error, TrainingTerminated):
+        reason = "interrupted (Ctrl-C)" if error.ctrl_c else "terminated (SIGTERM)"
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    stop = {"reason": reason, "global_step": int(global_step),
             "epoch": int(epoch), "resume": f"mmtrain train ... resume={Path(run_dir)}"}
     try:
         atomic_write_bytes(Path(run_dir) / STOPPED_NAME, json.dumps(stop, indent=2).encode("utf-8"))

@@ -18,7 +18,7 @@ Series = Sequence[tuple[float, float]]
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 #: One marker per line, hollow and filled in turn: lines with equal values (val acc and macro-F1 on a
 #: balanced set) stay visible on top of each other.
-_MARKERS = [("o", 0), ("s", 0), ("^", 0), ("D", 0), ("v", 0), ("x", 0), ("P", 0), ("*", 0)]
+_MARKERS = ["o", "s", "^", "D", "v", "x", "P", "*"]
 
 
 def image_tag(png: bytes, alt: str, mime: str = "image/png") -> str:
@@ -90,7 +90,7 @@ def metric_figure(series: Mapping[str, Series], chance: float | None, boundaries
     for i, (name, points) in enumerate(series.items()):
         xs, ys = zip(*points)
         style = "--" if name.startswith("train/") else "-"
-        marker, _ = _MARKERS[i % len(_MARKERS)]
+        marker = _MARKERS[i % len(_MARKERS)]
         hollow = {"markerfacecolor": "none", "markeredgewidth": 1.4} if i % 2 == 0 else {}
         # each later line is drawn smaller and thinner, so an equal earlier one still shows around it
         axis.plot(xs, ys, style, marker=marker, ms=max(3, 10 - 1.5 * i), lw=max(0.8, 2.2 - 0.3 * i),

@@ -12,6 +12,5 @@ class RunProgressBar(RichProgressBar):
 
     @property
     def test_description(self) -> str:
-        trainer = self._trainer
-        only = getattr(trainer.lightning_module, "only_modality", None) if trainer is not None else None
+        only = getattr(self.trainer.lightning_module, "only_modality", None)  # asked only while testing
         return f"Testing ({only} only)" if only else "Testing"
