@@ -24,6 +24,7 @@ _LAZY = {
     "train": "mmtrain.app.api",
     "evaluate": "mmtrain.app.api",
     "predict": "mmtrain.app.api",
+    "predict_many": "mmtrain.app.api",
     "export": "mmtrain.app.api",
     "compose": "mmtrain.app.api",
     "RunResult": "mmtrain.app.api",

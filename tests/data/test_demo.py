@@ -274,3 +274,20 @@ def test_a_build_inside_train_reports_progress_per_split(tmp_path, caplog) -> No
     built = [r.getMessage() for r in caplog.records if "split built" in r.getMessage()]
     assert built == ["demo set: train split built (4 clips)", "demo set: val split built (2 clips)",
                      "demo set: test split built (2 clips)"]
+
+
+def test_the_default_images_do_not_depend_on_what_is_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenCV digits sheet present on the machine joins the test images only when asked for by name
+    (or with ``auto``): the default set, and the README's figures, are the same everywhere."""
+    from PIL import Image
+
+    from mmtrain.data.demo import images
+
+    sheet = np.zeros((1000, 2000), np.uint8)  # 50 x 100 tiles of 20x20, 5 rows per digit, like digits.png
+    sheet[:, ::20] = 255
+    sheet[::20, 5:15] = 255
+    Image.fromarray(sheet).save(tmp_path / "digits.png")
+    monkeypatch.setattr(images, "OPENCV_DIGITS", tmp_path / "digits.png")
+    sources = {request: {info["source"] for info in images.build_pools(*request).get("test").description}
+               for request in [(), ("auto",), ("opencv_digits",)]}
+    assert sources == {(): {"sklearn_digits"}, ("auto",): {"opencv_digits"}, ("opencv_digits",): {"opencv_digits"}}

@@ -148,3 +148,72 @@ def test_predict_reads_one_segment_of_a_clip(trained_run: Path, tmp_path: Path) 
     late = mmtrain("predict", str(trained_run / "export"), "--video", str(video), "--start", "3", "--end", "4",
                    cwd=tmp_path)
     assert late.returncode == 2 and "Give --start/--end inside the clip" in " ".join(late.stdout.split())
+
+
+# ---------------------------------------------------------------------------------------- batch predict
+def rows_of(file: Path) -> list[dict]:
+    return [json.loads(line) for line in file.read_text().splitlines()]
+
+
+def test_batch_predict_over_the_test_split_matches_the_run(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.jsonl"
+    result = mmtrain("predict", str(trained_run), "--out", str(out), "--batch-size", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = rows_of(out)
+    trained = json.loads((trained_run / "metrics.json").read_text())["test"]
+    assert len(rows) == sum(map(sum, trained["confusion"])) and len({r["id"] for r in rows}) == len(rows)
+    digits = list(rows[0]["probabilities"])
+    confusion = [[0] * len(digits) for _ in digits]
+    for row in rows:
+        confusion[digits.index(row["target"])][digits.index(row["label"])] += 1
+        assert abs(sum(row["probabilities"].values()) - 1.0) < 1e-4
+    assert confusion == trained["confusion"]  # the same answers as the run's own test
+    assert f"accuracy {trained['acc']:.4f}" in " ".join(result.stdout.split())
+    assert not list(tmp_path.glob("*.partial.jsonl"))
+
+
+def test_batch_predict_over_a_folder_agrees_with_single_predict(trained_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "inputs"
+    (folder / "more").mkdir(parents=True)
+    video, _ = write_media(folder)  # inputs/clip.mp4 (no audio stream)
+    (folder / "more" / "clip.txt").write_text("seven\n")
+    (folder / "more" / "broken.mp4").write_bytes(b"not a video")
+    (folder / "notes.md").write_text("not a sample")
+    out = tmp_path / "preds.csv"
+    result = mmtrain("predict", str(trained_run), "--data", str(folder), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    import csv
+
+    with out.open() as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == ["clip", "more/broken", "more/clip", "tone"]  # tone.wav: an audio-only sample
+    assert "cannot open" in rows["more/broken"]["error"] and not rows["more/broken"]["label"]
+    assert list(csv.reader(out.open()))[0][-1] == "error"
+    single = mmtrain("predict", str(trained_run), "--video", str(video), cwd=tmp_path)
+    expected = json.loads(single.stdout[single.stdout.index("{"):])
+    assert rows["clip"]["label"] == expected["label"]
+    for name, probability in expected["probabilities"].items():
+        assert abs(float(rows["clip"][f"probabilities.{name}"]) - probability) < 1e-5
+    for sample, flag, value in (("more/clip", "--text", "seven"), ("tone", "--audio", str(folder / "tone.wav"))):
+        alone = mmtrain("predict", str(trained_run), flag, value, cwd=tmp_path)
+        assert rows[sample]["label"] == json.loads(alone.stdout[alone.stdout.index("{"):])["label"], sample
+
+
+def test_batch_predict_reads_a_data_config_and_refuses_a_hostile_one(trained_run: Path, tmp_path: Path) -> None:
+    config = tmp_path / "val_as_test.yaml"
+    config.write_text(
+        "test:\n  _target_: mmtrain.data.formats.mp4_label_json.Mp4LabelJsonDataset\n"
+        "  video_dir: ${data_root}/spoken_digits/videos/val\n  label_dir: ${data_root}/spoken_digits/labels/val\n"
+        "  label_names: [zero, one, two, three, four, five, six, seven, eight, nine]\n  num_frames: ${data.processor.num_frames}\n"
+        "  modalities: ${data.processor.modalities}\n")
+    out = tmp_path / "val.jsonl"
+    result = mmtrain("predict", str(trained_run), "--data", str(config), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    val_ids = {row["id"] for row in rows_of(out)}
+    default = mmtrain("predict", str(trained_run), "--split", "val", "--out", str(tmp_path / "v2.jsonl"), cwd=tmp_path)
+    assert default.returncode == 0 and val_ids == {row["id"] for row in rows_of(tmp_path / "v2.jsonl")}
+    config.write_text("test:\n  _target_: os.system\n  command: touch pwned\n")
+    refused = mmtrain("predict", str(trained_run), "--data", str(config), "--out", str(tmp_path / "x.jsonl"),
+                      cwd=tmp_path)
+    assert refused.returncode == 2 and "'os.system' is not allowed" in " ".join(refused.stdout.split())
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "x.jsonl").exists()

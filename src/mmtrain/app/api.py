@@ -116,6 +116,18 @@ def predict(export_dir: str | Path, **inputs: Any) -> dict[str, Any]:
         return predict_one(export_dir, **inputs)
 
 
+def predict_many(export_dir: str | Path, *, out: str | Path, data: str | Path | None = None,
+                 **options: Any) -> dict[str, Any]:
+    """Many samples through an exported model into ``out`` (``mmtrain predict --data ... --out ...``):
+    ``data`` a folder of media files, a data config YAML or ``None`` (the training data's ``split=``);
+    ``split=``, ``batch_size=``, ``num_workers=``, ``overrides=``, ``choices=``, ``max_new_tokens=``.
+    Returns ``{"out", "rows", "errors", "source"}`` (+ ``accuracy`` where the data has class labels)."""
+    from mmtrain.app.commands.predict_batch import predict_many as predict_batch
+
+    with process_state_kept():
+        return predict_batch(export_dir, out=out, data=data, **options)
+
+
 def export(checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """A ``save_pretrained`` folder from a training checkpoint (``mmtrain export``)."""
     from mmtrain.app.commands.evaluate import export_checkpoint

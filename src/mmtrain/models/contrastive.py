@@ -131,21 +131,24 @@ def build_contrastive_model(
     )))
 
 
-def predict_embeddings(model: ContrastiveModel, processor: Any, batch: Mapping[str, Any], **options: Any) -> dict[str, Any]:
-    """``predict`` of a contrastive model: each given modality's embedding and the cosine similarity of
-    every pair of them."""
+def predict_embeddings(model: ContrastiveModel, processor: Any, batch: Mapping[str, Any],
+                       **options: Any) -> list[dict[str, Any]]:
+    """``predict`` of a contrastive model: per sample, each given modality's embedding and the cosine
+    similarity of every pair of them."""
     with torch.no_grad():
         output = model(**batch)
-    given = [m for m in processor.modalities if bool(batch.get(f"{m}_present", torch.zeros(1))[0])]
-    embeddings = {m: output.embeddings[m][0] for m in given if m in output.embeddings}
-    names = list(embeddings)
-    return {
-        "embeddings": {m: [round(float(x), 6) for x in e] for m, e in embeddings.items()},
-        "cosine_similarity": {
-            f"{a}_{b}": round(float(nn.functional.cosine_similarity(embeddings[a], embeddings[b], dim=0)), 6)
-            for i, a in enumerate(names) for b in names[i + 1:]
-        },
-    }
+    rows = []
+    for row in range(next(iter(output.embeddings.values())).shape[0]):
+        given = [m for m in processor.modalities if m in output.embeddings and bool(batch[f"{m}_present"][row])]
+        embeddings = {m: output.embeddings[m][row].float() for m in given}
+        rows.append({
+            "embeddings": {m: [round(float(x), 6) for x in e.tolist()] for m, e in embeddings.items()},
+            "cosine_similarity": {
+                f"{a}_{b}": round(float(nn.functional.cosine_similarity(embeddings[a], embeddings[b], dim=0)), 6)
+                for i, a in enumerate(given) for b in given[i + 1:]
+            },
+        })
+    return rows
 
 
 KIND = register_model_kind(ModelKind(

@@ -282,9 +282,9 @@ def build_llm_model(
 
 
 def predict_llm(model: LLMModel, processor: Any, batch: dict[str, Any], *, choices: Sequence[str] | None = None,
-                max_new_tokens: int = 16, **options: Any) -> dict[str, Any]:
-    """``predict`` of an LLM-decoder model: with a head, its label; without (instruction-tuned), the
-    answer to the prompt, greedy, or the likeliest of ``choices`` with their probabilities."""
+                max_new_tokens: int = 16, **options: Any) -> list[dict[str, Any]]:
+    """``predict`` of an LLM-decoder model, per sample: with a head, its label; without (instruction-tuned),
+    the answer to the prompt, greedy, or the likeliest of ``choices`` with their probabilities."""
     if model.head is not None:
         if choices:
             raise ValueError("--choice is for instruction-tuned LLM models (model=llm without a head).")
@@ -293,12 +293,13 @@ def predict_llm(model: LLMModel, processor: Any, batch: dict[str, Any], *, choic
     prompt = {"lm_prompt_ids": batch.pop("lm_input_ids"), "lm_prompt_mask": batch.pop("lm_attention_mask")}
     if choices:
         candidates = [builder.answer_ids({"target_text": c}) for c in choices]
-        scores = model.score_answers(**prompt, **batch, candidates=candidates)[0].softmax(-1)
-        return {"answer": choices[int(scores.argmax())],
-                "choice_probabilities": {c: round(float(p), 6) for c, p in zip(choices, scores)}}
+        scores = model.score_answers(**prompt, **batch, candidates=candidates).float().softmax(-1)  # [B, C]
+        return [{"answer": choices[int(row.argmax())],
+                 "choice_probabilities": {c: round(float(p), 6) for c, p in zip(choices, row.tolist())}}
+                for row in scores]
     ids = model.generate_answers(**prompt, **batch, max_new_tokens=max_new_tokens,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return {"answer": tokenizer.decode(ids[0], skip_special_tokens=True).strip()}
+    return [{"answer": tokenizer.decode(row, skip_special_tokens=True).strip()} for row in ids]
 
 
 KIND = register_model_kind(ModelKind(

@@ -21,8 +21,9 @@ from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.config.plain import plain
 from mmtrain.models.configuration import PRETRAINED_KEY
 
-#: ``predict(model, processor, batch, **options) -> dict`` of a kind: what ``mmtrain predict`` prints.
-Predict = Callable[..., dict[str, Any]]
+#: ``predict(model, processor, batch, **options) -> [dict per sample]`` of a kind: what ``mmtrain predict``
+#: prints for one sample and writes as one row per sample of a batch prediction.
+Predict = Callable[..., list[dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,8 @@ class ModelKind:
         config_class, model_class: the ``PretrainedConfig`` / ``PreTrainedModel`` pair.
         builder: what the config's ``model._target_`` names; its injected arguments are declared on
             it with :func:`mmtrain.config.validate.injects`.
-        predict: one processed sample through the model -> the JSON ``mmtrain predict`` prints.
+        predict: a processed batch through the model -> one JSON-ready dict per sample (what ``mmtrain
+            predict`` prints, one row of a batch prediction).
         auto_classes: transformers Auto classes the model registers with (``AutoModel``...).
         processor: whether ``AutoProcessor`` loads the kind's ``MultimodalProcessor``.
         item_pairs: whether a sample holds two items of each modality (``predict`` checks it).
@@ -133,12 +135,12 @@ def config_fields(
     }
 
 
-def predict_label(model: Any, processor: Any, batch: Mapping[str, Any], **options: Any) -> dict[str, Any]:
-    """``predict`` of a classifier kind: the likeliest label and every class's probability."""
+def predict_label(model: Any, processor: Any, batch: Mapping[str, Any], **options: Any) -> list[dict[str, Any]]:
+    """``predict`` of a classifier kind: per sample, the likeliest label and every class's probability."""
     import torch
 
     with torch.no_grad():
-        probs = model(**batch).logits.softmax(-1)[0]
+        probs = model(**batch).logits.float().softmax(-1)  # [B, C]
     names = model.config.id2label
-    return {"label": names[int(probs.argmax())],
-            "probabilities": {names[i]: round(float(p), 6) for i, p in enumerate(probs)}}
+    return [{"label": names[int(row.argmax())],
+             "probabilities": {names[i]: round(float(p), 6) for i, p in enumerate(row.tolist())}} for row in probs]

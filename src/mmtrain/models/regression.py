@@ -92,12 +92,14 @@ def build_regression_model(
     ))
 
 
-def predict_values(model: RegressionModel, processor: Any, batch: dict[str, Any], **options: Any) -> dict[str, Any]:
-    """``predict`` of a regressor: each output's predicted value, by name."""
+def predict_values(model: RegressionModel, processor: Any, batch: dict[str, Any],
+                   **options: Any) -> list[dict[str, Any]]:
+    """``predict`` of a regressor: per sample, each output's predicted value, by name."""
     batch.pop("labels", None)
     with torch.no_grad():
-        values = model(**batch).logits[0]
-    return {"prediction": {name: round(float(v), 6) for name, v in zip(model.config.target_names, values)}}
+        values = model(**batch).logits.float()  # [B, K]
+    names = model.config.target_names
+    return [{"prediction": {name: round(float(v), 6) for name, v in zip(names, row.tolist())}} for row in values]
 
 
 KIND = register_model_kind(ModelKind(

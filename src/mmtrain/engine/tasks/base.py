@@ -216,6 +216,25 @@ class TaskBase(pl.LightningModule):
             return torch.zeros((), device=self.device, requires_grad=True)
         return torch.stack([p.sum().float() for p in params]).sum() * 0.0
 
+    def log_batch_value(self, name: str, value: torch.Tensor, *, batch_size: int, on_step: bool = False,
+                        prog_bar: bool = False) -> None:
+        """Log a value of this rank's batch (a loss), averaged over the epoch. Under DDP/FSDP every rank holds
+        another part of the split, so Lightning all-reduces the value (``sync_dist``): the epoch's mean over
+        every sample, not rank 0's share (and, with ``on_step``, each step's mean over the global batch)."""
+        self.log(name, value, batch_size=batch_size, on_step=on_step, on_epoch=True, prog_bar=prog_bar,
+                 sync_dist=True)
+
+    def log_split_results(self, split: str, results: dict[str, Any], prog_bar: tuple[str, ...] = ()) -> None:
+        """Log a split's scalar results, which every rank already holds in full (torchmetrics' ``compute()``
+        syncs its states; retrieval and generation metrics come from gathered rows). ``sync_dist`` averages
+        the equal values of the ranks (the same number again) and tells Lightning they are global, so it
+        does not warn; they are reduced where Lightning settles the epoch, on every rank. Non-numbers are skipped."""
+        for key, value in results.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = float(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.log(f"{split}/{key}", float(value), prog_bar=key in prog_bar, sync_dist=True)
+
     def _finish(self, split: str) -> None:
         """Compute ``split``'s epoch metrics into ``results[split]`` and log them (subclasses implement it)."""
         raise NotImplementedError

@@ -58,15 +58,15 @@ class ClassificationTask(TaskBase):
         self.sample_rows = logits  # [B, C]: a NaN/Inf loss names the samples whose logits are not finite
         loss = self.loss_fn(logits, batch["labels"])
         self.metrics[f"{split}_metrics"].update(logits.detach(), batch["labels"])
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch),
-                 on_step=split == "train", on_epoch=True)
+        self.log_batch_value(f"{split}/loss", loss, batch_size=self.batch_size_of(batch), on_step=split == "train",
+                             prog_bar=True)
         return loss
 
     def _finish(self, split: str) -> None:
         result = self.metrics[f"{split}_metrics"].compute()
         self.results[split] = result
-        self.log(f"{split}/acc", result["acc"], prog_bar=split != "train")
-        self.log(f"{split}/macro_f1", result["macro_f1"], prog_bar=split == "val")
+        self.log_split_results(split, {"acc": result["acc"], "macro_f1": result["macro_f1"]},
+                               prog_bar=("acc", "macro_f1") if split == "val" else ("acc",) if split == "test" else ())
 
     def on_train_epoch_end(self) -> None:
         self._finish("train")

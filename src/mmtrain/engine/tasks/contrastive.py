@@ -227,7 +227,7 @@ class ContrastiveTask(TaskBase):
         else:  # this rank's batch; the split-level retrieval below gathers every rank's embeddings
             loss = self._mean_loss(output.embeddings, output.present)
         size = self.batch_size_of(batch)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=size, on_step=split == "train", on_epoch=True)
+        self.log_batch_value(f"{split}/loss", loss, batch_size=size, on_step=split == "train", prog_bar=True)
         if split == "train":
             for name, module in self.losses.items():
                 inner = module.loss if isinstance(module, MatryoshkaLoss) else module
@@ -343,8 +343,7 @@ class ContrastiveTask(TaskBase):
         result = self.split_results(data, split)
         self.results[split] = result
         # Every rank computed the same values from the gathered set: no reduction needed.
-        for key, value in result.items():
-            self.log(f"{split}/{key}", value, prog_bar=key == "r@1_mean", sync_dist=False, rank_zero_only=False)
+        self.log_split_results(split, result, prog_bar=("r@1_mean",))
         trainer = self._trainer  # a training run (it logs; `mmtrain eval` does not): examples for report.html
         if split == "test" and trainer is not None and trainer.loggers and trainer.is_global_zero:
             examples = retrieval_examples(data, self.eval_pairs, self.id_names)

@@ -90,7 +90,7 @@ class GenerationTask(TaskBase):
         out = self.model(**inputs)
         loss = out.lm_loss
         size = self.batch_size_of(batch)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=size, on_step=split == "train", on_epoch=True)
+        self.log_batch_value(f"{split}/loss", loss, batch_size=size, on_step=split == "train", prog_bar=True)
         if split != "train":
             self._evaluate(batch, out, split)
         return loss
@@ -123,8 +123,7 @@ class GenerationTask(TaskBase):
         choice.reset()
         self._references[split] = []
         self.results[split] = result
-        for key, value in result.items():
-            self.log(f"{split}/{key}", value, prog_bar=key in ("perplexity", "exact_match"))
+        self.log_split_results(split, result, prog_bar=("perplexity", "exact_match"))
 
     def _discard(self, split: str) -> None:
         super()._discard(split)  # the metrics' compute() resets them

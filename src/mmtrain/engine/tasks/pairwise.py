@@ -108,9 +108,9 @@ class PairwiseTask(ClassificationTask):
         loss = ce + self.swap_weight * swap if self.swap_weight > 0 else ce
         self.metrics[f"{split}_metrics"].update(logits.detach(), labels)
         size = self.batch_size_of(batch)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=size, on_step=split == "train", on_epoch=True)
-        self.log(f"{split}/ce", ce, batch_size=size, on_step=False, on_epoch=True)
-        self.log(f"{split}/swap", swap, batch_size=size, on_step=False, on_epoch=True)
+        self.log_batch_value(f"{split}/loss", loss, batch_size=size, on_step=split == "train", prog_bar=True)
+        self.log_batch_value(f"{split}/ce", ce, batch_size=size)
+        self.log_batch_value(f"{split}/swap", swap, batch_size=size)
         if split in self._pairs:
             self._pairs[split].append({
                 "probs": logits.detach().float().softmax(-1).cpu(),
@@ -134,9 +134,8 @@ class PairwiseTask(ClassificationTask):
         extra = self.pair_results(self._pairs[split])
         self._pairs[split] = []
         self.results[split].update(extra)
-        for key in ("swap_consistency_rate", "bt_pearson", "bt_spearman"):
-            if extra.get(key) is not None:
-                self.log(f"{split}/{key}", extra[key], prog_bar=key == "bt_spearman" and split == "val")
+        self.log_split_results(split, {key: extra[key] for key in ("swap_consistency_rate", "bt_pearson", "bt_spearman")
+                                       if extra.get(key) is not None}, prog_bar=("bt_spearman",) if split == "val" else ())
 
     def pair_results(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Swap-consistency rate and Bradley-Terry correlations from one split's collected batches."""

@@ -62,16 +62,15 @@ class RegressionTask(TaskBase):
         self.sample_rows = values  # [B, K]: a NaN/Inf loss names the samples whose predictions are not finite
         loss = self.loss_fn(values, targets)
         self.metrics[f"{split}_metrics"].update(values, targets)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch),
-                 on_step=split == "train", on_epoch=True)
+        self.log_batch_value(f"{split}/loss", loss, batch_size=self.batch_size_of(batch), on_step=split == "train",
+                             prog_bar=True)
         return loss
 
     def _finish(self, split: str) -> None:
         result = self.metrics[f"{split}_metrics"].compute()
         self.results[split] = result
-        for name in ("mae", "rmse", "pearson", "spearman"):
-            if name in result:
-                self.log(f"{split}/{name}", result[name], prog_bar=name == "mae" and split != "train")
+        self.log_split_results(split, {name: result[name] for name in ("mae", "rmse", "pearson", "spearman")
+                                       if name in result}, prog_bar=("mae",) if split != "train" else ())
 
     def on_train_epoch_end(self) -> None:
         self._finish("train")
