@@ -45,8 +45,22 @@ def compose_config(
     except (HydraException, OmegaConfBaseException) as err:
         hint = _did_you_mean(str(err), config_name, extra)
         raise ConfigError(f"{hint}cannot compose the config: {err}") from err
+    if "overridden_keys" in cfg:  # the training config's record of what the command line set
+        cfg.overridden_keys = overridden_keys(overrides)
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def overridden_keys(overrides: Sequence[str]) -> list[str]:
+    """The config keys that ``key=value`` overrides set (``+``/``++`` prefixes dropped), in order; group
+    choices (``model/fusion=gated``) and deletions (``~key``) are not values and are left out."""
+    keys = []
+    for override in overrides:
+        key, equals, _ = override.partition("=")
+        key = key.lstrip("+")
+        if equals and "/" not in key and not key.startswith("~") and key not in keys:
+            keys.append(key)
+    return keys
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:

@@ -311,6 +311,8 @@ def build_processor(
     tokenizer: str,
     modalities: Sequence[str] = MODALITIES,
     image_size: int = 32,
+    image_mean: Sequence[float] = CLIP_MEAN,
+    image_std: Sequence[float] = CLIP_STD,
     num_frames: int = 4,
     num_mel_bins: int = 80,
     audio_frames: int = 100,
@@ -320,7 +322,11 @@ def build_processor(
     modality_dropout: dict[str, float] | None = None,
     prompt: dict[str, Any] | None = None,
 ) -> MultimodalProcessor:
-    """Build the processor from config values (a tokenizer folder or ``pkg:<module>``).
+    """Build the processor from config values (a tokenizer folder, Hub id or ``pkg:<module>``).
+
+    ``image_size`` / ``image_mean`` / ``image_std`` (RGB, of pixels in [0, 1]) and ``num_mel_bins`` /
+    ``audio_frames`` follow a pretrained tower's checkpoint when one is configured
+    (:mod:`mmtrain.engine.checkpoint_settings`).
 
     ``audio_frames`` is the fixed log-mel window: a multiple of 100 (whole seconds at 16 kHz, hop 160).
     ``prompt`` (LLM-decoder models): ``{template, num_tokens, class_token, max_length, overflow}``
@@ -335,7 +341,8 @@ def build_processor(
     )
     return MultimodalProcessor(
         AutoTokenizer.from_pretrained(str(folder)), extractor, modalities=list(modalities),
-        image_size=image_size, num_frames=num_frames, audio_format=audio_format,
+        image_size=image_size, image_mean=list(image_mean), image_std=list(image_std), num_frames=num_frames,
+        audio_format=audio_format,
         max_text_length=max_text_length, augment=plain(augment), modality_dropout=plain(modality_dropout),
         prompt=plain(prompt),
     )

@@ -87,7 +87,7 @@ def resume_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
     before = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
     now = OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)), resolve=False)
     changed = sorted(k for k in set(flatten(before)) | set(flatten(now))
-                     if k != "resume" and flatten(before).get(k) != flatten(now).get(k))
+                     if k.split(".")[0] not in ("resume", "overridden_keys") and flatten(before).get(k) != flatten(now).get(k))
     if changed:
         log.warning("resuming with settings that differ from the interrupted run: %s", ", ".join(changed))
     if checkpoint is None:  # killed before its first checkpoint: what it wrote is redone from step 0
@@ -120,15 +120,19 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
         for key in ("data_root", "output_root"):
             if isinstance(cfg.get(key), str) and not OmegaConf.is_interpolation(cfg, key):
                 cfg[key] = str(Path(cfg[key]).expanduser().resolve())
+    from mmtrain.engine.checkpoint_settings import follow_checkpoints
+
     prefixes = runtime_prefixes()
-    if not cfg.get("run_dir"):
+    unset = not cfg.get("run_dir")
+    if unset:
         with open_dict(cfg):
             cfg.run_dir = "<unset>"  # lets ${run_dir} resolve during validation
-        validate_config(cfg, prefixes, BUILT_SECTIONS)
+    validate_config(cfg, prefixes, BUILT_SECTIONS)
+    if follow_checkpoints(cfg):  # pretrained towers' own image size, normalisation, mel window, tokenizer
+        validate_config(cfg, prefixes, ("data",))
+    if unset:
         with open_dict(cfg):
             cfg.run_dir = None
-    else:
-        validate_config(cfg, prefixes, BUILT_SECTIONS)
     check_signature("trainer", cfg.trainer, pl.Trainer, TRAINER_INJECTED)
     check_logger_extras(cfg)
     return cfg, prefixes
