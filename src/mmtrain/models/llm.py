@@ -86,7 +86,7 @@ class LLMModel(MultimodalPreTrainedModel):
         missing = sorted(set(config.encoders) - set(config.media_token_ids or {}))
         if missing:
             raise ValueError(f"LLMConfig.media_token_ids has no placeholder token for encoder slots {missing}.")
-        if lora and lora["quantize"]:  # QLoRA: the pretrained LM loaded 4/8-bit (CUDA + bitsandbytes)
+        if lora and lora["quantize"]:  # QLoRA: the pretrained LM loaded 4/8-bit (bitsandbytes; GPU or CPU)
             self.decoder = lora_lib.build_quantized_decoder(config.decoder, config.lm_vocab_size,
                                                             lora["quantize"])
         else:

@@ -160,11 +160,3 @@ def test_lora_with_trainable_decoder_is_refused() -> None:
         build("gpt2", trainable={"decoder": True})
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None,
-                    reason="QLoRA can be built here")
-@pytest.mark.parametrize("bits", ["4bit", "8bit"])
-def test_quantize_without_bitsandbytes_and_cuda_says_what_is_missing_and_what_to_do(bits: str) -> None:
-    lora = {"r": 4, "target_modules": ["c_attn"], "quantize": bits}
-    with pytest.raises(ValueError, match=rf"quantize='{bits}' \(QLoRA\).*lacks .*(bitsandbytes|CUDA).*"
-                                         r"set model.lora.quantize: null"):
-        build("gpt2", lora=lora)

@@ -17,6 +17,7 @@ from mmtrain.config.validate import validate_config
 from mmtrain.engine.build import build_data, build_model, build_task, wire_processor
 from mmtrain.engine.callbacks.export import CONFIG_KEY, LABELS_KEY
 from mmtrain.engine.export import TRAINING_CONFIG, find_export, write_export
+from mmtrain.engine.quantized import load_trained_state
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> 
     processor = safe_instantiate(cfg.data.processor, prefixes, config_key="data.processor")
     model = build_model(cfg, state[LABELS_KEY], prefixes, warm_start=False, facts=processor.model_facts())
     weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    load_trained_state(model, weights)  # a QLoRA checkpoint holds no frozen quantized layers
     wire_processor(processor, model)
     target = Path(out) if out else file.parent.parent / f"export-{file.stem}"
     return write_export(model, processor, target, config_yaml=state[CONFIG_KEY])

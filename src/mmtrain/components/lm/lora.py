@@ -36,15 +36,18 @@ training's export and ``mmtrain export`` both write it; write_export adds the pr
        AutoModel.from_pretrained("export/adapter") (base LM read from the recorded folder); the LM
        alone also loads with peft: PeftModel.from_pretrained(<base LM resized to lm_vocab_size>, ...)
 
-**QLoRA** (``quantize: 4bit | 8bit``) needs bitsandbytes and a CUDA GPU; :func:`lora_settings`
-refuses it at build time otherwise. Its merged export loads the adapter export again on a
+**QLoRA** (``quantize: 4bit | 8bit``) loads the pretrained LM through transformers'
+``BitsAndBytesConfig`` (4-bit NF4 with double quantization, or LLM.int8) on the GPU, or on the CPU
+where no CUDA device exists (bitsandbytes >= 0.45 runs both there; compute in float32): the LM's
+linear layers become ``Linear4bit`` / ``Linear8bitLt``, only the adapters (and the new token rows)
+train. It needs the ``bitsandbytes`` package (``pip install 'mmtrain[qlora]'``); :func:`lora_settings`
+names it at build time when missing. The merged export loads the adapter export again on a
 full-precision base (``from_adapter(..., full_precision=True)``) and merges there.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import logging
 import re
@@ -85,7 +88,7 @@ def lora_settings(spec: Mapping[str, Any] | None, trainable: Mapping[str, bool] 
 
     Raises:
         ValueError: an unknown key, a bad value, ``model.trainable.decoder`` set alongside, or
-            ``quantize`` on a machine without bitsandbytes + CUDA.
+            ``quantize`` without the bitsandbytes package.
     """
     if spec is None:
         return None
@@ -113,16 +116,15 @@ def lora_settings(spec: Mapping[str, Any] | None, trainable: Mapping[str, bool] 
 
 
 def check_quantization(quantize: str) -> None:
-    """Raise unless bitsandbytes is installed and a CUDA GPU is visible (nothing is imported)."""
-    missing = [] if importlib.util.find_spec("bitsandbytes") else ["the bitsandbytes package"]
-    missing += [] if torch.cuda.is_available() else ["a CUDA GPU"]
-    if missing:
+    """Raise unless the bitsandbytes package imports (it loads the quantized LM, on a GPU or the CPU)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
         raise ValueError(
-            f"model.lora.quantize={quantize!r} (QLoRA) loads the LM {quantize}-quantized with bitsandbytes on a "
-            f"CUDA GPU, but this machine lacks {' and '.join(missing)}. For LoRA on CPU set "
-            "model.lora.quantize: null (the LM stays in full precision); for QLoRA, run on a CUDA machine "
-            "with `pip install bitsandbytes`."
-        )
+            f"model.lora.quantize={quantize!r} (QLoRA) loads the LM {quantize}-quantized with bitsandbytes, which "
+            f"cannot be imported here ({err}). Install it: pip install 'mmtrain[qlora]' (bitsandbytes); or set "
+            "model.lora.quantize: null (plain LoRA, the LM in full precision)."
+        ) from err
 
 
 def linear_module_names(lm: nn.Module) -> list[str]:
@@ -358,12 +360,29 @@ def write_lora_exports(model: nn.Module, folder: Path) -> Path | None:
     return adapter
 
 
+def keep_training_layout(lm: nn.Module) -> None:
+    """Keep this LM's 4-bit layers out of bitsandbytes' CPU inference repacking (per layer, this model only).
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50's ``Linear4bit`` repacks its weight for a faster kernel
+    the first time it runs in eval mode, and then takes that inference-only path in training too: after
+    Lightning's validation sanity check the next training step fails (an in-place bias add on a tensor
+    that needs its gradient). Training alternates train and eval, so these layers stay in the layout both
+    share; CPU evaluation is then a little slower, nothing else changes. A GPU never repacks.
+    """
+    import bitsandbytes as bnb
+
+    for module in lm.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def build_quantized_decoder(spec: Mapping[str, Any], vocab_size: int | None, quantize: str) -> CausalLMDecoder:
-    """The decoder of ``spec`` with its pretrained LM loaded ``quantize``d (QLoRA; CUDA only).
+    """The decoder of ``spec`` with its pretrained LM loaded ``quantize``d (QLoRA).
 
     Same arguments as :class:`CausalLMDecoder` (``spec`` without ``_target_``); the LM is loaded by
-    ``build_hf_model`` with a ``BitsAndBytesConfig``, resized like ``CausalLMDecoder`` does, then
-    prepared by ``peft.prepare_model_for_kbit_training``. Not testable on a CPU machine.
+    ``build_hf_model`` with a ``BitsAndBytesConfig`` onto the current CUDA device, else the CPU (compute
+    in bfloat16/float16 on a GPU, float32 on the CPU), resized like ``CausalLMDecoder`` does, then
+    prepared by ``peft.prepare_model_for_kbit_training``.
     """
     check_quantization(quantize)
     from transformers import BitsAndBytesConfig
@@ -371,18 +390,21 @@ def build_quantized_decoder(spec: Mapping[str, Any], vocab_size: int | None, qua
     folder = resolve_pretrained_path(spec.get("pretrained_path"), what="model.decoder.pretrained_path")
     if folder is None:
         raise ValueError("model.lora.quantize quantizes a pretrained LM: set model.decoder.pretrained_path.")
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute, bnb_4bit_quant_type="nf4")
+    cuda = torch.cuda.is_available()
+    compute = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True)
            if quantize == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
     hf_config = build_hf_config(str(spec["model_type"]), spec.get("config"), folder)
     lm = build_hf_model(_AutoCausalLM, hf_config, folder, quantization_config=bnb,
-                        device_map={"": torch.cuda.current_device()})
+                        device_map={"": torch.cuda.current_device() if cuda else "cpu"})
     decoder = CausalLMDecoder.__new__(CausalLMDecoder)
     nn.Module.__init__(decoder)  # CausalLMDecoder.__init__ would first load the LM in full precision
     if vocab_size is not None and int(vocab_size) < lm.get_input_embeddings().num_embeddings:
         raise ValueError(f"the tokenizer has {vocab_size} tokens, fewer than the LM in {folder}; use its tokenizer.")
     if vocab_size is not None and int(vocab_size) > lm.get_input_embeddings().num_embeddings:
         lm.resize_token_embeddings(int(vocab_size), mean_resizing=False)
+    keep_training_layout(lm)
     decoder.lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
     decoder.hidden_size = int(lm.get_input_embeddings().embedding_dim)
     decoder.vocab_size = int(lm.get_input_embeddings().num_embeddings)

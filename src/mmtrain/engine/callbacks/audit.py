@@ -365,7 +365,7 @@ class GradientAudit(pl.Callback):
             "saturated_activations": self._flagged(1, self.saturation_threshold, kinds),
             "thresholds": {"dead": self.dead_threshold, "saturated": self.saturation_threshold,
                            "saturation_margin": self.saturation_margin},
-            "peak_rss_mb": max(peak_rss_mb(), *(r["rss_mb"] or 0.0 for r in rows)),
+            "peak_rss_mb": max([peak_rss_mb(), *(r["rss_mb"] or 0.0 for r in rows)]),  # no rows: a run that failed early
         }
         atomic_write_bytes(self.json_path, json.dumps(summary, indent=2).encode())
         plot_grad_flow(rows, self.png_path, title=self.run_dir.name)

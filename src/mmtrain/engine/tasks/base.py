@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 
 from mmtrain.config.validate import injects
 from mmtrain.engine.nonfinite import NonFiniteGuard, StepPlace
+from mmtrain.engine.quantized import load_trained_state, without_quantized_base
 from mmtrain.models.processing import model_inputs
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,14 @@ class TaskBase(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_skips"] = [dict(s) for s in self.nonfinite_skips]
+        # QLoRA: the frozen quantized LM layers come from the pretrained folder, not the checkpoint
+        checkpoint["state_dict"] = without_quantized_base(checkpoint["state_dict"], self)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module.load_state_dict``; a checkpoint may lack the frozen quantized layers (QLoRA)."""
+        if assign:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return load_trained_state(self, state_dict, strict, load=super().load_state_dict)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_guard.skips = [dict(s) for s in checkpoint.get("nonfinite_skips", [])]
