@@ -50,7 +50,10 @@ def injected_arguments(key: str, targets: Mapping[str, Any]) -> frozenset[str]:
 
 #: Keys the builders take out of a node before building it (``data.prepare`` runs first, alone;
 #: ``model.init`` loads earlier weights after the model is built).
-CONSUMED: dict[str, frozenset[str]] = {"data": frozenset({"prepare"}), "model": frozenset({"init"})}
+CONSUMED: dict[str, frozenset[str]] = {
+    "data": frozenset({"prepare"}),
+    "model": frozenset({"init", "gradient_checkpointing", "attn_implementation"}),  # applied after the build
+}
 
 
 #: Top-level keys whose interpolations resolve later (a pipeline's stage overrides use ``${stage:...}``).

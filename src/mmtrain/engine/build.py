@@ -50,6 +50,7 @@ def build_model(
     model_cfg = cfg.model.copy()
     with open_dict(model_cfg):
         init = model_cfg.pop("init", None)
+        levers = {key: model_cfg.pop(key, None) for key in ("gradient_checkpointing", "attn_implementation")}
     facts = dict(facts or {})
     if facts:
         target = locate_allowed(str(model_cfg._target_), prefixes, "model")
@@ -67,6 +68,11 @@ def build_model(
         from mmtrain.engine.warm_start import load_components
 
         load_components(model, init)
+    if any(levers.values()):  # memory levers: gradient checkpointing, the attention kernel
+        from mmtrain.engine.memory import apply_memory_levers
+
+        apply_memory_levers(model, gradient_checkpointing=bool(levers["gradient_checkpointing"]),
+                            attn_implementation=levers["attn_implementation"])
     return model
 
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -212,8 +213,9 @@ class TinyRecursiveMLP(nn.Module):
         return self.down_proj(F.gelu(self.up_proj(x)))
 
 
-class TinyRecursiveBlock(nn.Module):
-    """The one shared pre-norm block: attention and MLP, each with a residual."""
+class TinyRecursiveBlock(GradientCheckpointingLayer):
+    """The one shared pre-norm block: attention and MLP, each with a residual (recomputed in the backward
+    pass, once per recursion, under gradient checkpointing)."""
 
     def __init__(self, config: TinyRecursiveConfig) -> None:
         super().__init__()
@@ -238,6 +240,7 @@ class TinyRecursivePreTrainedModel(PreTrainedModel):
     config: TinyRecursiveConfig
     base_model_prefix = "model"
     _no_split_modules: ClassVar[list[str]] = ["TinyRecursiveBlock"]
+    supports_gradient_checkpointing = True
     _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
 
 

@@ -69,6 +69,8 @@ class HFTextEncoder(HFTower):
         self.model_type = model_type
         self.vocab_size = int(hf_config.vocab_size)
         self._takes_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
+        if getattr(model.config, "use_cache", False):  # an encoder never reuses a key/value cache
+            model.config.use_cache = False
 
     def forward(
         self,

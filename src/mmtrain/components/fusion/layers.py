@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 """``(cos, sin)`` pair from :func:`rope_cos_sin`, each ``[B, N, Dh]``."""
@@ -207,8 +208,11 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm self-attention + feed-forward block with key padding mask and optional RoPE."""
+class TransformerBlock(GradientCheckpointingLayer):
+    """Pre-norm self-attention + feed-forward block with key padding mask and optional RoPE.
+
+    A ``GradientCheckpointingLayer``: with ``model.gradient_checkpointing`` on, training recomputes it in the
+    backward pass instead of keeping its activations."""
 
     def __init__(
         self,
@@ -241,8 +245,9 @@ class TransformerBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class CrossAttentionBlock(nn.Module):
-    """Pre-norm cross-attention (queries attend to a masked context) + optional feed-forward."""
+class CrossAttentionBlock(GradientCheckpointingLayer):
+    """Pre-norm cross-attention (queries attend to a masked context) + optional feed-forward (checkpointed
+    like :class:`TransformerBlock`)."""
 
     def __init__(
         self,

