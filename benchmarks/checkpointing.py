@@ -20,15 +20,11 @@ Run: ``.venv/bin/python benchmarks/checkpointing.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Result, console, goal_row, print_table  # noqa: E402
+from harness import Result, console, goal_row, run_child, standalone  # noqa: E402
 
 STEP = r"""
 import json, statistics, sys, time
@@ -95,11 +91,7 @@ print(json.dumps({"activation_mb": peak - resident, "step_s": statistics.median(
 
 
 def measure(layers: int, tokens: int, checkpointing: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", STEP, str(layers), str(tokens), checkpointing], capture_output=True,
-                          text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
-        raise RuntimeError(f"the step with checkpointing {checkpointing} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_child(STEP, str(layers), str(tokens), checkpointing)
     console.print(f"  checkpointing {checkpointing}: activations {result['activation_mb']:.0f} MiB, step "
                   f"{result['step_s']:.2f} s ({result['params'] / 1e6:.0f}M parameters, {result['tokens']} tokens)")
     return result
@@ -122,10 +114,7 @@ def run(quick: bool = False) -> list[Result]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6 layers, 128 tokens")
-    args = parser.parse_args()
-    return 0 if print_table("gradient checkpointing", run(quick=args.quick)) else 1
+    return standalone("gradient checkpointing", run, "6 layers, 128 tokens")
 
 
 if __name__ == "__main__":

@@ -107,3 +107,28 @@ def print_table(title: str, results: Sequence[Result]) -> bool:
         table.add_row(escape(r.name), escape(r.value), escape(r.baseline), "" if r.ratio is None else f"{r.ratio:.2f}", r.goal, met)
     console.print(table)
     return all(r.met is not False for r in results)
+
+
+def run_child(code: str, *args: str, timeout: int = 1800) -> dict[str, Any]:
+    """Run ``python -c code args`` in a fresh process (its own peak-RSS mark, nothing carried over) and
+    return the JSON object its last output line holds."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"the measured process ({' '.join(args)}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def standalone(title: str, run: Callable[[bool], Sequence[Result]], quick_help: str) -> int:
+    """``main()`` of a benchmark script run alone: ``--quick``, one table, exit code 1 when a goal is missed."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=(sys.modules["__main__"].__doc__ or title).splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return 0 if print_table(title, run(parser.parse_args().quick)) else 1

@@ -25,15 +25,12 @@ Run: ``.venv/bin/python benchmarks/qlora.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Result, console, print_table  # noqa: E402
+from harness import Result, console, run_child, standalone  # noqa: E402
 
 ROOT = Path(tempfile.gettempdir()) / "mmtrain-bench-qlora"
 SIZES = {"full": {"hidden_size": 1024, "num_hidden_layers": 6, "intermediate_size": 2816, "num_attention_heads": 16,
@@ -113,11 +110,7 @@ def base_lm(size: str) -> Path:
 
 
 def measure(base: Path, quantize: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", STEP, str(base), quantize], capture_output=True, text=True,
-                          timeout=1200, env={"HF_HUB_OFFLINE": "1", **__import__("os").environ})
-    if done.returncode != 0:
-        raise RuntimeError(f"the {quantize} step failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_child(STEP, str(base), quantize)
     console.print(f"  {quantize}: loading peak {result['load_peak_mb']:.0f} MiB, resident {result['resident_mb']:.0f} MiB, "
                   f"step peak {result['peak_mb']:.0f} MiB, step {result['step_s']:.2f} s, "
                   f"{result['trainable'] / 1e6:.2f}M trainable")
@@ -144,10 +137,7 @@ def run(quick: bool = False) -> list[Result]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller LM")
-    args = parser.parse_args()
-    return 0 if print_table("QLoRA memory", run(quick=args.quick)) else 1
+    return standalone("QLoRA memory", run, "a smaller LM")
 
 
 if __name__ == "__main__":

@@ -117,15 +117,21 @@ def test_adapter_folder_is_much_smaller_than_the_merged_export(exported) -> None
     assert adapter * 50 < size(folder, weights), (adapter, size(folder, weights))
 
 
-def test_adapter_files_are_what_peft_itself_loads(exported) -> None:
-    model, b, folder, base = exported
+def lm_logits_ours_and_peft(model: LLMModel, base: Path, adapter: Path, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LM's logits on ``b`` from ``model`` and from peft's own load of ``adapter`` onto ``base``."""
     lm = AutoModelForCausalLM.from_pretrained(base)
     lm.resize_token_embeddings(model.config.lm_vocab_size, mean_resizing=False)  # new rows: the adapter's replace them
-    peft_lm = PeftModel.from_pretrained(lm, str(folder / "adapter")).eval()
+    peft_lm = PeftModel.from_pretrained(lm, str(adapter)).eval()
     with torch.no_grad():
         embeds = model.inputs_embeds(b["lm_input_ids"], model.pseudo_tokens(b))
         ours = model.decoder.lm(inputs_embeds=embeds, attention_mask=b["lm_attention_mask"]).logits
         theirs = peft_lm(inputs_embeds=embeds, attention_mask=b["lm_attention_mask"]).logits
+    return ours, theirs
+
+
+def test_adapter_files_are_what_peft_itself_loads(exported) -> None:
+    model, b, folder, base = exported
+    ours, theirs = lm_logits_ours_and_peft(model, base, folder / "adapter", b)
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 

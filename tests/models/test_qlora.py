@@ -12,14 +12,13 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
-from peft import PeftModel
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import mmtrain.models  # noqa: F401
 from mmtrain.engine.export import write_export
 from mmtrain.models.llm import LLMModel, build_llm_model
 
-from .test_llm_lora_export import AUDIO, BASE_VOCAB, HEAD, VIDEO, batch, processor
+from .test_llm_lora_export import AUDIO, BASE_VOCAB, HEAD, VIDEO, batch, lm_logits_ours_and_peft, processor
 
 QUANTIZED = {"4bit": bnb.nn.Linear4bit, "8bit": bnb.nn.Linear8bitLt}
 LABELS = torch.tensor([0, 1, 1])
@@ -100,13 +99,7 @@ def test_the_adapter_export_loads_on_the_full_precision_base(trained) -> None:
     merged = AutoModel.from_pretrained(folder / "export")  # the merged export: adapters folded into full weights
     with torch.no_grad():
         assert torch.allclose(merged(**b).logits, theirs.logits, atol=1e-4)
-    lm = AutoModelForCausalLM.from_pretrained(folder / "base")
-    lm.resize_token_embeddings(model.config.lm_vocab_size, mean_resizing=False)
-    peft_lm = PeftModel.from_pretrained(lm, str(adapter)).eval()  # and peft itself reads the adapter
-    with torch.no_grad():
-        embeds = full.inputs_embeds(b["lm_input_ids"], full.pseudo_tokens(b))
-        expected = full.decoder.lm(inputs_embeds=embeds, attention_mask=b["lm_attention_mask"]).logits
-        got = peft_lm(inputs_embeds=embeds, attention_mask=b["lm_attention_mask"]).logits
+    expected, got = lm_logits_ours_and_peft(full, folder / "base", adapter, b)  # and peft itself reads the adapter
     assert torch.allclose(expected, got, atol=1e-5)
 
 

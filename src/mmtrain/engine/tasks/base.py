@@ -206,7 +206,8 @@ class TaskBase(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_skips"] = [dict(s) for s in self.nonfinite_skips]
         # QLoRA: the frozen quantized LM layers come from the pretrained folder, not the checkpoint
-        checkpoint["state_dict"] = without_quantized_base(checkpoint["state_dict"], self)
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = without_quantized_base(checkpoint["state_dict"], self)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """As ``nn.Module.load_state_dict``; a checkpoint may lack the frozen quantized layers (QLoRA)."""
