@@ -20,6 +20,7 @@ INTERACTIVE = sys.stdout.isatty()
 console = Console() if INTERACTIVE else Console(soft_wrap=True, width=200, no_color=True, highlight=False)
 #: Lightning's advertisement for its hosted logger, printed on every run: not shown by the mmtrain command.
 ADVERT_PREFIX = "💡 Tip:"
+BNB_KERNELS_PREFIX = "Failed to load CPU gemm_4bit_forward from kernels-community"
 # Errors that describe bad input; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
 
@@ -367,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.propagate = False
         logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
             lambda record: not str(record.msg).startswith(ADVERT_PREFIX))
+        # bitsandbytes (imported by peft whenever it is installed) says at import, on any CPU with
+        # AVX512-BF16, that an optional Hub kernel package is missing: noise in every run, QLoRA or not
+        logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+            lambda record: not str(record.msg).startswith(BNB_KERNELS_PREFIX))
     own_process = argv is None  # the `mmtrain` command itself, not a caller's main([...])
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

@@ -90,3 +90,9 @@ def test_video_mask_shape_checked() -> None:
     case = make_case("video/conv1d")
     with pytest.raises(ValueError, match="video_attention_mask"):
         encoder(pixel_values_videos=case.inputs["pixel_values_videos"], video_attention_mask=torch.ones(2, 4))
+
+
+def test_a_pretrained_folder_without_config_json_is_named(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")  # weights alone, or the wrong folder
+    with pytest.raises(FileNotFoundError, match=rf"pretrained folder {tmp_path} has no config.json: .*save_pretrained"):
+        HFImageEncoder(model_type="vit", pretrained_path=str(tmp_path))

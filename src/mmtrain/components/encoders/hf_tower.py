@@ -118,6 +118,11 @@ def build_hf_config(
     else:
         from transformers import AutoConfig
 
+        if not (Path(pretrained_folder) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"pretrained folder {pretrained_folder} has no config.json: it is not a model saved with "
+                "save_pretrained (or a Hub snapshot of one). Point pretrained_path at the folder that holds "
+                "config.json and the weights.")
         folder_config = AutoConfig.from_pretrained(pretrained_folder, local_files_only=True)
         hf_config = _config_from_dict(model_type, folder_config.to_dict())
         for key, value in _select_sub_config(model_type, overrides).items():
