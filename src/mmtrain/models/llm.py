@@ -24,6 +24,7 @@ from mmtrain.models.base import MultimodalPreTrainedModel, run_part
 from mmtrain.models.configuration import MultimodalConfig
 from mmtrain.models.registry import ModelKind, config_fields, predict_label, register_model_kind
 from mmtrain.components.lm import lora as lora_lib
+from mmtrain.components.lm.qlora import build_quantized_decoder
 
 
 class LLMConfig(MultimodalConfig):
@@ -87,8 +88,7 @@ class LLMModel(MultimodalPreTrainedModel):
         if missing:
             raise ValueError(f"LLMConfig.media_token_ids has no placeholder token for encoder slots {missing}.")
         if lora and lora["quantize"]:  # QLoRA: the pretrained LM loaded 4/8-bit (bitsandbytes; GPU or CPU)
-            self.decoder = lora_lib.build_quantized_decoder(config.decoder, config.lm_vocab_size,
-                                                            lora["quantize"])
+            self.decoder = build_quantized_decoder(config.decoder, config.lm_vocab_size, lora["quantize"])
         else:
             self.decoder = self.build_part("decoder", vocab_size=config.lm_vocab_size)
         width = int(self.decoder.hidden_size)

@@ -42,7 +42,8 @@ where no CUDA device exists (bitsandbytes >= 0.45 runs both there; compute in fl
 linear layers become ``Linear4bit`` / ``Linear8bitLt``, only the adapters (and the new token rows)
 train. It needs the ``bitsandbytes`` package (``pip install 'mmtrain[qlora]'``); :func:`lora_settings`
 names it at build time when missing. The merged export loads the adapter export again on a
-full-precision base (``from_adapter(..., full_precision=True)``) and merges there.
+full-precision base (``from_adapter(..., full_precision=True)``) and merges there. The quantized
+loading itself is :mod:`mmtrain.components.lm.qlora`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, prepare_model_for_kbit_training
+from peft import LoraConfig
 from peft.functional import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
@@ -64,9 +65,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from mmtrain.components.encoders.hf_tower import build_hf_config, build_hf_model
+from mmtrain.components.encoders.hf_tower import build_hf_config
 from mmtrain.core.integrity import update_manifest, verify_folder
-from mmtrain.components.lm.decoder import CausalLMDecoder, _AutoCausalLM
+from mmtrain.components.lm.decoder import CausalLMDecoder
+from mmtrain.components.lm.qlora import check_quantization
 from mmtrain.components.paths import resolve_pretrained_path
 
 log = logging.getLogger(__name__)
@@ -113,18 +115,6 @@ def lora_settings(spec: Mapping[str, Any] | None, trainable: Mapping[str, bool] 
     if settings["quantize"]:
         check_quantization(settings["quantize"])
     return settings
-
-
-def check_quantization(quantize: str) -> None:
-    """Raise unless the bitsandbytes package imports (it loads the quantized LM, on a GPU or the CPU)."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise ValueError(
-            f"model.lora.quantize={quantize!r} (QLoRA) loads the LM {quantize}-quantized with bitsandbytes, which "
-            f"cannot be imported here ({err}). Install it: pip install 'mmtrain[qlora]' (bitsandbytes); or set "
-            "model.lora.quantize: null (plain LoRA, the LM in full precision)."
-        ) from err
 
 
 def linear_module_names(lm: nn.Module) -> list[str]:
@@ -358,54 +348,3 @@ def write_lora_exports(model: nn.Module, folder: Path) -> Path | None:
         merged = merged_copy(model)
     merged.save_pretrained(folder)
     return adapter
-
-
-def keep_training_layout(lm: nn.Module) -> None:
-    """Keep this LM's 4-bit layers out of bitsandbytes' CPU inference repacking (per layer, this model only).
-
-    On a CPU with AVX512-BF16, bitsandbytes 0.50's ``Linear4bit`` repacks its weight for a faster kernel
-    the first time it runs in eval mode, and then takes that inference-only path in training too: after
-    Lightning's validation sanity check the next training step fails (an in-place bias add on a tensor
-    that needs its gradient). Training alternates train and eval, so these layers stay in the layout both
-    share; CPU evaluation is then a little slower, nothing else changes. A GPU never repacks.
-    """
-    import bitsandbytes as bnb
-
-    for module in lm.modules():
-        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
-def build_quantized_decoder(spec: Mapping[str, Any], vocab_size: int | None, quantize: str) -> CausalLMDecoder:
-    """The decoder of ``spec`` with its pretrained LM loaded ``quantize``d (QLoRA).
-
-    Same arguments as :class:`CausalLMDecoder` (``spec`` without ``_target_``); the LM is loaded by
-    ``build_hf_model`` with a ``BitsAndBytesConfig`` onto the current CUDA device, else the CPU (compute
-    in bfloat16/float16 on a GPU, float32 on the CPU), resized like ``CausalLMDecoder`` does, then
-    prepared by ``peft.prepare_model_for_kbit_training``.
-    """
-    check_quantization(quantize)
-    from transformers import BitsAndBytesConfig
-
-    folder = resolve_pretrained_path(spec.get("pretrained_path"), what="model.decoder.pretrained_path")
-    if folder is None:
-        raise ValueError("model.lora.quantize quantizes a pretrained LM: set model.decoder.pretrained_path.")
-    cuda = torch.cuda.is_available()
-    compute = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
-    bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True)
-           if quantize == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-    hf_config = build_hf_config(str(spec["model_type"]), spec.get("config"), folder)
-    lm = build_hf_model(_AutoCausalLM, hf_config, folder, quantization_config=bnb,
-                        device_map={"": torch.cuda.current_device() if cuda else "cpu"})
-    decoder = CausalLMDecoder.__new__(CausalLMDecoder)
-    nn.Module.__init__(decoder)  # CausalLMDecoder.__init__ would first load the LM in full precision
-    if vocab_size is not None and int(vocab_size) < lm.get_input_embeddings().num_embeddings:
-        raise ValueError(f"the tokenizer has {vocab_size} tokens, fewer than the LM in {folder}; use its tokenizer.")
-    if vocab_size is not None and int(vocab_size) > lm.get_input_embeddings().num_embeddings:
-        lm.resize_token_embeddings(int(vocab_size), mean_resizing=False)
-    keep_training_layout(lm)
-    decoder.lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
-    decoder.hidden_size = int(lm.get_input_embeddings().embedding_dim)
-    decoder.vocab_size = int(lm.get_input_embeddings().num_embeddings)
-    return decoder
