@@ -169,7 +169,7 @@ def mmtrain_fit(cfg: Any, task: Any, batches: list[dict[str, Any]], steps: int, 
         cfg.trainer.enable_model_summary = False
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text("benchmark\n")
-    trainer = build_trainer(cfg, prefixes, run_dir)
+    trainer = build_trainer(cfg, prefixes, run_dir, monitored=task.monitored())
     clock = StepClock()
     trainer.callbacks.insert(0, clock)
     trainer.fit(fresh, datamodule=PreCollated(batches, steps))
