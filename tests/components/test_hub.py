@@ -70,3 +70,43 @@ def test_a_tower_loads_by_hub_id_from_the_cache_offline(tmp_path: Path) -> None:
                  str(cache), "hf download tiny-org/not-cached"):
         assert part in missing, missing
     assert "hf download tiny-org/clip-vision --revision v9" in " ".join(out["tiny-org/clip-vision@v9"]["error"].split())
+
+
+ADAPTER_BY_ID = """
+import json, sys, torch
+from pathlib import Path
+from models.test_llm_lora_export import batch, logits, processor, trained
+from mmtrain.engine.export import write_export
+from mmtrain.models.llm import LLMModel
+
+out = Path(sys.argv[1])
+proc = processor()
+model = trained("gpt2", "tiny-org/gpt2-base", proc)  # the LM named by Hub id
+write_export(model, proc, out, config_yaml="model: {}\\n")
+recorded = json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+loaded = LLMModel.from_adapter(out / "adapter")
+b = batch(proc.prompt_builder)
+same = all(torch.allclose(x, y, atol=1e-6) for x, y in zip(logits(model, b), logits(loaded, b)))
+print(json.dumps({"recorded": recorded, "same": same, "decoder": loaded.config.decoder["pretrained_path"]}))
+"""
+
+
+def test_an_adapter_export_records_the_hub_id_of_its_base_lm(tmp_path: Path) -> None:
+    """The adapter's base_model_name_or_path is the id (any machine resolves it), not this machine's cache path."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from models.test_llm_lora_export import BASE_VOCAB, FAMILIES
+
+    torch.manual_seed(2)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", **FAMILIES["gpt2"][0], vocab_size=BASE_VOCAB)
+                                     ).save_pretrained(tmp_path / "base")
+    cache = tmp_path / "hf" / "hub"
+    write_hub_cache(tmp_path / "base", cache, "tiny-org/gpt2-base")
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent),
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", ADAPTER_BY_ID, str(tmp_path / "export")], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"recorded": "tiny-org/gpt2-base", "same": True, "decoder": "tiny-org/gpt2-base"}

@@ -233,11 +233,19 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return merged
 
 
-def base_lm_folder(model: nn.Module) -> str | None:
-    """Absolute folder of the LM's pretrained weights (``model.decoder.pretrained_path``), if any."""
+def base_lm_reference(model: nn.Module) -> str | None:
+    """Where the LM's pretrained weights come from (``model.decoder.pretrained_path``), as an adapter export
+    records it: a Hub id as written (``org/name[@revision]``: any machine resolves it through its own cache,
+    as peft's ``base_model_name_or_path`` expects), else the absolute folder; ``None`` for a random-init LM."""
+    from mmtrain.components.hub import parse_hub_id
+
     path = (model.config.decoder or {}).get("pretrained_path")
     folder = resolve_pretrained_path(path, what="model.decoder.pretrained_path")
-    return str(folder.resolve()) if folder is not None else None
+    if folder is None:
+        return None
+    if not Path(str(path)).expanduser().is_dir() and parse_hub_id(str(path)) is not None:
+        return str(path)
+    return str(folder.resolve())
 
 
 def _adapter_state(lm: nn.Module) -> dict[str, torch.Tensor]:
@@ -251,7 +259,7 @@ def save_adapter(model: nn.Module, folder: Path, *, base: str | None) -> Path:
     Args:
         model: an ``LLMModel`` with LoRA applied.
         folder: created if needed.
-        base: the base LM folder recorded as ``base_model_name_or_path`` (``None``: not recorded).
+        base: the base LM (folder or Hub id) recorded as ``base_model_name_or_path`` (``None``: not recorded).
     """
     folder.mkdir(parents=True, exist_ok=True)
     lm = model.decoder.lm
@@ -278,7 +286,7 @@ def adapter_model_config(config_class: type, folder: str | Path, base: str | Pat
     Args:
         config_class: ``LLMConfig``.
         folder: the adapter export.
-        base: the base LM folder (its ``save_pretrained``); default: the one recorded at export.
+        base: the base LM: its folder (``save_pretrained``) or Hub id; default: the one recorded at export.
         full_precision: drop ``quantize`` (load a QLoRA adapter on a full-precision base, e.g. on CPU).
     """
     folder = Path(folder)
@@ -293,14 +301,17 @@ def adapter_model_config(config_class: type, folder: str | Path, base: str | Pat
             "export); pass base=<folder of the base LM>, or load the merged export instead."
         )
     try:
-        base = resolve_pretrained_path(str(base), what="base LM")
+        resolved = resolve_pretrained_path(str(base), what="base LM")
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"the base LM folder of the adapter export {folder} does not exist ({err}); pass "
-            "base=<folder the base LM was saved to (save_pretrained)>."
+            "base=<folder the base LM was saved to (save_pretrained), or its Hub id>."
         ) from err
     config = config_class.from_pretrained(folder)
-    config.decoder = {**config.decoder, "pretrained_path": str(base)}
+    from mmtrain.components.hub import parse_hub_id
+
+    by_id = not Path(str(base)).expanduser().is_dir() and parse_hub_id(str(base)) is not None
+    config.decoder = {**config.decoder, "pretrained_path": str(base) if by_id else str(resolved)}
     if full_precision:
         config.lora = {**config.lora, "quantize": None}
     return config
@@ -337,7 +348,7 @@ def write_lora_exports(model: nn.Module, folder: Path) -> Path | None:
     Returns:
         The adapter folder, or ``None`` when none was written.
     """
-    base = base_lm_folder(model)
+    base = base_lm_reference(model)
     adapter = save_adapter(model, folder / ADAPTER_DIR, base=base) if base else None
     if adapter is None:
         log.warning("model.lora: the LM was randomly initialised (no model.decoder.pretrained_path), so only the "
