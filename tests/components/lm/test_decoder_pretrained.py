@@ -60,3 +60,23 @@ def test_emotion_llm_trains_on_a_local_pretrained_lm(lm_folder: Path, tmp_path: 
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     merged_bytes = (tmp_path / "run" / "export" / "model.safetensors").stat().st_size
     assert (adapter / "adapter_model.safetensors").stat().st_size < merged_bytes / 20
+
+
+def test_the_chunked_lm_head_loss_equals_the_whole_one_in_value_and_gradients() -> None:
+    from mmtrain.components.lm.decoder import head_nll
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    results = []
+    for chunk in (1024, 5):  # one piece; eight pieces, each recomputed in the backward pass
+        head.zero_grad()
+        hidden.grad = None
+        loss = head_nll(head, hidden, targets, chunk=chunk)
+        loss.backward()
+        results.append((loss.detach(), head.weight.grad.clone(), hidden.grad.clone()))
+    for whole, chunked in zip(*results):
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    expected = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    torch.testing.assert_close(results[0][0], expected.detach())

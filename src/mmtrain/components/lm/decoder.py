@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mmtrain.components.encoders.hf_tower import build_hf_config, build_hf_model, resolve_pretrained_path
 
@@ -108,11 +109,39 @@ class CausalLMDecoder(nn.Module):
         if labels is not None:
             targets = labels[:, 1:]
             scored = targets != -100  # [B, L-1]
-            logits = self.lm.get_output_embeddings()(hidden[:, :-1][scored])  # [N, V]
-            result.nll_sum = nn.functional.cross_entropy(logits.float(), targets[scored], reduction="sum")
+            result.nll_sum = head_nll(self.lm.get_output_embeddings(), hidden[:, :-1][scored], targets[scored])
             result.token_count = scored.sum()
             result.loss = result.nll_sum / result.token_count.clamp(min=1)
         return result
+
+
+#: Scored positions per LM-head chunk (see :func:`head_nll`).
+HEAD_CHUNK = 512
+
+
+def _chunk_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def head_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = HEAD_CHUNK) -> torch.Tensor:
+    """Summed next-token NLL of ``hidden`` ``[N, E]`` against ``targets`` ``[N]`` through the LM head.
+
+    The logits ``[N, V]`` are the largest tensor of an LM step (1024 positions x a 152k vocabulary: 620 MB in
+    float32, twice that with their gradient). Beyond ``chunk`` positions they are made ``chunk`` at a time,
+    and in training each chunk is recomputed in the backward pass (non-reentrant checkpoint), so one chunk's
+    logits are alive at a time; the sum is the same up to float rounding.
+    """
+    if hidden.shape[0] <= chunk:
+        return _chunk_nll(head, hidden, targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    recompute = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    for start in range(0, hidden.shape[0], chunk):
+        part, wanted = hidden[start : start + chunk], targets[start : start + chunk]
+        if recompute:
+            total = total + checkpoint(_chunk_nll, head, part, wanted, use_reentrant=False)
+        else:
+            total = total + _chunk_nll(head, part, wanted)
+    return total
 
 
 @dataclass
