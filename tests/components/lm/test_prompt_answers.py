@@ -51,7 +51,8 @@ def test_prompts_for_generation_are_left_padded(builder: PromptBuilder) -> None:
 
 def test_without_answers_there_are_no_labels(builder: PromptBuilder) -> None:
     out = builder([{"id": "a", "image": True, "text": "hi"}])
-    assert set(out) == {"lm_input_ids", "lm_attention_mask"}
+    assert set(out) == {"lm_input_ids", "lm_attention_mask", "lm_prompt_ids", "lm_prompt_mask"}  # no labels
+    assert torch.equal(out["lm_prompt_ids"], out["lm_input_ids"])  # one sample, no answer: the prompt itself
 
 
 def test_the_answer_counts_against_the_budget_and_is_never_cut() -> None:

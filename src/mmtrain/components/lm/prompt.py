@@ -145,9 +145,9 @@ class PromptBuilder:
         """Token ids of a batch.
 
         Returns ``lm_input_ids`` / ``lm_attention_mask`` [B, L] (prompt + answer, right-padded with
-        the pad token). When every sample has a ``target_text``, also ``lm_labels`` [B, L] (answer
-        ids, -100 elsewhere), ``lm_prompt_ids`` / ``lm_prompt_mask`` [B, P] (the prompts alone,
-        LEFT-padded, for generation) and ``target_texts`` (B str).
+        the pad token) and ``lm_prompt_ids`` / ``lm_prompt_mask`` [B, P] (the prompts alone, LEFT-padded,
+        what generation and answer scoring start from). When every sample has a ``target_text``, also
+        ``lm_labels`` [B, L] (answer ids, -100 elsewhere) and ``target_texts`` (B str).
         """
         prompts = [self.prompt_ids(s) for s in samples]
         answers = [self.answer_ids(s) for s in samples]
@@ -157,12 +157,12 @@ class PromptBuilder:
         pad = int(self.tokenizer.pad_token_id)
         ids, mask = pad_rows([p + a for p, a in zip(prompts, answers)], pad)
         out: dict[str, Any] = {"lm_input_ids": ids, "lm_attention_mask": mask}
+        out["lm_prompt_ids"], out["lm_prompt_mask"] = pad_rows(prompts, pad, left=True)
         if with_answers:
             labels = torch.full_like(ids, -100)
             for i, (prompt, answer) in enumerate(zip(prompts, answers)):
                 labels[i, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer, dtype=torch.long)
             out["lm_labels"] = labels
-            out["lm_prompt_ids"], out["lm_prompt_mask"] = pad_rows(prompts, pad, left=True)
             out["target_texts"] = [str(s["target_text"]) for s in samples]
         return out
 
