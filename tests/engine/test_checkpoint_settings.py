@@ -112,3 +112,14 @@ def test_a_run_trains_a_tower_at_its_own_image_size(clip_folder: Path, tmp_path:
     saved = json.loads((run / "export" / "processor_config.json").read_text())
     saved = saved.get("processor", saved)
     assert saved["image_size"] == 24 and saved["image_mean"] == MEAN and saved["image_std"] == STD
+
+
+def test_two_towers_that_want_different_inputs_are_named(clip_folder: Path, tmp_path: Path) -> None:
+    other = tmp_path / "clip32"
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(other)
+    cfg = composed("model/encoders/image=clip", f"model.encoders.image.pretrained_path={clip_folder}",
+                   f"+model.encoders.image_2={{_target_: mmtrain.components.encoders.hf_image.HFImageEncoder, "
+                   f"model_type: clip_vision_model, pretrained_path: '{other}'}}")
+    with pytest.raises(ConfigError, match=r"model.encoders.image and model.encoders.image_2 .*processor.image_size \(24 and 32\)"):
+        follow_checkpoints(cfg)

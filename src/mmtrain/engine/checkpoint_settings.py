@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.config.compose import ConfigError
+from mmtrain.models.base import modality_of
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,12 @@ def audio_settings(folder: Path, where: str) -> dict[str, Any]:
 def checkpoint_settings(slot: str, value: str, folder: Path, has_decoder: bool) -> dict[str, Any]:
     """The ``data.processor`` settings encoder ``slot``'s checkpoint (``value`` as written, at ``folder``) asks for."""
     where = f"model.encoders.{slot}.pretrained_path {value!r}"
-    if slot == "image":
+    modality = modality_of(slot)  # a slot named after its modality, or <modality>_<name>
+    if modality == "image":
         return image_settings(folder)
-    if slot == "audio":
+    if modality == "audio":
         return audio_settings(folder, where)
-    if slot == "text" and not has_decoder and any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if modality == "text" and not has_decoder and any((folder / name).is_file() for name in TOKENIZER_FILES):
         return {"tokenizer": value}
     return {}
 
@@ -123,6 +125,7 @@ def follow_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     explicit = {str(key) for key in cfg.get("overridden_keys") or []}
     has_decoder = cfg.model.get("decoder") is not None
     changed: dict[str, Any] = {}
+    set_by: dict[str, str] = {}  # processor key -> the slot whose checkpoint set it
     for slot, spec in encoders.items():
         value = spec.get("pretrained_path") if isinstance(spec, DictConfig) else None
         if not value:
@@ -130,6 +133,11 @@ def follow_checkpoints(cfg: DictConfig) -> dict[str, Any]:
         folder = resolve_pretrained_path(str(value), what=f"model.encoders.{slot}.pretrained_path")
         for key, wanted in checkpoint_settings(str(slot), str(value), folder, has_decoder).items():
             current = _plain(processor.get(key))
+            if key in set_by and current != wanted:  # one processor feeds both towers
+                raise ConfigError(
+                    f"model.encoders.{set_by[key]} and model.encoders.{slot} come from checkpoints that want "
+                    f"different data.processor.{key} ({current} and {wanted}); use towers that agree.")
+            set_by[key] = str(slot)
             if current == wanted:
                 continue
             if f"data.processor.{key}" in explicit:

@@ -9,7 +9,7 @@ leave those entries out, and loading accepts their absence, and only theirs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -20,20 +20,23 @@ def is_quantized_layer(module: nn.Module) -> bool:
     return type(module).__module__.startswith("bitsandbytes") and type(module).__name__.startswith("Linear")
 
 
-def quantized_base_keys(module: nn.Module) -> set[str]:
-    """State-dict keys of ``module`` that belong to its quantized layers and are not trainable."""
+def quantized_base_keys(module: nn.Module, keys: Iterable[str] | None = None) -> set[str]:
+    """Those of ``keys`` (state-dict keys of ``module``; default: all of them) that belong to its quantized
+    layers and are not trainable; none (and nothing computed) when it has no quantized layer."""
     layers = [name for name, m in module.named_modules() if is_quantized_layer(m)]
     if not layers:
         return set()
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     prefixes = tuple(f"{name}." for name in layers)
-    return {key for key in module.state_dict() if key.startswith(prefixes) and key not in trainable}
+    return {key for key in (module.state_dict() if keys is None else keys)
+            if key.startswith(prefixes) and key not in trainable}
 
 
 def without_quantized_base(state: Mapping[str, Any], module: nn.Module) -> dict[str, Any]:
-    """``state`` (``module``'s state dict) less the frozen quantized entries."""
-    dropped = quantized_base_keys(module)
-    return {key: value for key, value in state.items() if key not in dropped}
+    """``state`` (``module``'s state dict) less the frozen quantized entries (``state`` itself when there
+    are none)."""
+    dropped = quantized_base_keys(module, state)
+    return {key: value for key, value in state.items() if key not in dropped} if dropped else dict(state)
 
 
 def load_trained_state(module: nn.Module, state: Mapping[str, Any], strict: bool = True,

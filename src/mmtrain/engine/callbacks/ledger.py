@@ -152,8 +152,8 @@ class SkipLedger(pl.Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({f"{split}/skipped": float(count)}, step=trainer.global_step)
-        if count and trainer.is_global_zero:
-            log.warning("%s epoch: %d samples skipped (ledger: %s)", split, count, self.path)
+            if count:
+                log.warning("%s epoch: %d samples skipped (ledger: %s)", split, count, self.path)
         if seen and count > self.max_skip_fraction * seen:  # the whole pass, all ranks: the same on every rank
             self._stop(split, count, seen, "the whole pass")
 

@@ -342,7 +342,7 @@ class ContrastiveTask(TaskBase):
         data = self.gathered(split)
         result = self.split_results(data, split)
         self.results[split] = result
-        # Every rank computed the same values from the gathered set: no reduction needed.
+        # every rank computed the same values from the gathered set (log_split_results: logged as global)
         self.log_split_results(split, result, prog_bar=("r@1_mean",))
         trainer = self._trainer  # a training run (it logs; `mmtrain eval` does not): examples for report.html
         if split == "test" and trainer is not None and trainer.loggers and trainer.is_global_zero:
