@@ -9,7 +9,7 @@ encoder slots from the config, writes and reads the one export format (``config.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,65 @@ def modality_of(name: str) -> str:
         f"encoder slot '{name}' names no known modality; use one of {sorted(MODALITY_INPUTS)} "
         "(optionally with a suffix such as 'image_2')."
     )
+
+
+#: Dimensions of each model input WITH the item axis (``pixel_values`` [B,K,C,H,W] -> 5).
+ITEM_NDIM: dict[str, int] = {
+    "pixel_values": 5,
+    "pixel_values_videos": 6,
+    "video_attention_mask": 3,
+    "input_features": 4,
+    "input_values": 3,
+    "audio_attention_mask": 3,
+    "input_ids": 3,
+    "attention_mask": 3,
+    "token_type_ids": 3,
+}
+
+
+def flatten_item_inputs(
+    batch: Mapping[str, Any], slots: Iterable[str], *, kind: str, hint: str = ""
+) -> tuple[dict[str, Any], int, int]:
+    """``batch`` with the inputs of ``slots``' modalities ``[B, K, ...]`` -> ``[B*K, ...]`` (item-major per sample).
+
+    Samples that hold a list of K items of a modality (pairs: K=2; several images in one prompt) get an
+    item axis from the processor. Presence masks ``<name>_present`` [B] are repeated per item; other
+    entries pass unchanged.
+
+    Returns:
+        ``(flat_batch, B, K)``.
+
+    Raises:
+        ValueError: an input lacks the item axis (``kind`` and ``hint`` say what to do), or inputs disagree
+            on B or K.
+    """
+    keys = {key for name in slots for key in MODALITY_INPUTS[modality_of(name)]}
+    flat: dict[str, Any] = {}
+    sizes: set[tuple[int, int]] = set()
+    for key, value in batch.items():
+        if key not in keys or value is None:
+            continue
+        want = ITEM_NDIM.get(key)
+        if want is not None and value.dim() != want:
+            missing = value.dim() == want - 1
+            raise ValueError(
+                f"{kind} needs '{key}' with an item axis [B, K, ...] ({want} dims), got {tuple(value.shape)}"
+                + (f": the data gives single items. {hint}" if missing else ".")
+            )
+        sizes.add((int(value.shape[0]), int(value.shape[1])))
+        flat[key] = value.reshape(value.shape[0] * value.shape[1], *value.shape[2:])
+    if not sizes:
+        raise ValueError(f"batch has no input for the encoders {sorted(slots)}; got keys {sorted(batch)}.")
+    if len(sizes) > 1:
+        raise ValueError(f"modality inputs disagree on [B, K]: {sorted(sizes)}.")
+    (b, k), = sizes
+    for key, value in batch.items():
+        if key in flat or key in keys:
+            continue
+        if key.endswith("_present") and isinstance(value, torch.Tensor):
+            value = value.repeat_interleave(k, dim=0)
+        flat[key] = value
+    return flat, b, k
 
 
 def run_part(key: str, call: Callable[[], Any]) -> Any:

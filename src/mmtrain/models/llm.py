@@ -4,6 +4,12 @@ encoders -> one projector per slot (``[B, M, E]`` pseudo-tokens) -> written into
 ``inputs_embeds`` at the prompt's placeholder positions (``<VIDEO_PAD>``..., see
 :mod:`mmtrain.components.lm.prompt`) -> causal LM. With a ``head``, the LM's last hidden state at the class
 token (e.g. ``<EMO>``) is classified; with ``lm_labels`` the LM loss (-100 ignored) is returned.
+
+Several items of a modality (``pixel_values`` [B, K, ...], a prompt with ``{image_1}``..``{image_K}``):
+each item is encoded and projected on its own and item ``i``'s pseudo-tokens fill the ``i``-th placeholder
+block. Classification at the answer token (``answer_token_ids``, no head): the LM head's rows of those
+tokens, at the class token or else the last prompt position, give the class logits;
+:meth:`LLMModel.compare_both_orders` also scores the pair with its two items swapped (task=pairwise).
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from transformers.utils import ModelOutput
 from mmtrain.components.encoders.base import EncoderOutput
 from mmtrain.config.plain import plain
 from mmtrain.config.validate import injects
-from mmtrain.models.base import MultimodalPreTrainedModel, run_part
+from mmtrain.models.base import (
+    ITEM_NDIM,
+    MODALITY_INPUTS,
+    MultimodalPreTrainedModel,
+    flatten_item_inputs,
+    modality_of,
+    run_part,
+)
 from mmtrain.models.configuration import MultimodalConfig
 from mmtrain.models.registry import ModelKind, config_fields, predict_label, register_model_kind
 from mmtrain.components.lm import lora as lora_lib
@@ -39,6 +52,8 @@ class LLMConfig(MultimodalConfig):
         class_token_id: id of the class token (needed with a ``head``).
         lora: LoRA on the LM (``r``, ``alpha``, ``dropout``, ``target_modules``, ``quantize``) or
             ``None``; see :mod:`mmtrain.components.lm.lora`.
+        answer_token_ids: per class, the token the LM answers it with (classification at the answer
+            token, without a head; :attr:`mmtrain.components.lm.prompt.PromptBuilder.answer_token_ids`).
     """
 
     model_type = "mmtrain_llm"
@@ -51,6 +66,7 @@ class LLMConfig(MultimodalConfig):
     media_token_ids: dict[str, int] | None = None
     class_token_id: int | None = None
     lora: dict[str, Any] | None = None
+    answer_token_ids: list[int] | None = None
 
 
 @dataclass
@@ -96,6 +112,12 @@ class LLMModel(MultimodalPreTrainedModel):
             {name: self.build_part("projector", input_dim=dim, output_dim=width) for name, dim in self.encoder_dims.items()}
         )
         self.head = None
+        if config.head and config.answer_token_ids:
+            raise ValueError("model.head is set and the prompt classifies at the answer token "
+                             "(data.processor.prompt.label_answers): choose one (model.head=null for answer tokens).")
+        if config.answer_token_ids and len(config.answer_token_ids) != config.num_labels:
+            raise ValueError(f"data.processor.prompt.label_answers gives {len(config.answer_token_ids)} answers for "
+                             f"{config.num_labels} classes {list(config.id2label.values())}; give one per class, in order.")
         if config.head:
             if config.class_token_id is None:
                 raise ValueError("a classification head needs the class token (LLMConfig.class_token_id).")
@@ -143,8 +165,32 @@ class LLMModel(MultimodalPreTrainedModel):
         return parts if self.head is None else {**parts, "head": self.head}
 
     def pseudo_tokens(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Slot -> projected features ``[B, M, E]``."""
-        return {name: self.projector[name](self.encode_one(name, **batch)) for name in self.encoders}
+        """Slot -> projected features ``[B, M, E]``, or ``[B, K, M, E]`` for K items a sample."""
+        return {name: self._slot_tokens(name, batch, lambda n, b: self.encode_one(n, **b)) for name in self.encoders}
+
+    def _slot_tokens(self, name: str, batch: Mapping[str, Any], encode: Any) -> torch.Tensor:
+        keys = {k for k in MODALITY_INPUTS[modality_of(name)] if batch.get(k) is not None}
+        if not any(batch[k].dim() == ITEM_NDIM.get(k) for k in keys):
+            return self.projector[name](encode(name, batch))
+        flat, b, k = flatten_item_inputs({key: batch[key] for key in keys} | _presence(batch, name), [name],
+                                         kind="an LLM model with numbered placeholders")
+        tokens = self.projector[name](encode(name, flat))  # [B*K, M, E]
+        return tokens.reshape(b, k, *tokens.shape[1:])
+
+    def class_position(self, lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """``[B, L]`` bool, one True per row: the class token, or (answer-token classification without one)
+        the last attended position, which predicts the answer."""
+        if self.config.class_token_id is not None:
+            at = lm_input_ids == int(self.config.class_token_id)
+        else:
+            mask = torch.ones_like(lm_input_ids) if lm_attention_mask is None else lm_attention_mask
+            last = mask.sum(dim=1) - 1
+            at = torch.zeros_like(lm_input_ids, dtype=torch.bool)
+            at[torch.arange(len(last)), last] = True
+        counts = at.sum(dim=1)
+        if bool((counts != 1).any()):
+            raise ValueError(f"every prompt needs exactly one class token; counts per row {counts.tolist()[:8]}.")
+        return at
 
     def inputs_embeds(self, lm_input_ids: torch.Tensor, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings ``[B, L, E]`` with each slot's pseudo-tokens at its placeholder positions.
@@ -154,6 +200,7 @@ class LLMModel(MultimodalPreTrainedModel):
         """
         embeds = self.decoder.embed(lm_input_ids)
         for name, feats in tokens.items():
+            feats = feats.flatten(1, 2) if feats.dim() == 4 else feats  # K items: blocks in item order
             positions = lm_input_ids == int(self.config.media_token_ids[name])  # [B, L]
             counts = positions.sum(dim=1)
             wrong = [(i, int(c)) for i, c in enumerate(counts.tolist()) if c not in (0, feats.shape[1])]
@@ -168,24 +215,26 @@ class LLMModel(MultimodalPreTrainedModel):
                 embeds = embeds.masked_scatter(positions[..., None], feats[rows].to(embeds.dtype))
         return embeds
 
-    def class_hidden(self, lm_input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """The last hidden state at each row's class token: ``[B, E]`` (exactly one per row)."""
-        at = lm_input_ids == int(self.config.class_token_id)
-        counts = at.sum(dim=1)
-        if bool((counts != 1).any()):
-            raise ValueError(f"every prompt needs exactly one class token; counts per row {counts.tolist()[:8]}.")
-        return hidden[at]
+    def class_logits(self, lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None,
+                     hidden: torch.Tensor) -> torch.Tensor | None:
+        """Class logits ``[B, C]`` from the LM's last hidden states ``[B, L, E]``: the head at the class
+        token, or the LM head's answer-token rows (:attr:`LLMConfig.answer_token_ids`); ``None`` without either."""
+        if self.head is None and not self.config.answer_token_ids:
+            return None
+        at = hidden[self.class_position(lm_input_ids, lm_attention_mask)]  # [B, E]
+        if self.head is None:
+            return self.decoder.token_logits(at, self.config.answer_token_ids)
+        return self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at))
 
     def check_batch(self, batch: Mapping[str, Any]) -> None:
         if batch.get("lm_input_ids") is None:
             raise ValueError("the batch has no lm_input_ids: an LLM model needs a prompt (data.processor.prompt).")
-        outputs = self.encode_checked(batch)
-        tokens = {n: run_part("model.projector", lambda n=n, o=o: self.projector[n](o)) for n, o in outputs.items()}
+        checked = lambda n, b: run_part(f"model.encoders.{n}", lambda: self.encode_one(n, **b))  # noqa: E731
+        tokens = {n: run_part("model.projector", lambda n=n: self._slot_tokens(n, batch, checked)) for n in self.encoders}
         embeds = run_part("model.decoder", lambda: self.inputs_embeds(batch["lm_input_ids"], tokens))
         out = run_part("model.decoder", lambda: self.decoder(embeds, batch.get("lm_attention_mask")))
-        if self.head is not None:
-            at = run_part("model.head", lambda: self.class_hidden(batch["lm_input_ids"], out.hidden_states[-1]))
-            run_part("model.head", lambda: self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at)))
+        run_part("model.head", lambda: self.class_logits(batch["lm_input_ids"], batch.get("lm_attention_mask"),
+                                                         out.hidden_states[-1]))
 
     def forward(
         self,
@@ -198,19 +247,38 @@ class LLMModel(MultimodalPreTrainedModel):
     ) -> LLMOutput:
         """``return_lm_logits``: also the LM's logits at every position (costly with a 50k vocabulary;
         the LM loss needs them only at the answer positions and computes just those)."""
-        embeds = self.inputs_embeds(lm_input_ids, self.pseudo_tokens(batch))
+        return self._run(self.pseudo_tokens(batch), lm_input_ids, lm_attention_mask, labels, lm_labels,
+                         return_lm_logits)
+
+    def _run(self, tokens: Mapping[str, torch.Tensor], lm_input_ids: torch.Tensor,
+             lm_attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None,
+             lm_labels: torch.Tensor | None = None, return_lm_logits: bool = False) -> LLMOutput:
+        embeds = self.inputs_embeds(lm_input_ids, tokens)
         out = self.decoder(embeds, lm_attention_mask, labels=lm_labels, full_logits=return_lm_logits)
         hidden = out.hidden_states[-1]
-        logits = loss = None
-        if self.head is not None:
-            at = self.class_hidden(lm_input_ids, hidden)
-            logits = self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at))
-            if labels is not None:
-                loss = nn.functional.cross_entropy(logits, labels)
+        loss = None
+        logits = self.class_logits(lm_input_ids, lm_attention_mask, hidden)
+        if logits is not None and labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels)
         if out.loss is not None:
             loss = out.loss if loss is None else loss + out.loss
         return LLMOutput(loss=loss, logits=logits, lm_loss=out.loss, lm_logits=out.logits, hidden=hidden,
                          lm_nll_sum=out.nll_sum, lm_token_count=out.token_count)
+
+    def compare_both_orders(
+        self, lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None = None, **batch: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``[B, C]`` for the items as given and with their order reversed (``(a, b)`` and
+        ``(b, a)``: task=pairwise's swap consistency), from one encoding pass and two LM passes."""
+        tokens = self.pseudo_tokens(batch)
+        if not any(t.dim() == 4 for t in tokens.values()):
+            raise ValueError("compare_both_orders needs several items a sample (a prompt with {image_1}, {image_2}).")
+        swapped = {n: t.flip(1) if t.dim() == 4 else t for n, t in tokens.items()}
+        first = self._run(tokens, lm_input_ids, lm_attention_mask).logits
+        second = self._run(swapped, lm_input_ids, lm_attention_mask).logits
+        if first is None:
+            raise ValueError("compare_both_orders needs class logits: a model.head, or data.processor.prompt.label_answers.")
+        return first, second
 
     def prompt_embeds(self, lm_prompt_ids: torch.Tensor, **batch: Any) -> torch.Tensor:
         """Embeddings ``[B, P, E]`` of the (left-padded) prompts with the media pseudo-tokens in place."""
@@ -247,7 +315,8 @@ class LLMModel(MultimodalPreTrainedModel):
         return score_candidates(self.decoder, embeds, lm_prompt_mask, candidates)
 
 
-@injects(own=["id2label", "allowed_target_prefixes", "lm_vocab_size", "media_token_ids", "class_token_id"],
+@injects(own=["id2label", "allowed_target_prefixes", "lm_vocab_size", "media_token_ids", "class_token_id",
+              "answer_token_ids"],
          projector=["input_dim", "output_dim"], decoder=["vocab_size"], head=["input_dim", "num_labels"])
 def build_llm_model(
     *,
@@ -262,13 +331,15 @@ def build_llm_model(
     class_token_id: int | None = None,
     trainable: Mapping[str, bool] | None = None,
     lora: Mapping[str, Any] | None = None,
+    answer_token_ids: Sequence[int] | None = None,
 ) -> LLMModel:
     """Build an LLM-decoder model: encoders -> per-slot projector -> pseudo-tokens in a causal LM.
 
     Args: as :func:`build_multimodal_model`, plus ``projector`` (one spec, built per slot),
     ``decoder`` (causal LM spec), ``head`` (classifier at the class token, or ``None``), and the
     prompt tokenizer's facts: ``lm_vocab_size``, ``media_token_ids`` (slot -> placeholder id) and
-    ``class_token_id`` (see :class:`mmtrain.components.lm.prompt.PromptBuilder`). ``lora``: LoRA on the LM
+    ``class_token_id`` (see :class:`mmtrain.components.lm.prompt.PromptBuilder`), and ``answer_token_ids``
+    (classification at the answer token, with ``head=None``). ``lora``: LoRA on the LM
     (``r``, ``alpha``, ``dropout``, ``target_modules``, ``quantize``; see :mod:`mmtrain.components.lm.lora`) or ``None``.
     """
     parts = {"projector": projector, "decoder": decoder, **({"head": head} if head else {})}
@@ -278,14 +349,21 @@ def build_llm_model(
         lm_vocab_size=int(lm_vocab_size), media_token_ids={str(k): int(v) for k, v in plain(media_token_ids).items()},
         class_token_id=None if class_token_id is None else int(class_token_id),
         lora=None if lora is None else dict(plain(lora)),
+        answer_token_ids=None if not answer_token_ids else [int(t) for t in answer_token_ids],
     ))
+
+
+def _presence(batch: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The batch's presence mask of slot ``name`` (``<slot>_present`` or ``<modality>_present``), if any."""
+    key = next((k for k in (f"{name}_present", f"{modality_of(name)}_present") if k in batch), None)
+    return {} if key is None else {key: batch[key]}
 
 
 def predict_llm(model: LLMModel, processor: Any, batch: dict[str, Any], *, choices: Sequence[str] | None = None,
                 max_new_tokens: int = 16, **options: Any) -> list[dict[str, Any]]:
     """``predict`` of an LLM-decoder model, per sample: with a head, its label; without (instruction-tuned),
     the answer to the prompt, greedy, or the likeliest of ``choices`` with their probabilities."""
-    if model.head is not None:
+    if model.head is not None or model.config.answer_token_ids:
         if choices:
             raise ValueError("--choice is for instruction-tuned LLM models (model=llm without a head).")
         return predict_label(model, processor, batch)

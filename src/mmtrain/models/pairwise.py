@@ -17,27 +17,10 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mmtrain.config.validate import injects
-from mmtrain.models.base import (
-    MODALITY_INPUTS,
-    MultimodalPreTrainedModel,
-    modality_of,
-    run_part,
-)
+from mmtrain.models.base import MultimodalPreTrainedModel, flatten_item_inputs, run_part
 from mmtrain.models.configuration import MultimodalConfig
 from mmtrain.models.registry import ModelKind, config_fields, predict_label, register_model_kind
 
-#: Dimensions of each model input WITH the item axis (``pixel_values`` [B,K,C,H,W] -> 5).
-ITEM_NDIM: dict[str, int] = {
-    "pixel_values": 5,
-    "pixel_values_videos": 6,
-    "video_attention_mask": 3,
-    "input_features": 4,
-    "input_values": 3,
-    "audio_attention_mask": 3,
-    "input_ids": 3,
-    "attention_mask": 3,
-    "token_type_ids": 3,
-}
 ITEMS = 2
 
 
@@ -72,52 +55,17 @@ class PairwiseModel(MultimodalPreTrainedModel):
     def components(self) -> dict[str, nn.Module]:
         return {**super().components(), "fusion": self.fusion, "head": self.head}
 
-    def _item_keys(self) -> set[str]:
-        return {key for name in self.encoders for key in MODALITY_INPUTS[modality_of(name)]}
-
     def flatten_items(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
-        """``batch`` with every modality input ``[B, K, ...]`` -> ``[B*K, ...]`` (item-major per sample).
-
-        Presence masks ``<name>_present`` [B] are repeated per item; other entries pass unchanged.
-
-        Returns:
-            ``(flat_batch, B, K)``.
+        """:func:`flatten_item_inputs` for this model's encoders, with K checked to be 2.
 
         Raises:
-            ValueError: an input lacks the item axis (single items given to a pairwise model), or
-                inputs disagree on B or K, or K is not 2.
+            ValueError: single items given to a pairwise model, or K is not 2.
         """
-        keys = self._item_keys()
-        flat: dict[str, Any] = {}
-        sizes: set[tuple[int, int]] = set()
-        for key, value in batch.items():
-            if key not in keys or value is None:
-                continue
-            want = ITEM_NDIM.get(key)
-            if want is not None and value.dim() != want:
-                missing = value.dim() == want - 1
-                raise ValueError(
-                    f"the pairwise model (model=pairwise) needs '{key}' with an item axis [B, K, ...] "
-                    f"({want} dims, K={ITEMS}), got {tuple(value.shape)}"
-                    + (": the data gives single items. Use pair data (each sample's modality value a list of "
-                       f"{ITEMS} items, e.g. ImagePairDataset) or a classifier (model=multimodal)."
-                       if missing else ".")
-                )
-            sizes.add((int(value.shape[0]), int(value.shape[1])))
-            flat[key] = value.reshape(value.shape[0] * value.shape[1], *value.shape[2:])
-        if not sizes:
-            raise ValueError(f"batch has no input for the encoders {sorted(self.encoders)}; got keys {sorted(batch)}.")
-        if len(sizes) > 1:
-            raise ValueError(f"modality inputs disagree on [B, K]: {sorted(sizes)}.")
-        (b, k), = sizes
+        flat, b, k = flatten_item_inputs(batch, self.encoders, kind="the pairwise model (model=pairwise)",
+                                         hint=f"Use pair data (each sample's modality value a list of {ITEMS} items, "
+                                              "e.g. ImagePairDataset) or a classifier (model=multimodal).")
         if k != ITEMS:
             raise ValueError(f"the pairwise model compares {ITEMS} items a sample, got K={k} (inputs [B, K, ...]).")
-        for key, value in batch.items():
-            if key in flat or key in keys:
-                continue
-            if key.endswith("_present") and isinstance(value, torch.Tensor):
-                value = value.repeat_interleave(k, dim=0)
-            flat[key] = value
         return flat, b, k
 
     def item_vectors(self, **batch: Any) -> torch.Tensor:

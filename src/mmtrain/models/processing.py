@@ -93,8 +93,10 @@ class MultimodalProcessor(ProcessorMixin):
         """What an LLM-decoder model must know of the prompt tokenizer ({} without a prompt)."""
         if self.prompt_builder is None:
             return {}
-        return {"lm_vocab_size": len(self.tokenizer), "media_token_ids": self.prompt_builder.media_token_ids,
-                "class_token_id": self.prompt_builder.class_token_id}
+        facts = {"lm_vocab_size": len(self.tokenizer), "media_token_ids": self.prompt_builder.media_token_ids,
+                 "class_token_id": self.prompt_builder.class_token_id}
+        answers = self.prompt_builder.answer_token_ids
+        return facts if answers is None else {**facts, "answer_token_ids": answers}
 
     @property
     def audio_frames(self) -> int:

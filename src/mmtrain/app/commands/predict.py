@@ -2,7 +2,8 @@
 
 A classifier returns its label and class probabilities; a pairwise comparator takes two items of
 a modality (``--image a.png --image b.png``) and returns First / Second / Similar with
-probabilities; a contrastive model returns each given modality's embedding and the cosine
+probabilities, as does an LLM-decoder model whose prompt holds ``{image_1}`` and ``{image_2}`` (each
+numbered field takes one ``--image``, in order); a contrastive model returns each given modality's embedding and the cosine
 similarity of every pair of them. An LLM-decoder model with a classification head returns its
 label; one without (instruction-tuned) writes an answer to the prompt (``--text`` is the question),
 greedy, or picks the likeliest of ``--choice`` answers.
@@ -20,6 +21,12 @@ from mmtrain.models.processing import model_inputs
 from mmtrain.engine.export import find_export
 
 Inputs = Sequence[str] | str | None
+
+
+def _prompt_slots(processor: Any) -> dict[str, int]:
+    """Modality -> numbered fields of the processor's LM prompt (``{image_1}``, ``{image_2}``: 2), if any."""
+    builder = getattr(processor, "prompt_builder", None)
+    return {m: n for m, n in (getattr(builder, "slots", None) or {}).items() if n}
 
 
 def _many(values: Inputs) -> list[str]:
@@ -96,12 +103,20 @@ def predict(
     if not given:
         raise ValueError(f"give at least one of --{' / --'.join(processor.modalities)} (the model's modalities).")
     pairs = [m for m in given if isinstance(sample[m], list)]
+    slots = _prompt_slots(processor)
     if kind.item_pairs:
         if sorted(pairs) != sorted(given) or any(len(sample[m]) != 2 for m in given):
             raise ValueError(f"a {kind.name} model compares two items: give each modality twice, e.g. "
                              f"--{given[0]} first --{given[0]} second (got {given}).")
-    elif pairs:
-        raise ValueError(f"--{pairs[0]} was given more than once; only pairwise models take two items.")
+    else:
+        for m in given:
+            count, want = len(sample[m]) if m in pairs else 1, slots.get(m) or 1
+            if count != want:
+                raise ValueError(
+                    f"--{m} was given {count} time(s); the model's prompt holds {want} {m} item(s)"
+                    + (f" ({{{m}_1}}..{{{m}_{want}}}): give --{m} {want} times, in order." if want > 1 else
+                       "; only pairwise models and prompts with numbered fields ({image_1}, {image_2}) take several.")
+                )
     if choices and "choices" not in kind.predict_options:
         raise ValueError(f"--choice is for instruction-tuned LLM models (model=llm without a head), not {kind.name}.")
     options = {"choices": choices, "max_new_tokens": max_new_tokens}

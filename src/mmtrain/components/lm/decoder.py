@@ -88,6 +88,10 @@ class CausalLMDecoder(nn.Module):
             )
         return self.lm.get_input_embeddings()(input_ids)
 
+    def token_logits(self, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+        """The LM head's logits ``[N, C]`` of just ``token_ids`` (C of them) at hidden states ``[N, E]``."""
+        return head_token_logits(self.lm.get_output_embeddings(), hidden, token_ids)
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -113,6 +117,16 @@ class CausalLMDecoder(nn.Module):
             result.token_count = scored.sum()
             result.loss = result.nll_sum / result.token_count.clamp(min=1)
         return result
+
+
+def head_token_logits(head: nn.Module, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """Logits ``[N, C]`` of the vocabulary rows ``token_ids`` of an LM head (``nn.Linear``, possibly
+    LoRA-wrapped or quantized: then the full ``[N, V]`` is made and its columns taken) at ``hidden`` ``[N, E]``."""
+    ids = torch.as_tensor(token_ids, device=hidden.device)
+    if type(head) is nn.Linear:  # the plain case: C rows, not the whole vocabulary
+        bias = None if head.bias is None else head.bias[ids]
+        return nn.functional.linear(hidden, head.weight[ids], bias)
+    return head(hidden)[..., ids]
 
 
 #: Scored positions per LM-head chunk (see :func:`head_nll`).

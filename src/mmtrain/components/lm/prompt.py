@@ -6,6 +6,17 @@ token (``<VIDEO_PAD>``...) when the sample has the modality (the marker pair aro
 written in the template), nothing otherwise; ``{text}`` becomes the sample's text. The LLM model
 writes the projected encoder features at the placeholder positions of ``inputs_embeds``.
 
+Several items of a modality in one prompt (two images to compare): numbered fields ``{image_1}``,
+``{image_2}``... each take one item of the sample's list, in order (the model writes item ``i``'s
+pseudo-tokens at the ``i``-th block). A sample must hold exactly as many items as the template has
+numbered fields; more or fewer is refused naming the sample.
+
+Classification at the answer token (``label_answers``: the class names): the LM's own logits, at the
+last prompt position (or at the class token), of the first token of each class name as an answer
+(``answer_prefix`` + name) are the class logits, so no new head is needed and the LM answers in words
+(the seeds' First / Second / Similar). :attr:`PromptBuilder.answer_token_ids` gives those ids; they
+must differ.
+
 Marker, placeholder and class tokens are added to the tokenizer as special tokens, in a fixed
 order, so a tokenizer built the same way always gives them the same ids.
 
@@ -29,6 +40,41 @@ import torch
 
 MEDIA = ("video", "audio", "image")
 OVERFLOW = ("error", "truncate_text")
+#: A template field: ``{text}``, ``{<modality>}`` or a numbered ``{<modality>_<n>}`` (n >= 1).
+FIELD = re.compile(r"\{([a-z]+)(?:_(\d+))?\}")
+
+
+def template_slots(template: str) -> dict[str, int]:
+    """Media modality -> numbered fields of the template (``{image_1}``, ``{image_2}`` -> 2; a plain
+    ``{image}`` -> 0), every field checked.
+
+    Raises:
+        ValueError: an unknown field, a modality both plain and numbered, or numbered fields that are not
+            ``1..N`` in the order they appear.
+    """
+    numbers: dict[str, list[int]] = {}
+    for name, number in FIELD.findall(template):
+        if name not in (*MEDIA, "text") or (name == "text" and number):
+            raise ValueError(f"prompt template field {{{name}{'_' + number if number else ''}}} is unknown; use "
+                             "{video}, {audio}, {image} (or numbered {image_1}, {image_2}...) and {text}.")
+        if name != "text":
+            numbers.setdefault(name, []).append(int(number) if number else 0)
+    unmatched = sorted(set(re.findall(r"\{(\w*)\}", template)) - {m.group(0)[1:-1] for m in FIELD.finditer(template)})
+    if unmatched:
+        raise ValueError(f"prompt template fields {unmatched} are unknown; use {{video}}, {{audio}}, {{image}}, "
+                         "{image_1}..., {text}.")
+    slots = {}
+    for name, found in numbers.items():
+        if found == [0]:
+            slots[name] = 0
+        elif 0 in found:
+            raise ValueError(f"prompt template mixes {{{name}}} with numbered {{{name}_<n>}} fields; use one form.")
+        elif found != list(range(1, len(found) + 1)):
+            raise ValueError(f"prompt template's numbered {name} fields appear as {found}; write "
+                             f"{{{name}_1}}..{{{name}_{len(found)}}} once each, in that order.")
+        else:
+            slots[name] = len(found)
+    return slots
 
 
 def placeholder(modality: str) -> str:
@@ -50,6 +96,7 @@ class PromptBuilder:
             and ``<TEXT>``/``</TEXT>`` when the template writes them).
         max_length: token budget of a prompt.
         overflow: ``error`` or ``truncate_text`` (see the module docstring).
+        label_answers: class names, for classification at the answer token (see the module docstring).
     """
 
     def __init__(
@@ -63,12 +110,10 @@ class PromptBuilder:
         max_length: int = 256,
         overflow: str = "error",
         answer_prefix: str = " ",
+        label_answers: Sequence[str] | None = None,
     ) -> None:
-        fields = set(re.findall(r"\{(\w+)\}", template))
-        unknown = sorted(fields - {*MEDIA, "text"})
-        if unknown:
-            raise ValueError(f"prompt template fields {unknown} are unknown; use {{video}}, {{audio}}, {{image}}, {{text}}.")
-        missing = sorted(m for m in media_tokens if m not in fields)
+        self.slots = template_slots(template)
+        missing = sorted(m for m in media_tokens if m not in self.slots)
         if missing:
             raise ValueError(f"prompt template has no {{{missing[0]}}} field for the model's {missing} features.")
         if class_token is not None and class_token not in template:
@@ -91,6 +136,26 @@ class PromptBuilder:
         if tokenizer.eos_token_id is None:  # BERT-style: [SEP] ends an answer
             tokenizer.eos_token = tokenizer.sep_token or tokenizer.pad_token
         self.special_tokens = extra
+        self.label_answers = [str(n) for n in label_answers] if label_answers else None
+        if self.label_answers:
+            self.answer_token_ids  # refuses names whose answers start with the same token
+
+    @property
+    def answer_token_ids(self) -> list[int] | None:
+        """First token of each ``label_answers`` name written as an answer (``None`` without them).
+
+        Raises:
+            ValueError: two names start with the same token (the LM could not tell them apart).
+        """
+        if not self.label_answers:
+            return None
+        firsts = [self._tokens(self.answer_prefix + name)[0] for name in self.label_answers]
+        clash = sorted({n for n, t in zip(self.label_answers, firsts) if firsts.count(t) > 1})
+        if clash:
+            raise ValueError(f"data.processor.prompt.label_answers {clash} start with the same token "
+                             f"({self.tokenizer.convert_ids_to_tokens(firsts[self.label_answers.index(clash[0])])!r}); "
+                             "rename the classes so their first tokens differ.")
+        return [int(t) for t in firsts]
 
     @property
     def media_token_ids(self) -> dict[str, int]:
@@ -104,8 +169,22 @@ class PromptBuilder:
         """The prompt of one sample (``text`` replaces the sample's own text, e.g. shortened)."""
         values = {m: placeholder(m) * self.media_tokens[m] if sample.get(m) is not None else ""
                   for m in self.media_tokens}
+        for m, count in self.slots.items():
+            given = sample.get(m)
+            if count and m in self.media_tokens and given is not None:
+                items = len(given) if isinstance(given, (list, tuple)) else 1
+                if items != count:
+                    raise ValueError(
+                        f"sample {sample.get('id')!r} holds {items} {m} item(s), but the prompt template "
+                        f"(data.processor.prompt.template) has {count} slots {{{m}_1}}..{{{m}_{count}}}; give "
+                        f"each sample {count}, or write as many numbered fields as a sample holds.")
+                values.update({f"{m}_{i}": values[m] for i in range(1, count + 1)})
+            elif isinstance(given, (list, tuple)) and m in self.media_tokens:
+                raise ValueError(f"sample {sample.get('id')!r} holds a list of {len(given)} {m} items, but the prompt "
+                                 f"template (data.processor.prompt.template) has one {{{m}}} field; number them "
+                                 f"{{{m}_1}}..{{{m}_{len(given)}}}.")
         values["text"] = str(sample.get("text") or "") if text is None else text
-        return re.sub(r"\{(\w+)\}", lambda match: values.get(match.group(1), ""), self.template)
+        return FIELD.sub(lambda match: values.get(match.group(0)[1:-1], ""), self.template)
 
     def _tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

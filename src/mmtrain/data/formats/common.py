@@ -340,9 +340,10 @@ class RecordDataset(Dataset):
                 file.close()
 
     def sample_views(self) -> list[dict[str, Any]]:
-        """Each sample's plain fields with ``<modality>: True`` for the media it has (no decoding);
-        what a token budget check needs."""
-        return [{**record.fields, **{m: True for m in record.media}} for record in self.records]
+        """Each sample's plain fields with ``<modality>: True`` for the media it has (``[True] * K`` for a
+        list of K items), no decoding; what a token budget check needs."""
+        return [{**record.fields, **{m: [True] * len(ref) if isinstance(ref, (list, tuple)) else True
+                                     for m, ref in record.media.items()}} for record in self.records]
 
     @property
     def ids(self) -> list[str]:

@@ -35,7 +35,7 @@ class TaskBase(pl.LightningModule):
         param_groups: optimizer settings per part of the model, keyed by module path
             (``head``, ``fusion``, ``encoders.image``...), e.g. ``{head: {lr: 1e-3}}``; each
             trainable parameter joins the group of the longest path it lies under, the rest keep
-            the optimizer's own settings.
+            the optimizer's own settings; a ``null`` entry is no group.
         nonfinite: what a training step with a NaN/Inf loss or gradient does (checked before
             gradient clipping, over the whole accumulation window): ``abort`` raises
             :class:`~mmtrain.engine.nonfinite.NonFiniteLossError` naming the step and the sample
@@ -69,7 +69,8 @@ class TaskBase(pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
+        # a null entry removes a group an experiment it builds on set (task.param_groups.head=null)
+        self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items() if v is not None}
         self.nonfinite_guard = NonFiniteGuard(nonfinite)  # raises ValueError on an unknown policy
         self.sample_rows: torch.Tensor | None = None  # per-sample outputs of the last train step (step() sets)
         #: Metrics of the last finished epoch per split (``val``, ``test``...), as ``metrics.json`` holds them.
