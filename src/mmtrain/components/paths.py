@@ -32,7 +32,9 @@ def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = 
       all-MiniLM-L6-v2 keeps its files in ``<package>/model/``).
     - ``"builtin:<name>"`` (``gpt2``, ``qwen2.5``, ``llama3``): the cached folder of that real LM
       tokenizer, built on first use (:func:`mmtrain.components.lm.tokenizers.builtin_tokenizer_folder`); a
-      tokenizer folder only (no ``config.json``), for ``AutoTokenizer.from_pretrained``.
+      tokenizer folder only (no ``config.json``), for ``AutoTokenizer.from_pretrained``. ``tiny-llava`` and
+      ``tiny-qwen2-vl``: a tiny random-init vision-language model of that family with its processor
+      (:mod:`mmtrain.components.vlm.tiny`).
 
     Raises:
         FileNotFoundError: the folder (or the package, or the Hub model) cannot be found; the message
@@ -43,9 +45,13 @@ def resolve_pretrained_path(path: str | os.PathLike[str] | None, *, what: str = 
     text = os.fspath(path)
     if text.startswith(BUILTIN_PREFIX):
         from mmtrain.components.lm.tokenizers import builtin_tokenizer_folder  # lazy: only builtin: values need it
+        from mmtrain.components.vlm.tiny import TINY_VLMS, tiny_vlm_folder
 
+        name = text[len(BUILTIN_PREFIX) :]
         try:
-            return builtin_tokenizer_folder(text[len(BUILTIN_PREFIX) :])
+            if name in TINY_VLMS:
+                return tiny_vlm_folder(name)
+            return builtin_tokenizer_folder(name)
         except (FileNotFoundError, ValueError) as err:
             raise type(err)(f"{what} {text!r}: {err}") from err
     if not text.startswith(PKG_PREFIX):

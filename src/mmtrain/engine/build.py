@@ -113,7 +113,7 @@ def token_budget(datamodule: Any, model: MultimodalPreTrainedModel) -> dict[str,
     """With an LM prompt, check every sample's tokens before training (:mod:`mmtrain.components.lm.budget`);
     returns the per-split report ({} without a prompt)."""
     builder = getattr(datamodule.processor, "prompt_builder", None)
-    if builder is None:
+    if builder is None or not hasattr(builder, "lengths"):  # a VLM's image tokens are counted per batch instead
         return {}
     from mmtrain.components.lm.budget import check_token_budget, lm_positions
 

@@ -129,10 +129,12 @@ class MultimodalPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
     _no_split_modules: list[str] = []
+    #: Whether the kind reads its inputs through mmtrain encoder slots (a whole VLM has its own tower).
+    requires_encoders = True
 
     def __init__(self, config: MultimodalConfig) -> None:
         super().__init__(config)
-        if not config.encoders:
+        if not config.encoders and self.requires_encoders:
             raise ValueError(f"{type(config).__name__} needs at least one encoder spec ('encoders').")
         self.prefixes = narrow_prefixes(runtime_prefixes(), config.allowed_target_prefixes)
         self.frozen: set[str] = set()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from transformers.utils import ModelOutput
 from mmtrain.components.encoders.base import EncoderOutput
 from mmtrain.config.plain import plain
 from mmtrain.config.validate import injects
+from mmtrain.models.adapters import AdapterExports
 from mmtrain.models.base import (
     ITEM_NDIM,
     MODALITY_INPUTS,
@@ -85,7 +85,7 @@ class LLMOutput(ModelOutput):
     lm_token_count: torch.Tensor | None = None
 
 
-class LLMModel(MultimodalPreTrainedModel):
+class LLMModel(AdapterExports, MultimodalPreTrainedModel):
     """Encoders + projectors + causal LM (+ a classification head at the class token).
 
     Forward takes the encoders' inputs (as for the other kinds) plus ``lm_input_ids`` /
@@ -94,6 +94,8 @@ class LLMModel(MultimodalPreTrainedModel):
     """
 
     config_class = LLMConfig
+    lora_module_path = "decoder.lm"
+    base_spec_key = "decoder"
 
     def __init__(self, config: LLMConfig) -> None:
         lora = lora_lib.lora_settings(config.lora, config.trainable)  # checked before anything is built
@@ -125,40 +127,7 @@ class LLMModel(MultimodalPreTrainedModel):
         self.finish_init()
         if lora:  # after post_init: the LM's base weights freeze, adapters and new token rows train
             rows = lora_lib.new_token_ids(config.decoder, config.lm_vocab_size, config.class_token_id)
-            lora_lib.apply_lora(self.decoder, lora, rows)
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, pretrained_model_name_or_path: str | Path, *model_args: Any, **kwargs: Any
-    ) -> LLMModel:
-        """As :meth:`MultimodalPreTrainedModel.from_pretrained`; an adapter-only export (it holds
-        ``adapter_config.json``) loads through :meth:`from_adapter` on the base LM it records."""
-        if lora_lib.is_adapter_export(pretrained_model_name_or_path):
-            return cls.from_adapter(pretrained_model_name_or_path)
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return model  # type: ignore[return-value]
-
-    @classmethod
-    def from_adapter(
-        cls, folder: str | Path, base: str | Path | None = None, *, full_precision: bool = False
-    ) -> LLMModel:
-        """Load an adapter-only export (``export/adapter``, see :mod:`mmtrain.components.lm.lora`).
-
-        Args:
-            folder: the adapter export (peft adapter + the weights outside the LM + config).
-            base: folder of the base LM (its ``save_pretrained``); default: the one recorded at export.
-            full_precision: load a QLoRA adapter on the unquantized base (e.g. on CPU, or to merge).
-        """
-        config = lora_lib.adapter_model_config(cls.config_class, folder, base, full_precision)
-        model = cls(config)
-        lora_lib.load_adapter_weights(model, folder)
-        return model.eval()
-
-    def merged(self) -> LLMModel:
-        """A copy with the LoRA adapters folded into the LM (``config.lora`` ``None``): a plain export."""
-        if self.config.lora is None:
-            raise ValueError("this model has no LoRA (config.lora is None); there is nothing to merge.")
-        return lora_lib.merged_copy(self)
+            lora_lib.apply_lora(self.decoder.lm, lora, rows)
 
     def components(self) -> dict[str, nn.Module]:
         parts = {**super().components(), "projector": self.projector, "decoder": self.decoder}
@@ -176,21 +145,6 @@ class LLMModel(MultimodalPreTrainedModel):
                                          kind="an LLM model with numbered placeholders")
         tokens = self.projector[name](encode(name, flat))  # [B*K, M, E]
         return tokens.reshape(b, k, *tokens.shape[1:])
-
-    def class_position(self, lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """``[B, L]`` bool, one True per row: the class token, or (answer-token classification without one)
-        the last attended position, which predicts the answer."""
-        if self.config.class_token_id is not None:
-            at = lm_input_ids == int(self.config.class_token_id)
-        else:
-            mask = torch.ones_like(lm_input_ids) if lm_attention_mask is None else lm_attention_mask
-            last = mask.sum(dim=1) - 1
-            at = torch.zeros_like(lm_input_ids, dtype=torch.bool)
-            at[torch.arange(len(last)), last] = True
-        counts = at.sum(dim=1)
-        if bool((counts != 1).any()):
-            raise ValueError(f"every prompt needs exactly one class token; counts per row {counts.tolist()[:8]}.")
-        return at
 
     def inputs_embeds(self, lm_input_ids: torch.Tensor, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings ``[B, L, E]`` with each slot's pseudo-tokens at its placeholder positions.
@@ -221,7 +175,7 @@ class LLMModel(MultimodalPreTrainedModel):
         token, or the LM head's answer-token rows (:attr:`LLMConfig.answer_token_ids`); ``None`` without either."""
         if self.head is None and not self.config.answer_token_ids:
             return None
-        at = hidden[self.class_position(lm_input_ids, lm_attention_mask)]  # [B, E]
+        at = hidden[class_position(lm_input_ids, lm_attention_mask, self.config.class_token_id)]  # [B, E]
         if self.head is None:
             return self.decoder.token_logits(at, self.config.answer_token_ids)
         return self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at))
@@ -351,6 +305,23 @@ def build_llm_model(
         lora=None if lora is None else dict(plain(lora)),
         answer_token_ids=None if not answer_token_ids else [int(t) for t in answer_token_ids],
     ))
+
+
+def class_position(lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None,
+                   class_token_id: int | None) -> torch.Tensor:
+    """``[B, L]`` bool, one True per row: the class token, or (classification at the answer token without
+    one) the last attended position of the right-padded prompt, which predicts the answer."""
+    if class_token_id is not None:
+        at = lm_input_ids == int(class_token_id)
+    else:
+        mask = torch.ones_like(lm_input_ids) if lm_attention_mask is None else lm_attention_mask
+        last = mask.sum(dim=1) - 1
+        at = torch.zeros_like(lm_input_ids, dtype=torch.bool)
+        at[torch.arange(len(last)), last] = True
+    counts = at.sum(dim=1)
+    if bool((counts != 1).any()):
+        raise ValueError(f"every prompt needs exactly one class token; counts per row {counts.tolist()[:8]}.")
+    return at
 
 
 def _presence(batch: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -152,7 +152,7 @@ class MultimodalProcessor(ProcessorMixin):
             batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
         if self.prompt_builder is not None:
             batch.update(self.prompt_builder(samples))
-        batch.update(_item_bookkeeping(samples))
+        batch.update(item_bookkeeping(samples))
         return batch
 
     def _collate_items(self, modality: str, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
@@ -250,7 +250,7 @@ class MultimodalProcessor(ProcessorMixin):
         return [id2label[int(i)] for i in logits.argmax(dim=-1)]
 
 
-def _item_bookkeeping(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def item_bookkeeping(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """``item_ids`` (list of tuples; when every sample has them) and ``item_scores`` [B,K] (NaN = unknown)."""
     out: dict[str, Any] = {}
     if all(s.get("item_ids") is not None for s in samples):

@@ -41,6 +41,8 @@ class ModelKind:
         processor: whether ``AutoProcessor`` loads the kind's ``MultimodalProcessor``.
         item_pairs: whether a sample holds two items of each modality (``predict`` checks it).
         predict_options: the ``predict`` keyword options the kind takes (``choices``...).
+        processor_class: what loads an export's processor (``from_pretrained(folder)``); ``None``:
+            ``AutoProcessor`` (the kind's ``MultimodalProcessor``).
     """
 
     name: str
@@ -52,6 +54,15 @@ class ModelKind:
     processor: bool = True
     item_pairs: bool = False
     predict_options: frozenset[str] = frozenset()
+    processor_class: type | None = None
+
+    def load_processor(self, folder: Any) -> Any:
+        """The processor saved in export ``folder``."""
+        if self.processor_class is not None:
+            return self.processor_class.from_pretrained(folder)
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(str(folder))
 
 
 _KINDS: dict[str, ModelKind] = {}

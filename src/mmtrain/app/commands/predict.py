@@ -81,14 +81,14 @@ def predict(
     """Run one sample through the export in ``export_dir``; modalities not given are marked absent.
 
     ``choices`` / ``max_new_tokens``: for an instruction-tuned LLM model (see the module docstring)."""
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoModel
 
     from mmtrain.models.registry import kind_of  # importing mmtrain.models registers the Auto classes
 
     folder = find_export(export_dir)
     model = AutoModel.from_pretrained(str(folder)).eval()
-    processor = AutoProcessor.from_pretrained(str(folder))
     kind = kind_of(model)
+    processor = kind.load_processor(folder)
     asked = {"video": video, "audio": audio, "image": image, "text": text}
     foreign = [m for m, value in asked.items() if _many(value) and m not in processor.modalities]
     if foreign:  # refused before any file is decoded, never silently dropped

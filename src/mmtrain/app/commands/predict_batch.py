@@ -116,7 +116,7 @@ def predict_many(
     class labels."""
     import torch
     from torch.utils.data import DataLoader
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoModel
 
     from mmtrain.data.transport import WorkerPacked
     from mmtrain.engine.export import find_export
@@ -130,8 +130,8 @@ def predict_many(
         raise ValueError(f"--batch-size must be >= 1 and --num-workers >= 0 (got {batch_size}, {num_workers}).")
     folder = find_export(export_dir)
     model = AutoModel.from_pretrained(str(folder)).eval()
-    processor = AutoProcessor.from_pretrained(str(folder))
     kind = kind_of(model)
+    processor = kind.load_processor(folder)
     if choices and "choices" not in kind.predict_options:
         raise ValueError(f"--choice is for instruction-tuned LLM models (model=llm without a head), not {kind.name}.")
     if kind.item_pairs and data is not None and Path(data).is_dir():

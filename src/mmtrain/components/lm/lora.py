@@ -67,7 +67,6 @@ from transformers.pytorch_utils import Conv1D
 
 from mmtrain.components.encoders.hf_tower import build_hf_config
 from mmtrain.core.integrity import update_manifest, verify_folder
-from mmtrain.components.lm.decoder import CausalLMDecoder
 from mmtrain.components.lm.qlora import check_quantization
 from mmtrain.components.paths import resolve_pretrained_path
 
@@ -81,23 +80,37 @@ ADAPTER_CONFIG = "adapter_config.json"  # the names peft's PeftModel.save_pretra
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PARTS_WEIGHTS = "model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PeftModel's key prefix in adapter_model.safetensors
-LM_PREFIX = "decoder.lm."
 ADAPTER = "default"
 
 
-def lora_settings(spec: Mapping[str, Any] | None, trainable: Mapping[str, bool] | None = None) -> dict[str, Any] | None:
+def lora_module(model: nn.Module) -> nn.Module:
+    """The module a model's LoRA is injected into: ``model.<lora_module_path>`` (an LLM model's
+    ``decoder.lm``, a whole VLM's ``vlm``)."""
+    return model.get_submodule(type(model).lora_module_path)
+
+
+def _lm_prefix(model: nn.Module) -> str:
+    return f"{type(model).lora_module_path}."
+
+
+def lora_settings(spec: Mapping[str, Any] | None, trainable: Mapping[str, bool] | None = None, *,
+                  adapted: str = "decoder", extra: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """``model.lora`` checked and completed with defaults, or ``None`` (no LoRA).
 
+    ``adapted``: the component whose base weights LoRA freezes (``model.trainable.<adapted>`` is refused
+    alongside); ``extra``: the kind's own keys and their defaults.
+
     Raises:
-        ValueError: an unknown key, a bad value, ``model.trainable.decoder`` set alongside, or
+        ValueError: an unknown key, a bad value, ``model.trainable.<adapted>`` set alongside, or
             ``quantize`` without the bitsandbytes package.
     """
     if spec is None:
         return None
-    unknown = sorted(set(spec) - set(LORA_DEFAULTS))
+    defaults = {**LORA_DEFAULTS, **dict(extra or {})}
+    unknown = sorted(set(spec) - set(defaults))
     if unknown:
-        raise ValueError(f"model.lora has unknown key(s) {unknown}; its keys: {list(LORA_DEFAULTS)}.")
-    settings = {**LORA_DEFAULTS, **dict(spec)}
+        raise ValueError(f"model.lora has unknown key(s) {unknown}; its keys: {list(defaults)}.")
+    settings = {**defaults, **dict(spec)}
     if not isinstance(settings["r"], int) or settings["r"] < 1:
         raise ValueError(f"model.lora.r must be a positive integer (the adapter rank), got {settings['r']!r}.")
     if not 0.0 <= float(settings["dropout"]) < 1.0:
@@ -107,10 +120,10 @@ def lora_settings(spec: Mapping[str, Any] | None, trainable: Mapping[str, bool] 
         settings["target_modules"] = [str(t) for t in targets]
     if settings["quantize"] is not None and settings["quantize"] not in QUANTIZE:
         raise ValueError(f"model.lora.quantize must be null, 4bit or 8bit, got {settings['quantize']!r}.")
-    if "decoder" in (trainable or {}):
+    if adapted in (trainable or {}):
         raise ValueError(
-            "model.trainable.decoder cannot be combined with model.lora: with LoRA the LM's base weights "
-            "are frozen and its adapters train; remove model.trainable.decoder (or set model.lora: null)."
+            f"model.trainable.{adapted} cannot be combined with model.lora: with LoRA the LM's base weights "
+            f"are frozen and its adapters train; remove model.trainable.{adapted} (or set model.lora: null)."
         )
     if settings["quantize"]:
         check_quantization(settings["quantize"])
@@ -156,26 +169,30 @@ def new_token_ids(decoder_spec: Mapping[str, Any], vocab_size: int | None, class
     return sorted(ids)
 
 
-def apply_lora(decoder: CausalLMDecoder, settings: Mapping[str, Any], token_ids: Sequence[int]) -> LoraConfig:
-    """Inject LoRA layers into ``decoder.lm`` in place and freeze its base weights.
+def apply_lora(lm: nn.Module, settings: Mapping[str, Any], token_ids: Sequence[int], *,
+               targets: str | Sequence[str] | None = None, modules_to_save: Sequence[str] | None = None) -> LoraConfig:
+    """Inject LoRA layers into ``lm`` in place and freeze its base weights.
 
     Args:
-        decoder: the LLM model's decoder (its ``lm`` is adapted).
+        lm: the module adapted (an LLM model's ``decoder.lm``, a whole VLM).
         settings: from :func:`lora_settings`.
         token_ids: embedding rows that train too (:func:`new_token_ids`); ``[]`` for none.
+        targets: peft's ``target_modules`` (default: ``settings["target_modules"]``; a VLM narrows them
+            to its language model with a regex).
+        modules_to_save: modules trained in full beside the adapters, saved in the adapter (peft's
+            ``modules_to_save``: a VLM's projector).
 
     Returns:
-        The ``LoraConfig`` used (also at ``decoder.lm.peft_config["default"]``).
+        The ``LoraConfig`` used (also at ``lm.peft_config["default"]``).
     """
-    lm = decoder.lm
-    targets = settings["target_modules"]
+    targets = targets or settings["target_modules"]
     if not targets:
         raise ValueError(f"model.lora.target_modules is not set; the LM's linear modules: {linear_module_names(lm)}.")
     hits = _targets(lm, targets)
     config = LoraConfig(
         r=int(settings["r"]), lora_alpha=float(settings["alpha"]), lora_dropout=float(settings["dropout"]),
         target_modules=targets, fan_in_fan_out=all(isinstance(m, Conv1D) for _, m in hits),
-        trainable_token_indices=_token_rows(lm, token_ids),
+        trainable_token_indices=_token_rows(lm, token_ids), modules_to_save=list(modules_to_save or []) or None,
     )
     inject_adapter_in_model(config, lm, adapter_name=ADAPTER)
     return config
@@ -228,7 +245,7 @@ def merged_copy(model: nn.Module) -> nn.Module:
             "LLMModel.from_adapter(<adapter folder>, full_precision=True).merged() (write_export does this)."
         )
     merged = copy.deepcopy(model)
-    merge_lora(merged.decoder.lm)
+    merge_lora(lora_module(merged))
     merged.config.lora = None
     return merged
 
@@ -239,8 +256,9 @@ def base_lm_reference(model: nn.Module) -> str | None:
     as peft's ``base_model_name_or_path`` expects), else the absolute folder; ``None`` for a random-init LM."""
     from mmtrain.components.hub import parse_hub_id
 
-    path = (model.config.decoder or {}).get("pretrained_path")
-    folder = resolve_pretrained_path(path, what="model.decoder.pretrained_path")
+    key = type(model).base_spec_key
+    path = (getattr(model.config, key) or {}).get("pretrained_path")
+    folder = resolve_pretrained_path(path, what=f"model.{key}.pretrained_path")
     if folder is None:
         return None
     if not Path(str(path)).expanduser().is_dir() and parse_hub_id(str(path)) is not None:
@@ -262,13 +280,14 @@ def save_adapter(model: nn.Module, folder: Path, *, base: str | None) -> Path:
         base: the base LM (folder or Hub id) recorded as ``base_model_name_or_path`` (``None``: not recorded).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    lm = model.decoder.lm
+    lm = lora_module(model)
     config = copy.deepcopy(lm.peft_config[ADAPTER])
     config.base_model_name_or_path, config.inference_mode = base, True
     adapter = {PEFT_PREFIX + k: v.detach().contiguous().clone() for k, v in _adapter_state(lm).items()}
     save_file(adapter, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config.save_pretrained(str(folder))
-    parts = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(LM_PREFIX)}
+    prefix = _lm_prefix(model)
+    parts = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(prefix)}
     save_file(parts, str(folder / PARTS_WEIGHTS), metadata={"format": "pt"})
     model.config.save_pretrained(folder)
     update_manifest(folder, [ADAPTER_WEIGHTS, ADAPTER_CONFIG, PARTS_WEIGHTS, "config.json"])
@@ -280,11 +299,12 @@ def is_adapter_export(folder: str | Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
-def adapter_model_config(config_class: type, folder: str | Path, base: str | Path | None, full_precision: bool) -> Any:
-    """The model config of an adapter-only export, its decoder pointed at the base LM folder.
+def adapter_model_config(config_class: type, folder: str | Path, base: str | Path | None, full_precision: bool,
+                         *, key: str = "decoder") -> Any:
+    """The model config of an adapter-only export, its ``key`` spec (the LM, or a whole VLM) pointed at the base.
 
     Args:
-        config_class: ``LLMConfig``.
+        config_class: ``LLMConfig`` / ``VLMConfig``.
         folder: the adapter export.
         base: the base LM: its folder (``save_pretrained``) or Hub id; default: the one recorded at export.
         full_precision: drop ``quantize`` (load a QLoRA adapter on a full-precision base, e.g. on CPU).
@@ -311,7 +331,7 @@ def adapter_model_config(config_class: type, folder: str | Path, base: str | Pat
     from mmtrain.components.hub import parse_hub_id
 
     by_id = not Path(str(base)).expanduser().is_dir() and parse_hub_id(str(base)) is not None
-    config.decoder = {**config.decoder, "pretrained_path": str(base) if by_id else str(resolved)}
+    setattr(config, key, {**getattr(config, key), "pretrained_path": str(base) if by_id else str(resolved)})
     if full_precision:
         config.lora = {**config.lora, "quantize": None}
     return config
@@ -327,16 +347,16 @@ def load_adapter_weights(model: nn.Module, folder: str | Path) -> None:
     verify_folder(folder, [ADAPTER_WEIGHTS, PARTS_WEIGHTS])
     parts = load_file(str(folder / PARTS_WEIGHTS))
     missing, unexpected = model.load_state_dict(parts, strict=False)
-    missing = [k for k in missing if not k.startswith(LM_PREFIX)]
+    missing = [k for k in missing if not k.startswith(_lm_prefix(model))]
     adapter = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / ADAPTER_WEIGHTS)).items()}
-    expected = set(_adapter_state(model.decoder.lm))
+    expected = set(_adapter_state(lora_module(model)))
     if missing or unexpected or set(adapter) != expected:
         raise RuntimeError(
             f"the adapter export {folder} does not match the model its config.json describes: missing "
             f"{sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}, adapter keys differing "
             f"{sorted(set(adapter) ^ expected)[:10]}."
         )
-    set_peft_model_state_dict(model.decoder.lm, adapter, adapter_name=ADAPTER)
+    set_peft_model_state_dict(lora_module(model), adapter, adapter_name=ADAPTER)
 
 
 def write_lora_exports(model: nn.Module, folder: Path) -> Path | None:

@@ -97,7 +97,10 @@ class TaskBase(pl.LightningModule):
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("every model parameter is frozen (model.trainable); nothing to train.")
-        paths = sorted(self.param_groups, key=len, reverse=True)
+        # a kind may name its parts (a whole VLM's projector, language_model...): those names stand for their paths
+        aliases = self.model.part_paths() if hasattr(self.model, "part_paths") else {}
+        settings = {aliases.get(path, path): values for path, values in self.param_groups.items()}
+        paths = sorted(settings, key=len, reverse=True)
         members: dict[str | None, list[nn.Parameter]] = {None: [], **{path: [] for path in paths}}
         for name, param in named:
             path = next((p for p in paths if name == p or name.startswith(p + ".")), None)
@@ -110,7 +113,7 @@ class TaskBase(pl.LightningModule):
                 f"(paths are module names such as {tops} or 'encoders.<slot>')."
             )
         groups = [{"params": members[None]}] if members[None] else []
-        groups += [{"params": members[p], **self.param_groups[p]} for p in self.param_groups]
+        groups += [{"params": members[p], **settings[p]} for p in settings]
         return groups
 
     def configure_optimizers(self) -> Any:
