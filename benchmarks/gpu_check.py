@@ -9,6 +9,11 @@ on 8 prompts of 512 tokens in each setting:
   flash-attn is installed), then sdpa with ``gradient_checkpointing``;
 - QLoRA 4-bit NF4 and 8-bit (bitsandbytes), bfloat16 compute.
 
+Then the VLM route (``model=vlm``): a LLaVA-1.5-shaped model with random weights (CLIP vision tower at
+336 px, patch 14: 576 image tokens, 12 layers of width 1024; the same LM shape as above), its own
+processor and chat template, two images per prompt classified at the answer token in both orders
+(``experiment=vlm_pairwise``'s step), LoRA in bfloat16 and QLoRA 4-bit.
+
 Per setting: median step time, tokens/s, peak GPU memory (``torch.cuda.max_memory_allocated``), and model
 FLOPs utilisation: ``6 x N x T`` per step (N: the LM's parameters; attention's ``L^2`` terms left out) over
 the card's bfloat16 matmul peak measured in the same run (8192^3 matmuls). Budget: under 8 minutes on an
@@ -124,6 +129,82 @@ def setting(base: Path, *, quantize: str | None = None, attn: str = "sdpa", chec
     return result
 
 
+VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 12, "num_attention_heads": 16,
+          "image_size": 336, "patch_size": 14}
+VLM_BATCH = 4
+
+
+def base_vlm(folder: Path) -> Path:
+    import torch
+
+    from mmtrain.components.vlm.tiny import write_llava
+
+    if not (folder / "config.json").is_file():
+        torch.manual_seed(0)
+        text = {k: v for k, v in LM.items() if k not in ("vocab_size", "tie_word_embeddings")}
+        write_llava(folder, vision=VISION, text=text, dtype=torch.bfloat16)
+    return folder
+
+
+def vlm_setting(base: Path, *, quantize: str | None = None, device: str = "cuda") -> dict[str, Any]:
+    """A few steps of the VLM route's pair classification (both orders, swap consistency) in one setting."""
+    import numpy as np
+    import torch
+
+    from mmtrain.components.losses.pairwise import swap_consistency
+    from mmtrain.models.vlm import build_vlm_model
+    from mmtrain.models.vlm_processing import build_vlm_processor
+
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    labels = ["First", "Second", "Similar"]
+    processor = build_vlm_processor(pretrained_path=str(base), prompt={
+        "template": "{image_1}{image_2}Which is larger: First, Second or Similar?", "label_answers": labels,
+        "max_length": 4096})
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if cuda else torch.float32)
+    try:
+        model = build_vlm_model(vlm={"pretrained_path": str(base), "config": {}}, id2label=dict(enumerate(labels)),
+                                allowed_target_prefixes=["mmtrain."], **processor.model_facts(),
+                                lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS, "quantize": quantize})
+    finally:
+        torch.set_default_dtype(previous)
+    if not quantize:
+        model.to(device)
+    rng = np.random.default_rng(0)
+    size = int(model.vlm.config.vision_config.image_size)
+    samples = [{"id": str(i), "image": [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(2)],
+                "label": i % 3} for i in range(VLM_BATCH)]
+    batch = {k: v for k, v in processor(samples).items() if k not in ("ids", "skipped")}
+    target = batch.pop("labels").to(device)
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if cuda:
+        batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    times = []
+    for _ in range(STEPS):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        ab, ba = model.compare_both_orders(**batch)
+        loss = torch.nn.functional.cross_entropy(ab.float(), target) + 0.5 * swap_consistency(ab, ba, mirror=[1, 0, 2])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    result = {"step_s": statistics.median(times[2:]), "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+              "tokens": 2 * int(batch["lm_input_ids"].numel()),
+              "params": sum(p.numel() for p in model.vlm.model.language_model.parameters())}
+    del model, optimizer, batch
+    gc.collect()
+    return result
+
+
 def run(quick: bool = False) -> list[Result]:
     import torch
 
@@ -149,6 +230,18 @@ def run(quick: bool = False) -> list[Result]:
         rows.append(Result(f"{name} [{card}]: step, tokens/s, peak memory",
                            f"{measured['step_s'] * 1000:.0f} ms, {measured['tokens'] / measured['step_s']:.0f} tok/s, "
                            f"{measured['peak_gb']:.1f} GiB", f"MFU vs {peak / 1e12:.0f} TFLOP/s bf16 matmul",
+                           flops / peak))
+    vlm = base_vlm(Path(tempfile.gettempdir()) / "mmtrain-gpu-check-vlm")
+    vlm_params = 0
+    for name, options in [("VLM LoRA bf16 (LLaVA shape, 2 images x 576 tokens)", {}),
+                          ("VLM QLoRA 4-bit NF4 (LLaVA shape)", {"quantize": "4bit"})]:
+        measured = vlm_setting(vlm, **options)
+        vlm_params = vlm_params or measured["params"]
+        flops = 6 * vlm_params * measured["tokens"] / measured["step_s"]
+        console.print(f"  {name}: {measured['step_s'] * 1000:.0f} ms a step, {measured['peak_gb']:.1f} GiB peak")
+        rows.append(Result(f"{name} [{card}]: step, tokens/s, peak memory",
+                           f"{measured['step_s'] * 1000:.0f} ms, {measured['tokens'] / measured['step_s']:.0f} tok/s, "
+                           f"{measured['peak_gb']:.1f} GiB", f"LM MFU vs {peak / 1e12:.0f} TFLOP/s bf16 matmul",
                            flops / peak))
     return rows
 

@@ -57,24 +57,35 @@ def _tokenizer(name: str) -> Any:
     return builtin_tokenizer(name)
 
 
-def _write_llava(folder: Path) -> None:
+TINY_LLAVA_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "image_size": 32, "patch_size": 8}
+TINY_LLAVA_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+
+def write_llava(folder: Path, *, vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None,
+                dtype: torch.dtype | None = None) -> None:
+    """A random-init LLaVA-1.5-family model with its processor into ``folder`` (``vision``: CLIP vision config
+    fields, ``text``: Llama config fields; the tiny sizes by default)."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
     from transformers import LlavaProcessor
 
     tok = _tokenizer("gpt2")
     tok.add_special_tokens({"additional_special_tokens": ["<image>"], "pad_token": "<pad>"})
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8)
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
-                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    # CLIP-style preprocessing at the tower's 32 px: shortest edge 32, centre crop 32x32, CLIP mean/std
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                   chat_template=LLAVA_CHAT_TEMPLATE, num_additional_image_tokens=1).save_pretrained(folder)
+    vision_config = CLIPVisionConfig(**(vision or TINY_LLAVA_VISION))
+    text_config = LlamaConfig(**(text or TINY_LLAVA_TEXT), vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    config = LlavaConfig(vision_config=vision_config, text_config=text_config,
+                         image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    model = LlavaForConditionalGeneration(config)
+    (model.to(dtype) if dtype else model).save_pretrained(folder)
+    # CLIP-style preprocessing at the tower's size: shortest edge, centre crop, CLIP mean/std
+    size = int(vision_config.image_size)
+    images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=int(vision_config.patch_size),
+                   vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+                   num_additional_image_tokens=1).save_pretrained(folder)
 
 
 def _write_qwen2_vl(folder: Path) -> None:
@@ -108,7 +119,7 @@ def _write_qwen2_vl(folder: Path) -> None:
 
 
 #: builtin name -> writer of its folder.
-TINY_VLMS: dict[str, Callable[[Path], None]] = {"tiny-llava": _write_llava, "tiny-qwen2-vl": _write_qwen2_vl}
+TINY_VLMS: dict[str, Callable[[Path], None]] = {"tiny-llava": write_llava, "tiny-qwen2-vl": _write_qwen2_vl}
 
 
 def _stamp(name: str) -> dict[str, Any]:
