@@ -6,7 +6,8 @@ Rows: ``startup`` (``mmtrain --help``, ``mmtrain list``, ``import mmtrain`` vs `
 vs matmul-peak FLOP/s), ``cache`` (frozen-encoder feature cache), ``data`` (segment seek, decode
 throughput, time waiting for data), ``memory`` (peak RSS streaming parquet at 1x vs 10x),
 ``checkpointing`` (activation memory and step time with gradient checkpointing at ~100M parameters,
-FLOP/s against the matmul peak), ``qlora`` (RSS and step time of QLoRA 4/8-bit against float32 LoRA).
+FLOP/s against the matmul peak), ``qlora`` (RSS and step time of QLoRA 4/8-bit against float32 LoRA),
+``peer`` (a VLM's LoRA SFT step: mmtrain vs the transformers Trainer + peft, time and peak RSS).
 Exit code 1 when a goal is missed. ``--quick`` uses fewer steps, repeats and jobs (a few minutes).
 """
 
@@ -23,7 +24,8 @@ from harness import Result, console, print_table, with_malloc_tunables  # noqa: 
 
 #: name -> module; each has ``run(quick) -> list[Result]``.
 BENCHMARKS = {"startup": "startup", "step": "training_step", "cache": "feature_cache", "data": "decode",
-              "wait": "data_wait", "memory": "memory", "checkpointing": "checkpointing", "qlora": "qlora"}
+              "wait": "data_wait", "memory": "memory", "checkpointing": "checkpointing", "qlora": "qlora",
+              "peer": "peer_sft"}
 
 
 def main() -> int:

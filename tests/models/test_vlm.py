@@ -43,9 +43,14 @@ def pair_batch(processor: VLMProcessor, b: int = 3) -> dict:
     return {k: v for k, v in batch.items() if k not in ("ids", "skipped")}
 
 
+#: experiment=vlm_pairwise's prompt: no chat turns, the answer read right after the two adjacent images
+ADJACENT = {"template": "Which is larger? {image_1}{image_2}", "chat": False, "label_answers": LABELS}
+
+
+@pytest.mark.parametrize("prompt", [PAIR_PROMPT, ADJACENT], ids=["chat", "adjacent"])
 @pytest.mark.parametrize("path", FAMILIES)
-def test_pairs_classify_at_the_answer_token_in_both_orders_and_train(path: str) -> None:
-    model, processor = make(path, PAIR_PROMPT)
+def test_pairs_classify_at_the_answer_token_in_both_orders_and_train(path: str, prompt: dict) -> None:
+    model, processor = make(path, prompt)
     batch = pair_batch(processor)
     image_token = processor.prompt_builder.image_token_id
     assert model.config.image_token_id == image_token

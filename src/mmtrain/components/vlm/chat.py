@@ -33,8 +33,8 @@ class VLMPrompt:
         processor: the VLM's processor (``tokenizer``, ``apply_chat_template``, ``image_token``).
         template: the user message, with ``{text}`` and ``{image}`` or ``{image_1}``.. fields.
         system: a system message, or ``None`` (the chat template's default, if any).
-        chat: render through the chat template (``False``: the template text as is, images as the bare
-            image token; for base models without one).
+        chat: render through the chat template (``False``: the template text as is, each image as the chat
+            template writes one, or as the bare image token without a template; for base models).
         class_token: a token added to the tokenizer and written after the prompt, whose hidden state a
             ``model.head`` classifies (``None``: classify at the last prompt position).
         label_answers: class names, for classification at the answer token.
@@ -72,7 +72,10 @@ class VLMPrompt:
                                               replace_extra_special_tokens=False)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.markup = image_markup(processor) if self.chat else str(processor.image_token)
+        # an image is written as the family's chat template writes one (Qwen2-VL's image tokens need their
+        # <|vision_start|> / <|vision_end|> around them), even when the message itself is not chat-formatted
+        self.markup = (image_markup(processor) if self.chat or getattr(processor, "chat_template", None)
+                       else str(processor.image_token))
         self.answer_prefix = self._answer_prefix() if answer_prefix == "auto" else str(answer_prefix)
         self.label_answers = [str(n) for n in label_answers] if label_answers else None
         if self.label_answers:
