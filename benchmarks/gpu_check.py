@@ -225,25 +225,24 @@ def run(quick: bool = False) -> list[Result]:
             continue
         measured = setting(base, **options)
         lm_params = lm_params or measured["params"]
-        flops = 6 * lm_params * measured["tokens"] / measured["step_s"]
-        console.print(f"  {name}: {measured['step_s'] * 1000:.0f} ms a step, {measured['peak_gb']:.1f} GiB peak")
-        rows.append(Result(f"{name} [{card}]: step, tokens/s, peak memory",
-                           f"{measured['step_s'] * 1000:.0f} ms, {measured['tokens'] / measured['step_s']:.0f} tok/s, "
-                           f"{measured['peak_gb']:.1f} GiB", f"MFU vs {peak / 1e12:.0f} TFLOP/s bf16 matmul",
-                           flops / peak))
+        rows.append(_row(name, card, measured, lm_params, peak))
     vlm = base_vlm(Path(tempfile.gettempdir()) / "mmtrain-gpu-check-vlm")
     vlm_params = 0
     for name, options in [("VLM LoRA bf16 (LLaVA shape, 2 images x 576 tokens)", {}),
                           ("VLM QLoRA 4-bit NF4 (LLaVA shape)", {"quantize": "4bit"})]:
         measured = vlm_setting(vlm, **options)
         vlm_params = vlm_params or measured["params"]
-        flops = 6 * vlm_params * measured["tokens"] / measured["step_s"]
-        console.print(f"  {name}: {measured['step_s'] * 1000:.0f} ms a step, {measured['peak_gb']:.1f} GiB peak")
-        rows.append(Result(f"{name} [{card}]: step, tokens/s, peak memory",
-                           f"{measured['step_s'] * 1000:.0f} ms, {measured['tokens'] / measured['step_s']:.0f} tok/s, "
-                           f"{measured['peak_gb']:.1f} GiB", f"LM MFU vs {peak / 1e12:.0f} TFLOP/s bf16 matmul",
-                           flops / peak))
+        rows.append(_row(name, card, measured, vlm_params, peak))
     return rows
+
+
+def _row(name: str, card: str, measured: dict[str, Any], params: int, peak: float) -> Result:
+    """One setting's row: step time, tokens/s, peak memory; LM MFU (``6 N T`` per step) against ``peak``."""
+    console.print(f"  {name}: {measured['step_s'] * 1000:.0f} ms a step, {measured['peak_gb']:.1f} GiB peak")
+    flops = 6 * params * measured["tokens"] / measured["step_s"]
+    return Result(f"{name} [{card}]: step, tokens/s, peak memory",
+                  f"{measured['step_s'] * 1000:.0f} ms, {measured['tokens'] / measured['step_s']:.0f} tok/s, "
+                  f"{measured['peak_gb']:.1f} GiB", f"LM MFU vs {peak / 1e12:.0f} TFLOP/s bf16 matmul", flops / peak)
 
 
 def main() -> int:

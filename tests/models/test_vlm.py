@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from _fit import fit_steps
+
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.models.vlm import VLMModel, build_vlm_model
 from mmtrain.models.vlm_processing import VLMProcessor, build_vlm_processor
@@ -65,14 +67,8 @@ def test_pairs_classify_at_the_answer_token_in_both_orders_and_train(path: str, 
     swapped_alone = model(**{k: v for k, v in processor(samples).items() if k not in ("ids", "skipped")}).logits
     assert torch.allclose(ba[0], swapped_alone[0], atol=1e-4)  # swapping in the model = giving them swapped
     model.train()
-    labels = batch.pop("labels")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    first = float(model(**batch, labels=labels).loss.detach())
-    for _ in range(12):
-        opt.zero_grad()
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-    assert float(model(**batch, labels=labels).loss.detach()) < 0.5 * first
+    first, last = fit_steps(model, batch, 12)
+    assert last < 0.5 * first
 
 
 @pytest.mark.parametrize("path", FAMILIES)
@@ -90,13 +86,8 @@ def test_instruction_tuning_masks_all_but_the_answer_and_generates(path: str) ->
     text = builder.render(samples[0])  # through the family's own chat template
     assert ("ASSISTANT:" in text) if "llava" in path else text.endswith("<|im_start|>assistant\n")
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    first = float(model(**batch).lm_loss.detach())
-    for _ in range(30):
-        opt.zero_grad()
-        model(**batch).loss.backward()
-        opt.step()
-    assert float(model(**batch).lm_loss.detach()) < 0.5 * first
+    first, last = fit_steps(model, batch, 30)
+    assert last < 0.5 * first
     model.eval()
     prompt = {k: v for k, v in batch.items() if k not in ("lm_labels", "lm_input_ids", "lm_attention_mask")}
     eos, pad = processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id
@@ -122,12 +113,8 @@ def test_lora_trains_adapters_and_the_projector_and_exports_load_without_mmtrain
     assert any("language_model" in n and "lora_A" in n for n in trainable)
     assert not any("vision_tower" in n for n in trainable)  # lora.vision: false
     batch = pair_batch(processor)
-    labels = batch.pop("labels")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    for _ in range(3):
-        opt.zero_grad()
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
+    fit_steps(model, batch, 3, lr=5e-3)
+    batch.pop("labels")
     model.eval()
     with torch.no_grad():
         expected = model(**batch).logits
@@ -161,15 +148,8 @@ def test_qlora_4bit_quantizes_only_the_language_model_and_trains() -> None:
     quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized and all(".language_model." in n for n in quantized)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.vlm.model.vision_tower.modules())
-    batch = pair_batch(processor)
-    labels = batch.pop("labels")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    first = float(model(**batch, labels=labels).loss.detach())
-    for _ in range(10):
-        opt.zero_grad()
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-    assert float(model(**batch, labels=labels).loss.detach()) < first
+    first, last = fit_steps(model, pair_batch(processor), 10, lr=5e-3)
+    assert last < first
 
 
 def test_bad_input_is_named_before_training(tmp_path: Path) -> None:

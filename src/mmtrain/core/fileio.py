@@ -14,7 +14,9 @@ import errno
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 #: In temporary file names: which host and process is writing (stale ones can be told apart).
 OWNER = f"{socket.gethostname().replace('.', '_')}-{{pid}}"
@@ -124,3 +126,37 @@ def truncate(path: Path, size: int) -> None:
     if path.exists() and path.stat().st_size > size:
         with open(path, "r+b") as handle:
             handle.truncate(size)
+
+
+def build_stamped_folder(folder: Path, write: Callable[[Path], None], stamp: dict[str, Any], stamp_file: str) -> Path:
+    """``folder`` built by ``write(<empty folder>)`` unless it already holds ``stamp`` in ``stamp_file``.
+
+    The folder is written beside its target and renamed into place, so concurrent processes never see a
+    half-written one; a folder with another stamp (an older builder or source) is replaced.
+    """
+    import json
+    import shutil
+
+    def built() -> bool:
+        try:
+            return json.loads((folder / stamp_file).read_text()) == stamp
+        except (OSError, ValueError):
+            return False
+
+    if built():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(staging)
+        (staging / stamp_file).write_text(json.dumps(stamp, indent=1) + "\n")
+        if folder.exists() and not built():
+            shutil.rmtree(folder, ignore_errors=True)  # stale
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not built():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

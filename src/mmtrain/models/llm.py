@@ -37,6 +37,7 @@ from mmtrain.models.base import (
 from mmtrain.models.configuration import MultimodalConfig
 from mmtrain.models.registry import ModelKind, config_fields, predict_label, register_model_kind
 from mmtrain.components.lm import lora as lora_lib
+from mmtrain.components.lm.decoder import head_token_logits
 from mmtrain.components.lm.qlora import build_quantized_decoder
 
 
@@ -114,12 +115,7 @@ class LLMModel(AdapterExports, MultimodalPreTrainedModel):
             {name: self.build_part("projector", input_dim=dim, output_dim=width) for name, dim in self.encoder_dims.items()}
         )
         self.head = None
-        if config.head and config.answer_token_ids:
-            raise ValueError("model.head is set and the prompt classifies at the answer token "
-                             "(data.processor.prompt.label_answers): choose one (model.head=null for answer tokens).")
-        if config.answer_token_ids and len(config.answer_token_ids) != config.num_labels:
-            raise ValueError(f"data.processor.prompt.label_answers gives {len(config.answer_token_ids)} answers for "
-                             f"{config.num_labels} classes {list(config.id2label.values())}; give one per class, in order.")
+        check_readout(config)
         if config.head:
             if config.class_token_id is None:
                 raise ValueError("a classification head needs the class token (LLMConfig.class_token_id).")
@@ -173,12 +169,8 @@ class LLMModel(AdapterExports, MultimodalPreTrainedModel):
                      hidden: torch.Tensor) -> torch.Tensor | None:
         """Class logits ``[B, C]`` from the LM's last hidden states ``[B, L, E]``: the head at the class
         token, or the LM head's answer-token rows (:attr:`LLMConfig.answer_token_ids`); ``None`` without either."""
-        if self.head is None and not self.config.answer_token_ids:
-            return None
-        at = hidden[class_position(lm_input_ids, lm_attention_mask, self.config.class_token_id)]  # [B, E]
-        if self.head is None:
-            return self.decoder.token_logits(at, self.config.answer_token_ids)
-        return self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at))
+        return class_readout(hidden, lm_input_ids, lm_attention_mask, config=self.config, head=self.head,
+                             lm_head=self.decoder.lm.get_output_embeddings())
 
     def check_batch(self, batch: Mapping[str, Any]) -> None:
         if batch.get("lm_input_ids") is None:
@@ -305,6 +297,28 @@ def build_llm_model(
         lora=None if lora is None else dict(plain(lora)),
         answer_token_ids=None if not answer_token_ids else [int(t) for t in answer_token_ids],
     ))
+
+
+def check_readout(config: Any) -> None:
+    """A model's class readout is a head or the answer tokens, not both; one answer token per class."""
+    if config.head and config.answer_token_ids:
+        raise ValueError("model.head is set and the prompt classifies at the answer token "
+                         "(data.processor.prompt.label_answers): choose one (model.head=null for answer tokens).")
+    if config.answer_token_ids and len(config.answer_token_ids) != config.num_labels:
+        raise ValueError(f"data.processor.prompt.label_answers gives {len(config.answer_token_ids)} answers for "
+                         f"{config.num_labels} classes {list(config.id2label.values())}; give one per class, in order.")
+
+
+def class_readout(hidden: torch.Tensor, lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None, *,
+                  config: Any, head: nn.Module | None, lm_head: nn.Module) -> torch.Tensor | None:
+    """Class logits ``[B, C]`` from an LM's last hidden states ``[B, L, E]`` at the class position: ``head``, or
+    the LM head's rows of ``config.answer_token_ids``; ``None`` without either."""
+    if head is None and not config.answer_token_ids:
+        return None
+    at = hidden[class_position(lm_input_ids, lm_attention_mask, config.class_token_id)]  # [B, E]
+    if head is None:
+        return head_token_logits(lm_head, at, config.answer_token_ids)
+    return head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at))
 
 
 def class_position(lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None,

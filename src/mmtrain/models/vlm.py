@@ -32,9 +32,8 @@ import torch
 from safetensors.torch import load_model, save_file
 from torch import nn
 
-from mmtrain.components.encoders.base import EncoderOutput
 from mmtrain.components.lm import lora as lora_lib
-from mmtrain.components.lm.decoder import head_nll, head_token_logits
+from mmtrain.components.lm.decoder import head_nll
 from mmtrain.components.lm.generate import _inference
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.components.vlm.loading import build_vlm
@@ -44,7 +43,7 @@ from mmtrain.core.integrity import update_manifest, verify_folder
 from mmtrain.models.adapters import AdapterExports
 from mmtrain.models.base import WEIGHTS_NAME, MultimodalPreTrainedModel, run_part
 from mmtrain.models.configuration import MultimodalConfig
-from mmtrain.models.llm import LLMOutput, class_position, predict_llm
+from mmtrain.models.llm import LLMOutput, check_readout, class_readout, predict_llm
 from mmtrain.models.registry import ModelKind, config_fields, register_model_kind
 from mmtrain.models.vlm_processing import VISION_KEYS, VLMProcessor
 
@@ -107,12 +106,7 @@ class VLMModel(AdapterExports, MultimodalPreTrainedModel):
                                  "the VLM's own processor (data.processor.pretrained_path=${model.vlm.pretrained_path}).")
             self.vlm.resize_token_embeddings(int(config.vocab_size), mean_resizing=False)
         self.hidden_size = int(self.vlm.get_input_embeddings().embedding_dim)
-        if config.head and config.answer_token_ids:
-            raise ValueError("model.head is set and the prompt classifies at the answer token "
-                             "(data.processor.prompt.label_answers): choose one (model.head=null for answer tokens).")
-        if config.answer_token_ids and len(config.answer_token_ids) != config.num_labels:
-            raise ValueError(f"data.processor.prompt.label_answers gives {len(config.answer_token_ids)} answers for "
-                             f"{config.num_labels} classes {list(config.id2label.values())}; give one per class, in order.")
+        check_readout(config)
         self.head = self.build_part("head", input_dim=self.hidden_size, num_labels=config.num_labels) if config.head else None
         self.finish_init()
         if lora:
@@ -182,13 +176,10 @@ class VLMModel(AdapterExports, MultimodalPreTrainedModel):
     ) -> LLMOutput:
         hidden = self.hidden(lm_input_ids, lm_attention_mask, **batch)
         head = self.vlm.get_output_embeddings()
-        loss = logits = lm_loss = nll = count = None
-        if self.head is not None or self.config.answer_token_ids:
-            at = hidden[class_position(lm_input_ids, lm_attention_mask, self.config.class_token_id)]  # [B, E]
-            logits = (head_token_logits(head, at, self.config.answer_token_ids) if self.head is None
-                      else self.head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at)))
-            if labels is not None:
-                loss = nn.functional.cross_entropy(logits.float(), labels)
+        loss = lm_loss = nll = count = None
+        logits = class_readout(hidden, lm_input_ids, lm_attention_mask, config=self.config, head=self.head, lm_head=head)
+        if logits is not None and labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
         if lm_labels is not None:
             targets = lm_labels[:, 1:]
             scored = targets != -100

@@ -88,10 +88,6 @@ class CausalLMDecoder(nn.Module):
             )
         return self.lm.get_input_embeddings()(input_ids)
 
-    def token_logits(self, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
-        """The LM head's logits ``[N, C]`` of just ``token_ids`` (C of them) at hidden states ``[N, E]``."""
-        return head_token_logits(self.lm.get_output_embeddings(), hidden, token_ids)
-
     def forward(
         self,
         inputs_embeds: torch.Tensor,

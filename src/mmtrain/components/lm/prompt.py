@@ -147,15 +147,7 @@ class PromptBuilder:
         Raises:
             ValueError: two names start with the same token (the LM could not tell them apart).
         """
-        if not self.label_answers:
-            return None
-        firsts = [self._tokens(self.answer_prefix + name)[0] for name in self.label_answers]
-        clash = sorted({n for n, t in zip(self.label_answers, firsts) if firsts.count(t) > 1})
-        if clash:
-            raise ValueError(f"data.processor.prompt.label_answers {clash} start with the same token "
-                             f"({self.tokenizer.convert_ids_to_tokens(firsts[self.label_answers.index(clash[0])])!r}); "
-                             "rename the classes so their first tokens differ.")
-        return [int(t) for t in firsts]
+        return first_answer_tokens(self.tokenizer, self.answer_prefix, self.label_answers)
 
     @property
     def media_token_ids(self) -> dict[str, int]:
@@ -244,6 +236,23 @@ class PromptBuilder:
             out["lm_labels"] = labels
             out["target_texts"] = [str(s["target_text"]) for s in samples]
         return out
+
+
+def first_answer_tokens(tokenizer: Any, prefix: str, names: Sequence[str] | None) -> list[int] | None:
+    """The first token of each name written as an answer (``prefix + name``); ``None`` without names.
+
+    Raises:
+        ValueError: two names start with the same token (the LM could not tell them apart).
+    """
+    if not names:
+        return None
+    firsts = [tokenizer(prefix + name, add_special_tokens=False)["input_ids"][0] for name in names]
+    clash = sorted({n for n, t in zip(names, firsts) if firsts.count(t) > 1})
+    if clash:
+        raise ValueError(f"data.processor.prompt.label_answers {clash} start with the same token "
+                         f"({tokenizer.convert_ids_to_tokens(firsts[list(names).index(clash[0])])!r}); "
+                         "rename the classes so their first tokens differ.")
+    return [int(t) for t in firsts]
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,12 +33,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from mmtrain.core.fileio import build_stamped_folder
 
 if TYPE_CHECKING:  # transformers is imported on first build/load only (it takes seconds)
     from transformers import PreTrainedTokenizerFast
@@ -348,21 +348,7 @@ def builtin_tokenizer_folder(name: str, cache_dir: str | os.PathLike[str] | None
     if _is_built(folder, source):
         return folder
     tokenizer = _build(source, find_source_file(source))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{source.name}-", dir=folder.parent))
-    try:
-        tokenizer.save_pretrained(str(staging))
-        (staging / STAMP_FILE).write_text(json.dumps(_stamp(source), indent=1) + "\n")
-        if folder.exists() and not _is_built(folder, source):
-            shutil.rmtree(folder, ignore_errors=True)  # stale (older builder or source)
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not _is_built(folder, source):  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return build_stamped_folder(folder, lambda staging: tokenizer.save_pretrained(str(staging)), _stamp(source), STAMP_FILE)
 
 
 def builtin_tokenizer(name: str, cache_dir: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerFast:

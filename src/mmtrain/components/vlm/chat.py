@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mmtrain.components.lm.prompt import FIELD, template_slots
+from mmtrain.components.lm.prompt import FIELD, first_answer_tokens, template_slots
 
 SENTINEL = "\x1emmtrain\x1e"
 
@@ -103,14 +103,7 @@ class VLMPrompt:
         Raises:
             ValueError: two names start with the same token.
         """
-        if not self.label_answers:
-            return None
-        firsts = [self._tokens(self.answer_prefix + name)[0] for name in self.label_answers]
-        clash = sorted({n for n, t in zip(self.label_answers, firsts) if firsts.count(t) > 1})
-        if clash:
-            raise ValueError(f"data.processor.prompt.label_answers {clash} start with the same token; rename the "
-                             "classes so their first tokens differ.")
-        return [int(t) for t in firsts]
+        return first_answer_tokens(self.tokenizer, self.answer_prefix, self.label_answers)
 
     def images_of(self, sample: Mapping[str, Any]) -> list[Any]:
         """The sample's images, as many as the template has image fields.

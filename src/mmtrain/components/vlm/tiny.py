@@ -18,13 +18,13 @@ templates, generation) are the real ones. A stamp file rebuilds the folder when 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mmtrain.core.fileio import build_stamped_folder
 
 STAMP_FILE = "mmtrain_tiny_vlm.json"
 BUILDER_VERSION = 1
@@ -128,13 +128,6 @@ def _stamp(name: str) -> dict[str, Any]:
     return {"name": name, "builder_version": BUILDER_VERSION, "transformers": transformers.__version__}
 
 
-def _is_built(folder: Path, name: str) -> bool:
-    try:
-        return json.loads((folder / STAMP_FILE).read_text()) == _stamp(name)
-    except (OSError, ValueError):
-        return False
-
-
 def tiny_vlm_folder(name: str, cache_dir: str | Path | None = None) -> Path:
     """The folder of tiny VLM ``name`` (``tiny-llava``, ``tiny-qwen2-vl``), built on first use.
 
@@ -149,22 +142,10 @@ def tiny_vlm_folder(name: str, cache_dir: str | Path | None = None) -> Path:
     if name not in TINY_VLMS:
         raise ValueError(f"unknown tiny VLM {name!r}; builtin ones: {sorted(TINY_VLMS)}")
     folder = cache_root(cache_dir) / "models" / name
-    if _is_built(folder, name):
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
+
+    def write(staging: Path) -> None:
         with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
             torch.manual_seed(SEED)
             TINY_VLMS[name](staging)
-        (staging / STAMP_FILE).write_text(json.dumps(_stamp(name), indent=1) + "\n")
-        if folder.exists() and not _is_built(folder, name):
-            shutil.rmtree(folder, ignore_errors=True)  # stale (older builder or transformers)
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not _is_built(folder, name):  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    return build_stamped_folder(folder, write, _stamp(name), STAMP_FILE)
