@@ -92,3 +92,11 @@ def test_vlm_instruction_tuning_of_a_qwen2_vl_folder_predicts_answers(tmp_path: 
     from transformers import AutoModelForImageTextToText
 
     assert type(AutoModelForImageTextToText.from_pretrained(run / "export" / "hf")).__name__ == "Qwen2VLForConditionalGeneration"
+    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]  # what export/ was written from
+    again = mmtrain("export", best, "--out", str(tmp_path / "again"), cwd=tmp_path, cache=tmp_path / "none")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    same = mmtrain("predict", str(tmp_path / "again"), "--image", str(tmp_path / "img" / "7.png"), "--text",
+                   "Is it bright?", "--choice", "yes", "--choice", "no", cwd=tmp_path, cache=tmp_path / "none")
+    assert same.returncode == 0, same.stdout[-2000:] + same.stderr[-3000:]
+    for choice, p in last_json(chosen.stdout)["choice_probabilities"].items():
+        assert abs(last_json(same.stdout)["choice_probabilities"][choice] - p) < 1e-4

@@ -141,6 +141,22 @@ def test_lora_trains_adapters_and_the_projector_and_exports_load_without_mmtrain
     assert torch.allclose(logits[torch.arange(3), last][:, model.config.answer_token_ids], expected, atol=1e-4)
 
 
+def test_a_head_at_a_class_token_classifies_and_its_row_trains_under_lora() -> None:
+    head = {"_target_": "mmtrain.components.heads.classification.LinearClassifier"}
+    prompt = {"template": "{image_1} vs {image_2}", "class_token": "<CLS>"}
+    model, processor = make("builtin:tiny-llava", prompt, lora=LORA, head=head)
+    cls = processor.prompt_builder.class_token_id
+    assert model.config.class_token_id == cls and model.config.vocab_size == len(processor.tokenizer)
+    batch = pair_batch(processor)
+    assert (batch["lm_input_ids"] == cls).sum(dim=1).tolist() == [1, 1, 1]  # written after each prompt
+    rows = model.vlm.get_input_embeddings().token_adapter.token_indices["default"]
+    assert rows == [cls]  # the new token's row trains beside the adapters
+    before = model.vlm.get_input_embeddings().token_adapter.trainable_tokens_delta["default"].detach().clone()
+    first, last = fit_steps(model, batch, 15)
+    assert last < 0.5 * first and model(**batch).logits.shape == (3, 3)
+    assert not torch.equal(before, model.vlm.get_input_embeddings().token_adapter.trainable_tokens_delta["default"])
+
+
 def test_qlora_4bit_quantizes_only_the_language_model_and_trains() -> None:
     import bitsandbytes as bnb
 
@@ -168,6 +184,16 @@ def test_bad_input_is_named_before_training(tmp_path: Path) -> None:
     (no_image / "chat_template.jinja").write_text(
         "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
         "{% endfor %}{% endfor %}")
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    for file in folder.iterdir():
+        if file.name != "config.json":
+            (no_config / file.name).symlink_to(file)
+    with pytest.raises(FileNotFoundError, match=r"data.processor.pretrained_path: .*no_config has no config.json"):
+        build_vlm_processor(pretrained_path=str(no_config), prompt=PAIR_PROMPT)
+    with pytest.raises(FileNotFoundError, match=r"model.vlm.pretrained_path: .*no_config has no config.json"):
+        build_vlm_model(vlm={"pretrained_path": str(no_config)}, id2label=dict(enumerate(LABELS)),
+                        allowed_target_prefixes=[], vocab_size=10, image_token_id=1)
     with pytest.raises(ValueError, match=r"chat template writes no image token \('<image>'\)"):
         build_vlm_processor(pretrained_path=str(no_image), prompt={"template": "{image}{text}"})
     processor = build_vlm_processor(pretrained_path="builtin:tiny-llava", prompt=PAIR_PROMPT)

@@ -115,6 +115,9 @@ def embed_pretrained_configs(spec: Any, key: str = "model") -> Any:
         path = node.get(PRETRAINED_KEY)
         if path:
             folder = resolve_pretrained_path(path, what=f"{key}.{PRETRAINED_KEY}")
+            if not (folder / "config.json").is_file():
+                raise FileNotFoundError(f"{key}.{PRETRAINED_KEY}: {folder} has no config.json: it is not a model saved "
+                                        "with save_pretrained (or a Hub snapshot of one); point it at the model's folder.")
             full = AutoConfig.from_pretrained(str(folder)).to_dict()
             full.pop("_name_or_path", None)  # where it came from; the export must not point there
             full.update(node.get("config") or {})

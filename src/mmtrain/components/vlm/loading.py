@@ -35,9 +35,12 @@ def load_vlm_processor(folder: Path, *, what: str) -> Any:
     """The Hugging Face processor saved in ``folder`` (images + text + chat template).
 
     Raises:
-        FileNotFoundError: the folder holds no processor (``what`` names the config key).
+        FileNotFoundError: the folder holds no model or no processor (``what`` names the config key).
         ValueError: the processor is not one of images and text.
     """
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{what}: {folder} has no config.json: it is not a model saved with save_pretrained "
+                                "(or a Hub snapshot of one); point it at the folder that holds the model and its processor.")
     if not any((folder / name).is_file() for name in PROCESSOR_FILES):
         raise FileNotFoundError(
             f"{what}: {folder} holds no processor ({' / '.join(PROCESSOR_FILES)}): a vision-language model "
