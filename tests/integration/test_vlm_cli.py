@@ -1,6 +1,6 @@
-"""``mmtrain train model=vlm`` as a user runs it: a tiny LLaVA named by Hub id from a Hub cache (offline),
-pairs classified at the answer token; a tiny Qwen2-VL folder instruction-tuned; eval, predict and the
-exports afterwards, with the cache gone."""
+"""``mmtrain train model=vlm`` as a user runs it: a tiny LLaVA and a tiny Qwen2-VL (folders written by
+transformers) named by Hub id from a Hub cache, offline: pairs classified at the answer token, and instruction
+tuning; eval, predict and the exports afterwards, with the cache gone."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_vlm_pairs_from_a_hub_id_offline_then_eval_predict_and_exports(tmp_path:
     assert f"{metrics['test']['acc']:.4f}" in scored.stdout
 
 
-def test_vlm_instruction_tuning_of_a_qwen2_vl_folder_predicts_answers(tmp_path: Path) -> None:
+def test_vlm_instruction_tuning_of_a_qwen2_vl_by_hub_id_predicts_answers(tmp_path: Path) -> None:
     rows = []
     for index in range(8):
         path = tmp_path / "img" / f"{index}.png"
@@ -75,14 +75,19 @@ def test_vlm_instruction_tuning_of_a_qwen2_vl_folder_predicts_answers(tmp_path: 
                      "response": "yes" if index >= 4 else "no"})
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    folder = tmp_path / "qwen"
-    shutil.copytree(resolve_pretrained_path("builtin:tiny-qwen2-vl"), folder)
+    cache = tmp_path / "hf" / "hub"  # Qwen2-VL by Hub id too, offline
+    write_hub_cache(resolve_pretrained_path("builtin:tiny-qwen2-vl"), cache, "tiny-org/qwen2-vl-instruct")
     run = tmp_path / "run"
     split = [f"data.{s}.path={data}" for s in ("train", "val", "test")]
     done = mmtrain("train", "experiment=vlm_vqa", "~data.prepare", *FAST, *split,
-                   *(f"data.{s}.root={tmp_path}" for s in ("train", "val", "test")), f"model.vlm.pretrained_path={folder}",
-                   "task.choices=[yes,no]", "task.max_new_tokens=2", f"run_dir={run}", cwd=tmp_path, cache=tmp_path / "none")
+                   *(f"data.{s}.root={tmp_path}" for s in ("train", "val", "test")),
+                   "model.vlm.pretrained_path=tiny-org/qwen2-vl-instruct", "task.choices=[yes,no]", "task.max_new_tokens=2",
+                   f"run_dir={run}", cwd=tmp_path, cache=cache)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]  # what export/ was written from
+    again = mmtrain("export", best, "--out", str(tmp_path / "again"), cwd=tmp_path, cache=cache)  # needs the base
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    shutil.rmtree(cache)  # the exports need neither the Hub nor its cache
     test = json.loads((run / "metrics.json").read_text())["test"]
     assert {"perplexity", "exact_match", "choice_acc", "bleu"} <= set(test)
     chosen = mmtrain("predict", str(run), "--image", str(tmp_path / "img" / "7.png"), "--text", "Is it bright?",
@@ -92,9 +97,6 @@ def test_vlm_instruction_tuning_of_a_qwen2_vl_folder_predicts_answers(tmp_path: 
     from transformers import AutoModelForImageTextToText
 
     assert type(AutoModelForImageTextToText.from_pretrained(run / "export" / "hf")).__name__ == "Qwen2VLForConditionalGeneration"
-    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]  # what export/ was written from
-    again = mmtrain("export", best, "--out", str(tmp_path / "again"), cwd=tmp_path, cache=tmp_path / "none")
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     same = mmtrain("predict", str(tmp_path / "again"), "--image", str(tmp_path / "img" / "7.png"), "--text",
                    "Is it bright?", "--choice", "yes", "--choice", "no", cwd=tmp_path, cache=tmp_path / "none")
     assert same.returncode == 0, same.stdout[-2000:] + same.stderr[-3000:]
