@@ -26,9 +26,14 @@ def weights(run: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 def test_one_command_runs_every_stage_and_stage_two_keeps_the_stage_one_encoders(tmp_path: Path) -> None:
     root = tmp_path / "pipeline"
-    assert main(["train", "experiment=emotion_two_stage", *SYNTH, f"run_dir={root}"]) == 0
+    # stage I stops once val macro-F1 reaches stage_one_stop (0: at its first validation); stage II runs its epochs
+    assert main(["train", "experiment=emotion_two_stage", *SYNTH, "stage_one_stop=0.0", f"run_dir={root}"]) == 0
     summary = json.loads((root / "stages.json").read_text())
     assert list(summary["stages"]) == ["video", "audio", "text", "fusion"]
+    for slot in ("video", "audio", "text"):
+        assert json.loads((root / slot / "metrics.json").read_text())["epochs"] == 1
+        assert "stopping_threshold: 0.0" in (root / slot / "config.yaml").read_text()
+    assert json.loads((root / "fusion" / "metrics.json").read_text())["epochs"] == 2
     assert "<th>stage</th>" in (root / "report.html").read_text()
     assert (root / "fusion" / "report.html").is_file()
     fusion_cfg = (root / "fusion" / "config.yaml").read_text()
