@@ -131,6 +131,21 @@ def test_instruction_prompt_response_and_media(media_root: Path) -> None:
     assert set(text_only[1]) == {"id", "text", "target_text", "meta"}
 
 
+def test_alpaca_records_compose_instruction_and_input(media_root: Path) -> None:
+    rows = [{"instruction": "Translate to French.", "input": "cat", "output": "chat"},
+            {"instruction": "Name a colour.", "input": "", "output": "blue"},
+            {"instruction": "Count.", "output": "one two"}]
+    path = _jsonl(media_root / "alpaca.jsonl", rows)
+    dataset = InstructionDataset(path=str(path), root=str(media_root), prompt_key="instruction", response_key="output",
+                                 input_key="input", modalities=["text"])
+    assert [dataset[i]["text"] for i in range(3)] == ["Translate to French.\n\ncat", "Name a colour.", "Count."]
+    assert [dataset[i]["target_text"] for i in range(3)] == ["chat", "blue", "one two"]
+    bad = _jsonl(media_root / "bad.jsonl", [{"instruction": "x", "input": 3, "output": "y"}])
+    with pytest.raises(ValueError, match="bad.jsonl row 1"):
+        InstructionDataset(path=str(bad), root=str(media_root), prompt_key="instruction", response_key="output",
+                           input_key="input")
+
+
 def test_instruction_errors_and_skips(media_root: Path) -> None:
     path = _jsonl(media_root / "train.jsonl", [INSTRUCTIONS[0], {"prompt": "no answer"}])
     with pytest.raises(ValueError, match="train.jsonl row 2: no key 'response'"):

@@ -8,6 +8,11 @@ Record keys (names configurable)::
 
 Media paths are relative to ``root``. The sample's ``text`` is the prompt and its
 ``target_text`` the response (for LM heads with -100 masking of the prompt).
+
+Alpaca-style records (``{"instruction": ..., "input": ..., "output": ...}``, the seeds' instruction set):
+``prompt_key: instruction``, ``response_key: output``, ``input_key: input``; the text is the instruction,
+then ``input_separator`` and the input when a record's input is not empty. A system prompt is the prompt
+template's fixed text (LLM route) or ``data.processor.prompt.system`` (a whole VLM's chat template).
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class InstructionDataset(RecordDataset):
         path: the ``.jsonl`` file (a JSON list also works).
         root: folder the media paths are relative to.
         prompt_key, response_key: record keys of the prompt and the response.
+        input_key: record key of an input that follows the prompt (Alpaca's ``input``), or ``None``; a record
+            without it, or with it empty, has the prompt alone.
+        input_separator: written between the prompt and a non-empty input.
         id_key: record key of the sample id; records without it get ``"<file stem>/<index>"``.
         num_frames: ``T``, frames sampled uniformly over a whole video.
         modalities: which of ``video``, ``audio``, ``image``, ``text`` to load (``target_text``
@@ -56,6 +64,8 @@ class InstructionDataset(RecordDataset):
         root: str,
         prompt_key: str = "prompt",
         response_key: str = "response",
+        input_key: str | None = None,
+        input_separator: str = "\n\n",
         id_key: str = "id",
         num_frames: int = 8,
         modalities: Sequence[str] = OFFERED,
@@ -66,6 +76,7 @@ class InstructionDataset(RecordDataset):
         self.root = str(root)
         self.allow_outside_root = allow_outside_root
         self.prompt_key, self.response_key, self.id_key = prompt_key, response_key, id_key
+        self.input_key, self.input_separator = input_key, str(input_separator)
         entries = read_records(path)
         stem = Path(path).stem
         self.records = [self._record(where, entry, i, stem) for i, (where, entry) in enumerate(entries)]
@@ -84,6 +95,9 @@ class InstructionDataset(RecordDataset):
             "meta": {f"{m}_path": p for m, p in paths.items()},
         }
         prompt = as_str(require(entry, self.prompt_key, where), where, self.prompt_key)
+        given = entry.get(self.input_key) if self.input_key else None
+        if given is not None and as_str(given, where, str(self.input_key)).strip():
+            prompt = prompt + self.input_separator + as_str(given, where, str(self.input_key))
         if "text" in self.modalities:
             fields["text"] = prompt
         media = {
