@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mmtrain.data.demo.cli import add_cli
 
     add_cli(data_sub, "demo")
+    from mmtrain.app.commands.data_pairs import add_cli as add_pairs
+
+    add_pairs(data_sub)
     check = data_sub.add_parser("check", help="decode every sample, list the bad ones, train nothing", description=(
         "Decode every sample of every split of the composed config (same overrides as train) with "
         "data.num_workers workers; write each undecodable one to a JSON-lines ledger and print the "
