@@ -66,6 +66,24 @@ def test_backward_reaches_every_trainable_part_and_frozen_text_stays() -> None:
     assert not model.encoders["text"].training
 
 
+def test_a_perceiver_per_encoder_feeds_each_projection_and_trains() -> None:
+    resampler = {"_target_": "mmtrain.components.lm.projectors.PerceiverResampler", "num_tokens": 3, "depth": 1,
+                 "num_heads": 2}
+    model = tiny_model(audio=True, resampler=resampler)
+    assert set(model.resampler) == {"image", "text", "audio"} and model.resampler["audio"].output_dim == 24
+    assert model.resampler["image"].latents.data_ptr() != model.resampler["text"].latents.data_ptr()
+    batch = tiny_batch()
+    out = model(**batch)
+    assert {k: tuple(v.shape) for k, v in out.embeddings.items()} == {"image": (4, 16), "text": (4, 16), "audio": (4, 16)}
+    encoded = model.encode_one("image", **batch)
+    expected = model.projection["image"](model.resampler["image"](encoded).mean(dim=1))
+    assert torch.allclose(out.embeddings["image"], expected, atol=1e-6)  # latents, averaged, then the projection
+    (out.embeddings["image"] @ out.embeddings["text"].T).diag().sum().backward()
+    assert all(p.grad is not None for p in model.resampler["image"].parameters())
+    assert "resampler" in model.components()
+    model.check_batch(tiny_batch())
+
+
 def test_matryoshka_prefixes_are_renormalised_prefixes() -> None:
     model = tiny_model()
     out = model(**tiny_batch())

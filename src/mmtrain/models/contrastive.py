@@ -2,7 +2,10 @@
 
 A dual encoder (image + text, audio + text) or a tri-encoder (image + audio + text): every encoder
 slot gets its own :class:`~mmtrain.components.heads.projection.ProjectionHead` (separate weights), all built
-from the one ``projection`` spec with ``input_dim`` = that slot encoder's ``output_dim``. Training
+from the one ``projection`` spec with ``input_dim`` = that slot encoder's ``output_dim``. With a
+``resampler`` spec (e.g. :class:`~mmtrain.components.lm.projectors.PerceiverResampler`), each slot first gets
+its own resampler (latents cross-attending to the encoder's tokens, at the encoder's width), whose latents,
+averaged, feed the projection (the edge-glass recipe: a Perceiver per encoder, then Matryoshka). Training
 (pairwise InfoNCE, Matryoshka) and retrieval evaluation live in
 :class:`mmtrain.engine.tasks.contrastive.ContrastiveTask`.
 """
@@ -29,12 +32,15 @@ class ContrastiveConfig(MultimodalConfig):
     Args (beyond :class:`MultimodalConfig`):
         projection: ProjectionHead spec (``output_dim``, optional ``hidden_dim``, ``dropout``,
             ``matryoshka_dims``, ``normalize``); ``input_dim`` is filled in per slot by the model.
+        resampler: per-slot resampler spec (``num_tokens``, ``depth``, ``num_heads``) or ``None``;
+            ``input_dim`` / ``output_dim`` are the slot encoder's ``output_dim``.
     """
 
     model_type = "mmtrain_contrastive"
-    spec_keys = ("encoders", "projection")  # no annotation: a class constant, not a config field
+    spec_keys = ("encoders", "projection", "resampler")  # no annotation: a class constant, not a config field
 
     projection: dict[str, Any] | None = None
+    resampler: dict[str, Any] | None = None
 
 
 @dataclass
@@ -70,13 +76,25 @@ class ContrastiveModel(MultimodalPreTrainedModel):
         if len(config.encoders) < 2:
             raise ValueError(f"a contrastive model aligns at least two encoder slots; model.encoders has "
                              f"{sorted(config.encoders)}. Add one, e.g. model/encoders/text=minilm.")
+        self.resampler = None
+        if config.resampler:
+            self.resampler = nn.ModuleDict({name: self.build_part("resampler", input_dim=dim, output_dim=dim)
+                                            for name, dim in self.encoder_dims.items()})
         self.projection = nn.ModuleDict(
             {name: self.build_part("projection", input_dim=dim) for name, dim in self.encoder_dims.items()}
         )
         self.finish_init()
 
     def components(self) -> dict[str, nn.Module]:
-        return {**super().components(), "projection": self.projection}
+        parts = {**super().components(), "projection": self.projection}
+        return parts if self.resampler is None else {**parts, "resampler": self.resampler}
+
+    def pooled(self, name: str, output: Any) -> torch.Tensor:
+        """The vector a slot's projection reads: the encoder's pooled output, or the mean of its resampler's
+        latents ``[B, M, D] -> [B, D]``."""
+        if self.resampler is None:
+            return output.pooled
+        return self.resampler[name](output).mean(dim=1)
 
     @property
     def embedding_dim(self) -> int:
@@ -98,19 +116,20 @@ class ContrastiveModel(MultimodalPreTrainedModel):
     def check_batch(self, batch: Mapping[str, Any]) -> None:
         outputs = self.encode_checked(batch)
         for name, output in outputs.items():
-            embedding = run_part("model.projection", lambda n=name, o=output: self.projection[n](o.pooled))
+            vector = run_part("model.resampler", lambda n=name, o=output: self.pooled(n, o))
+            embedding = run_part("model.projection", lambda n=name, v=vector: self.projection[n](v))
             if embedding.ndim != 2 or embedding.shape[1] != self.embedding_dim:
                 raise ValueError(f"model.projection returns {tuple(embedding.shape)} for slot '{name}', "
                                  f"expected (batch, {self.embedding_dim}).")
 
     def forward(self, **batch: Any) -> ContrastiveOutput:
         outputs = self.encode(**batch)
-        embeddings = {name: self.projection[name](out.pooled) for name, out in outputs.items()}
+        embeddings = {name: self.projection[name](self.pooled(name, out)) for name, out in outputs.items()}
         present = {name: self.presence(name, batch, e.shape[0], e.device) for name, e in embeddings.items()}
         return ContrastiveOutput(embeddings=embeddings, present=present)
 
 
-@injects(own=["id2label", "allowed_target_prefixes"], projection=["input_dim"])
+@injects(own=["id2label", "allowed_target_prefixes"], projection=["input_dim"], resampler=["input_dim", "output_dim"])
 def build_contrastive_model(
     *,
     encoders: Mapping[str, Any],
@@ -118,16 +137,19 @@ def build_contrastive_model(
     id2label: Mapping[int, str],
     allowed_target_prefixes: Sequence[str],
     trainable: Mapping[str, bool] | None = None,
+    resampler: Mapping[str, Any] | None = None,
 ) -> ContrastiveModel:
     """Build a contrastive dual/tri-encoder: each encoder slot gets its own projection head.
 
     Args: as :func:`build_multimodal_model`; ``projection`` is one ``ProjectionHead`` spec, built
-    once per slot with ``input_dim`` = that encoder's ``output_dim``. ``id2label`` (the data's
-    classes, possibly none) is only stored. There is no fusion and no classification head.
+    once per slot with ``input_dim`` = that encoder's ``output_dim``; ``resampler`` (optional) one
+    resampler spec built per slot before the projection. ``id2label`` (the data's classes, possibly
+    none) is only stored. There is no fusion and no classification head.
     """
+    parts = {"projection": projection, **({"resampler": resampler} if resampler else {})}
     return ContrastiveModel(ContrastiveConfig(**config_fields(
-        encoders=encoders, projection=projection, id2label=id2label,
-        allowed_target_prefixes=allowed_target_prefixes, trainable=trainable,
+        encoders=encoders, id2label=id2label, allowed_target_prefixes=allowed_target_prefixes, trainable=trainable,
+        **parts,
     )))
 
 
