@@ -37,6 +37,7 @@ class MultimodalConfig(PretrainedConfig):
         fusion: fusion spec; ``input_dims`` is filled in by the model from the encoders.
         head: head spec; ``input_dim`` and ``num_labels`` are filled in by the model.
         trainable: component name (``"video"``, ``"fusion"``, ``"head"``...) -> bool.
+        aux_heads: encoder slots with an auxiliary classifier of their own (a classifier's).
         allowed_target_prefixes: the import allowlist the specs were written for.
     """
 
@@ -49,6 +50,7 @@ class MultimodalConfig(PretrainedConfig):
     head: dict[str, Any] | None = None
     trainable: dict[str, bool] | None = None
     allowed_target_prefixes: list[str] | None = None
+    aux_heads: list[str] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.encoders = copy.deepcopy(self.encoders) or {}

@@ -21,6 +21,12 @@ class ClassificationTask(TaskBase):
         loss: loss module taking ``(logits, labels)``; cross-entropy when ``None``.
         param_groups: optimizer settings per model part (see :class:`TaskBase`).
         nonfinite: NaN/Inf policy, ``abort`` or ``skip`` (see :class:`TaskBase`).
+        aux_weights: encoder slot -> weight of its auxiliary classifier's loss (``model.aux_heads``; the seeds'
+            ``lambda_video``...), over the samples that have the slot's modality; ``None``: none.
+        fused_weight: weight of the fused classifier's loss (the seeds' ``lambda_fusion``).
+
+    The training objective is ``fused_weight * loss(fused) + sum(aux_weights[m] * loss(aux_m))``; with
+    auxiliary terms each is logged apart (``<split>/loss_fused``, ``<split>/loss_<slot>``).
     """
 
     primary_metric = "acc"
@@ -38,9 +44,18 @@ class ClassificationTask(TaskBase):
         loss: nn.Module | None = None,
         param_groups: dict[str, dict[str, float]] | None = None,
         nonfinite: str = "abort",
+        aux_weights: dict[str, float] | None = None,
+        fused_weight: float = 1.0,
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
                          nonfinite=nonfinite)
+        self.aux_weights = {str(k): float(v) for k, v in (aux_weights or {}).items()}
+        self.fused_weight = float(fused_weight)
+        heads = set(getattr(model, "aux_heads", None) or {})
+        missing = sorted(set(self.aux_weights) - heads)
+        if missing:
+            raise ValueError(f"task.aux_weights {missing}: the model has no auxiliary head for them; add the slots to "
+                             f"model.aux_heads (it has {sorted(heads)}).")
         self.label_names = list(label_names)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
@@ -54,12 +69,21 @@ class ClassificationTask(TaskBase):
     def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         if "labels" not in batch:
             raise ValueError(f"a {split} batch has no labels (sample ids {batch['ids'][:5]}...).")
-        logits = self(batch)
+        out = self.model(**self.model_batch(batch))
+        logits, labels, size = out.logits, batch["labels"], self.batch_size_of(batch)
         self.sample_rows = logits  # [B, C]: a NaN/Inf loss names the samples whose logits are not finite
-        loss = self.loss_fn(logits, batch["labels"])
-        self.metrics[f"{split}_metrics"].update(logits.detach(), batch["labels"])
-        self.log_batch_value(f"{split}/loss", loss, batch_size=self.batch_size_of(batch), on_step=split == "train",
-                             prog_bar=True)
+        loss = self.loss_fn(logits, labels)
+        if self.aux_weights:
+            self.log_batch_value(f"{split}/loss_fused", loss, batch_size=size)
+            loss = self.fused_weight * loss
+            for slot, weight in self.aux_weights.items():
+                present = batch.get(f"{slot}_present", torch.ones_like(labels, dtype=torch.bool))
+                term = (self.loss_fn(out.aux_logits[slot][present], labels[present]) if bool(present.any())
+                        else logits.sum() * 0.0)
+                self.log_batch_value(f"{split}/loss_{slot}", term, batch_size=size)
+                loss = loss + weight * term
+        self.metrics[f"{split}_metrics"].update(logits.detach(), labels)
+        self.log_batch_value(f"{split}/loss", loss, batch_size=size, on_step=split == "train", prog_bar=True)
         return loss
 
     def _finish(self, split: str) -> None:
