@@ -11,7 +11,6 @@ import mmtrain.models  # noqa: F401
 from mmtrain.components.lm.prompt import PromptBuilder, placeholder, template_slots
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.models.llm import build_llm_model
-from mmtrain.models.pairwise import PairwiseModel  # noqa: F401  (the pairwise kind stays importable)
 
 VIT = {"_target_": "mmtrain.components.encoders.hf_image.HFImageEncoder", "model_type": "vit",
        "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
