@@ -21,8 +21,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from mmtrain.data.formats.common import as_float
-
 
 def read_scut_labels(file: str | Path, *, prefix: str = "") -> list[tuple[str, float]]:
     """``(prefix + image name, score)`` of every line ``<image name> <score>`` (SCUT-FBP5500's label files).
@@ -30,6 +28,8 @@ def read_scut_labels(file: str | Path, *, prefix: str = "") -> list[tuple[str, f
     Raises:
         ValueError: naming the file and line of one that is not a name and a number.
     """
+    from mmtrain.data.formats.common import as_float  # the data layer loads torch: not at `mmtrain --help`
+
     path = Path(file)
     if not path.is_file():
         raise FileNotFoundError(f"label file {path} does not exist")
