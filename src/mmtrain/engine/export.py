@@ -34,10 +34,6 @@ def write_export(model: nn.Module, processor: MultimodalProcessor, folder: Path,
         model.save_pretrained(folder)
     for target in folders:
         processor.save_pretrained(target)
-        plain = target / "hf"  # a whole VLM's plain Hugging Face export: its own processor goes beside it
-        if plain.is_dir() and hasattr(processor, "hf"):
-            processor.hf.save_pretrained(str(plain))
-            update_manifest(plain)
         (target / TRAINING_CONFIG).write_text(config_yaml)
         update_manifest(target)  # every file, with its sha256 (signed with MMTRAIN_SIGNING_KEY)
     return folder

@@ -106,6 +106,8 @@ class VLMModel(AdapterExports, MultimodalPreTrainedModel):
                                  "the VLM's own processor (data.processor.pretrained_path=${model.vlm.pretrained_path}).")
             self.vlm.resize_token_embeddings(int(config.vocab_size), mean_resizing=False)
         self.hidden_size = int(self.vlm.get_input_embeddings().embedding_dim)
+        # families whose position ids depend on where the images are (Qwen2-VL's M-RoPE) take the token types
+        self._mm_types = "mm_token_type_ids" in inspect.signature(self.vlm.model.forward).parameters
         check_readout(config)
         self.head = self.build_part("head", input_dim=self.hidden_size, num_labels=config.num_labels) if config.head else None
         self.finish_init()
@@ -157,7 +159,7 @@ class VLMModel(AdapterExports, MultimodalPreTrainedModel):
         """The batch's image tensors, plus ``mm_token_type_ids`` (1 at image tokens) for families whose
         position ids depend on where the images are (Qwen2-VL's M-RoPE)."""
         vision = {k: batch[k] for k in VISION_KEYS if batch.get(k) is not None}
-        if vision and "mm_token_type_ids" in inspect.signature(self.vlm.model.forward).parameters:
+        if vision and self._mm_types:
             vision["mm_token_type_ids"] = (input_ids == int(self.config.image_token_id)).int()
         return vision
 

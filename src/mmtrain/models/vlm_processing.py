@@ -110,11 +110,18 @@ class VLMProcessor:
         return [id2label[int(i)] for i in logits.argmax(dim=-1)]
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> list[str]:
-        """The VLM's processor files (with the prompt's added tokens) plus the prompt settings."""
+        """The VLM's processor files (with the prompt's added tokens) plus the prompt settings; into an export's
+        plain Hugging Face folder (``hf/``, written by ``VLMModel.save_pretrained``) too, so it loads on its own."""
+        from mmtrain.core.integrity import update_manifest
+
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         self.hf.save_pretrained(str(folder))
         (folder / SETTINGS_FILE).write_text(json.dumps({"prompt": self.prompt}, indent=1) + "\n")
+        plain = folder / "hf"
+        if (plain / "config.json").is_file():
+            self.hf.save_pretrained(str(plain))
+            update_manifest(plain)
         return [str(folder)]
 
     @classmethod
