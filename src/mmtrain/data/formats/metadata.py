@@ -56,11 +56,13 @@ class MetadataDataset(RecordDataset):
         label_names: class names in index order (required with ``label_key``; else empty).
         target_key: record key (or list of keys) of float regression targets, e.g. a sentiment score;
             the sample's ``target`` is the list of their values (task=regression trains on it).
+        answer_key: record key of the LM's answer (``target_text``: e.g. ``caption``, for a model that learns to
+            write it; may be the same key as ``text_key``), or None.
         modalities: which of ``audio``, ``image``, ``text`` to load.
         allow_outside_root: use media paths that lead outside ``root`` as written (default: refused).
 
     Returns (per item): ``{"id": str, "audio": float32 [L] (16 kHz mono), "image": PIL RGB,
-    "text": str, "label": int (if labelled), "target": list[float] (with ``target_key``), "meta": {"audio_path", "image_path"}}`` (a modality
+    "text": str, "label": int (if labelled), "target": list[float] (with ``target_key``), "target_text": str (with ``answer_key``), "meta": {"audio_path", "image_path"}}`` (a modality
     the record lacks is absent), or a :class:`~mmtrain.data.skips.SkippedSample`.
     """
 
@@ -76,6 +78,7 @@ class MetadataDataset(RecordDataset):
         label_key: str | None = None,
         label_names: Sequence[str] = (),
         target_key: str | Sequence[str] | None = None,
+        answer_key: str | None = None,
         modalities: Sequence[str] = OFFERED,
         allow_outside_root: bool = False,
     ) -> None:
@@ -90,6 +93,7 @@ class MetadataDataset(RecordDataset):
         self.keys = {"audio": audio_key, "image": image_key}
         self.text_key, self.id_key, self.label_key = text_key, id_key, label_key
         self.target_keys = [target_key] if isinstance(target_key, str) else list(target_key or [])
+        self.answer_key = answer_key
         entries = read_records(path)
         stem = Path(path).stem
         self.records = [self._record(where, entry, i, stem, labels) for i, (where, entry) in enumerate(entries)]
@@ -115,5 +119,7 @@ class MetadataDataset(RecordDataset):
             fields["label"] = labels.index(require(entry, self.label_key, where), where, self.label_key)
         if self.target_keys:
             fields["target"] = [finite_target(require(entry, key, where), where, key) for key in self.target_keys]
+        if self.answer_key is not None:
+            fields["target_text"] = as_str(require(entry, self.answer_key, where), where, self.answer_key)
         media = {m: MediaRef(m, p) for m, p in paths.items() if m in self.modalities}
         return Record(fields, media)
