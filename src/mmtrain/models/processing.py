@@ -20,7 +20,7 @@ from mmtrain.components.paths import resolve_pretrained_path
 MODALITIES = ("video", "image", "audio", "text")
 #: Batch entries that describe the samples rather than feed the model. (``cached_features``, the
 #: frozen-encoder outputs read before decoding, is a model input: see :mod:`mmtrain.models.feature_cache`.)
-BOOKKEEPING_KEYS = ("ids", "skipped", "item_ids", "item_scores", "target_texts")
+BOOKKEEPING_KEYS = ("ids", "skipped", "item_ids", "item_scores", "target_texts", "aux_labels")
 SAMPLING_RATE = 16000
 HOP_LENGTH = 160
 
@@ -157,6 +157,7 @@ class MultimodalProcessor(ProcessorMixin):
         targets = [s.get("target") for s in samples]
         if all(target is not None for target in targets):  # regression: float targets [B, K]
             batch["labels"] = torch.tensor(targets, dtype=torch.float32).reshape(len(samples), -1)
+            batch.update(aux_labels(samples))
         elif all(isinstance(label, (int, np.integer)) for label in labels):
             batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
         if self.prompt_builder is not None:
@@ -257,6 +258,16 @@ class MultimodalProcessor(ProcessorMixin):
     def decode_labels(self, logits: torch.Tensor, id2label: dict[int, str]) -> list[str]:
         """Arg-max class names for ``logits`` [B, C]."""
         return [id2label[int(i)] for i in logits.argmax(dim=-1)]
+
+
+def aux_labels(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``aux_labels``: modality -> float ``[B, 1]`` of the samples' per-modality targets (``aux_targets``, e.g.
+    CH-SIMS's ``label_T``), for the modalities every sample has one of; ``{}`` when none."""
+    given = [s.get("aux_targets") or {} for s in samples]
+    shared = [m for m in given[0] if all(m in g for g in given)]
+    if not shared:
+        return {}
+    return {"aux_labels": {m: torch.tensor([[float(g[m])] for g in given], dtype=torch.float32) for m in shared}}
 
 
 def item_bookkeeping(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -77,18 +77,20 @@ def build_regression_model(
     target_names: Sequence[str] | None = None,
     loss: str = "mse",
     trainable: Mapping[str, bool] | None = None,
+    aux_heads: Sequence[str] | None = None,
 ) -> RegressionModel:
     """Build a regressor from its component specs (the ``model`` config node).
 
     Args: as :func:`~mmtrain.models.multimodal.build_multimodal_model` (``id2label``, the data's label
     map if it has one, is only stored), plus ``num_outputs``, ``target_names`` and ``loss`` (see
-    :class:`RegressionConfig`).
+    :class:`RegressionConfig`); ``aux_heads``: encoder slots that also get their own regressor (the ``head``
+    spec on that slot's pooled output; ``task.aux_weights``).
     """
     return RegressionModel(RegressionConfig(
         **config_fields(encoders=encoders, fusion=fusion, head=head, id2label=id2label,
                         allowed_target_prefixes=allowed_target_prefixes, trainable=trainable),
         num_outputs=int(num_outputs), target_names=None if target_names is None else [str(n) for n in target_names],
-        loss=str(loss),
+        loss=str(loss), aux_heads=[str(slot) for slot in (aux_heads or [])],
     ))
 
 

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from mmtrain.components.metrics.classification import ClassificationMetrics
+from mmtrain.engine.tasks.aux_terms import AuxiliaryTerms
 from mmtrain.engine.tasks.base import OptimizerFactory, SchedulerFactory, TaskBase
 
 
-class ClassificationTask(TaskBase):
+class ClassificationTask(AuxiliaryTerms, TaskBase):
     """Trains a model whose forward returns ``.logits`` [B, C] against ``labels`` [B].
 
     Args:
@@ -26,7 +27,7 @@ class ClassificationTask(TaskBase):
         fused_weight: weight of the fused classifier's loss (the seeds' ``lambda_fusion``).
 
     The training objective is ``fused_weight * loss(fused) + sum(aux_weights[m] * loss(aux_m))``; with
-    auxiliary terms each is logged apart (``<split>/loss_fused``, ``<split>/loss_<slot>``).
+    auxiliary terms each is logged apart (see :mod:`mmtrain.engine.tasks.aux_terms`).
     """
 
     primary_metric = "acc"
@@ -49,13 +50,7 @@ class ClassificationTask(TaskBase):
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
                          nonfinite=nonfinite)
-        self.aux_weights = {str(k): float(v) for k, v in (aux_weights or {}).items()}
-        self.fused_weight = float(fused_weight)
-        heads = set(getattr(model, "aux_heads", None) or {})
-        missing = sorted(set(self.aux_weights) - heads)
-        if missing:
-            raise ValueError(f"task.aux_weights {missing}: the model has no auxiliary head for them; add the slots to "
-                             f"model.aux_heads (it has {sorted(heads)}).")
+        self.setup_aux(model, aux_weights, fused_weight)
         self.label_names = list(label_names)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
@@ -72,16 +67,7 @@ class ClassificationTask(TaskBase):
         out = self.model(**self.model_batch(batch))
         logits, labels, size = out.logits, batch["labels"], self.batch_size_of(batch)
         self.sample_rows = logits  # [B, C]: a NaN/Inf loss names the samples whose logits are not finite
-        loss = self.loss_fn(logits, labels)
-        if self.aux_weights:
-            self.log_batch_value(f"{split}/loss_fused", loss, batch_size=size)
-            loss = self.fused_weight * loss
-            for slot, weight in self.aux_weights.items():
-                present = batch.get(f"{slot}_present", torch.ones_like(labels, dtype=torch.bool))
-                term = (self.loss_fn(out.aux_logits[slot][present], labels[present]) if bool(present.any())
-                        else logits.sum() * 0.0)
-                self.log_batch_value(f"{split}/loss_{slot}", term, batch_size=size)
-                loss = loss + weight * term
+        loss = self.with_aux_terms(self.loss_fn(logits, labels), out, batch, labels, self.loss_fn, split)
         self.metrics[f"{split}_metrics"].update(logits.detach(), labels)
         self.log_batch_value(f"{split}/loss", loss, batch_size=size, on_step=split == "train", prog_bar=True)
         return loss

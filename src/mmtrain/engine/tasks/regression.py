@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from mmtrain.components.metrics.regression import RegressionMetrics
+from mmtrain.engine.tasks.aux_terms import AuxiliaryTerms
 from mmtrain.engine.tasks.base import OptimizerFactory, SchedulerFactory, TaskBase
 
 
-class RegressionTask(TaskBase):
+class RegressionTask(AuxiliaryTerms, TaskBase):
     """Trains a model whose forward returns ``.logits`` [B, K] (predicted values, e.g.
     :class:`~mmtrain.models.regression.RegressionModel`) against float ``labels`` [B, K].
 
@@ -24,6 +25,9 @@ class RegressionTask(TaskBase):
             ``HuberLoss``...
         param_groups: optimizer settings per model part (see :class:`TaskBase`).
         nonfinite: NaN/Inf policy, ``abort`` or ``skip`` (see :class:`TaskBase`).
+        aux_weights: encoder slot -> weight of its auxiliary regressor's loss (``model.aux_heads``), against the
+            data's per-modality target where it gives one (CH-SIMS ``label_T`` / ``label_A`` / ``label_V``), else
+            the fused target; ``fused_weight``: the fused prediction's weight (:mod:`mmtrain.engine.tasks.aux_terms`).
     """
 
     primary_metric = "mae"
@@ -40,9 +44,12 @@ class RegressionTask(TaskBase):
         loss: nn.Module | None = None,
         param_groups: dict[str, dict[str, float]] | None = None,
         nonfinite: str = "abort",
+        aux_weights: dict[str, float] | None = None,
+        fused_weight: float = 1.0,
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
                          nonfinite=nonfinite)
+        self.setup_aux(model, aux_weights, fused_weight)
         self.loss_fn = loss if loss is not None else nn.MSELoss()
         names = list(getattr(getattr(model, "config", None), "target_names", None) or ["value"])
         # ModuleDict keys cannot be "train" (an nn.Module method), hence the suffix.
@@ -57,10 +64,11 @@ class RegressionTask(TaskBase):
         if labels is None or not torch.is_floating_point(labels):
             raise ValueError(f"a {split} batch has no float regression targets (sample ids {batch['ids'][:5]}...): "
                              "set the data format's target_key to the column holding them.")
-        values = self(batch)
+        out = self.model(**self.model_batch(batch))
+        values = out.logits
         targets = labels.to(values.dtype).reshape(values.shape)
         self.sample_rows = values  # [B, K]: a NaN/Inf loss names the samples whose predictions are not finite
-        loss = self.loss_fn(values, targets)
+        loss = self.with_aux_terms(self.loss_fn(values, targets), out, batch, targets, self.loss_fn, split)
         self.metrics[f"{split}_metrics"].update(values, targets)
         self.log_batch_value(f"{split}/loss", loss, batch_size=self.batch_size_of(batch), on_step=split == "train",
                              prog_bar=True)
