@@ -62,7 +62,12 @@ def _side(value: Any) -> int | None:
 
 
 def image_settings(folder: Path) -> dict[str, Any]:
-    """``image_size`` / ``image_mean`` / ``image_std`` a vision checkpoint folder declares."""
+    """``image_size`` / ``image_mean`` / ``image_std`` a vision checkpoint folder declares (a transformers or
+    an open_clip one)."""
+    from mmtrain.components.encoders.open_clip_image import CONFIG_FILE, open_clip_preprocess
+
+    if (folder / CONFIG_FILE).is_file():
+        return open_clip_preprocess(folder)
     pre, config = _json(folder / "preprocessor_config.json"), _json(folder / "config.json")
     config = config.get("vision_config") or config
     out: dict[str, Any] = {}
