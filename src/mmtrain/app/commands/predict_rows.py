@@ -21,13 +21,17 @@ def batch_targets(batch: dict[str, Any], model: Any) -> list[Any]:
     reference answer (``target_texts``)."""
     count = len(batch["ids"])
     labels = batch.get("labels")
+    texts = batch.get("target_texts")
+    writes = hasattr(model, "generate_answers") and getattr(model, "head", None) is None and not getattr(
+        model.config, "answer_token_ids", None)  # a model that answers in words: its reference is the text
+    if writes and texts is not None and len(texts) == count:
+        return list(texts)
     if labels is not None and not labels.is_floating_point():
         names = model.config.id2label
         return [names.get(int(label), str(int(label))) for label in labels.tolist()]
     if labels is not None:
         target_names = list(getattr(model.config, "target_names", None) or [])
         return [dict(zip(target_names, row)) if target_names else row for row in labels.tolist()]
-    texts = batch.get("target_texts")
     if texts is not None and len(texts) == count:
         return list(texts)
     return [None] * count
