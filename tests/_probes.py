@@ -20,3 +20,13 @@ def probe_trainers(monkeypatch: pytest.MonkeyPatch, *callbacks: pl.Callback) -> 
         return trainer
 
     monkeypatch.setattr(run_module, "build_trainer", with_probes)
+
+
+class MetricsAtEnd(pl.Callback):
+    """Keeps ``trainer.callback_metrics`` as floats when training ends (``.metrics``)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def on_train_end(self, trainer: pl.Trainer, task: pl.LightningModule) -> None:
+        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -134,3 +134,11 @@ def copy(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(source.read_bytes())
     return target
+
+
+def noisy_colour_png(path: Path, colour: tuple[int, int, int], rng: np.random.Generator, side: int = 16) -> Path:
+    """A ``side`` x ``side`` PNG of ``colour`` with +-20 of per-pixel noise (learnable colour stills)."""
+    pixels = np.clip(np.array(colour) + rng.integers(-20, 20, size=(side, side, 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path

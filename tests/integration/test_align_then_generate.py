@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
-from _probes import probe_trainers
-from PIL import Image
+from _probes import MetricsAtEnd, probe_trainers
+from data._media import noisy_colour_png
 from transformers import AutoTokenizer
 
 from mmtrain.app.commands.evaluate import evaluate
@@ -34,10 +33,7 @@ def captions(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows = []
         for i in range(count):
             name = list(COLOURS)[i % 2]
-            pixels = np.clip(np.array(COLOURS[name]) + rng.integers(-20, 20, size=(16, 16, 3)), 0, 255)
-            path = root / "images" / f"{split}{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
+            noisy_colour_png(root / "images" / f"{split}{i}.png", COLOURS[name], rng)
             rows.append({"sample_id": f"{split}{i}", "image_path": f"images/{split}{i}.png",
                          "caption": f"a {name} square"})
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -57,16 +53,9 @@ def _config(data: Path, run_dir: Path, *extra: str):
     ])
 
 
-class Seen(pl.Callback):
-    def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
-
-    def on_train_end(self, trainer, task) -> None:
-        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
 
 def test_aligns_writes_captions_exports_and_serves(captions: Path, tmp_path: Path, monkeypatch) -> None:
-    seen = Seen()
+    seen = MetricsAtEnd()
     probe_trainers(monkeypatch, seen)
     metrics = train(_config(captions, tmp_path / "run", "task.weights={lm: 1.0, contrastive: 0.5, matryoshka: 0.25}"))
     # every term logged; the epoch's objective is their weighted sum

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from data._media import noisy_colour_png
 
 from mmtrain.config.compose import compose_config
 from mmtrain.app.commands.evaluate import evaluate
@@ -23,10 +23,7 @@ def _write_split(root: Path, split: str, count: int, rng: np.random.Generator) -
     rows = []
     for i in range(count):
         name = list(COLOURS)[i % 2]
-        pixels = np.clip(np.array(COLOURS[name]) + rng.integers(-20, 20, size=(16, 16, 3)), 0, 255)
-        path = root / "images" / f"{split}{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        noisy_colour_png(root / "images" / f"{split}{i}.png", COLOURS[name], rng)
         rows.append({"id": f"{split}{i}", "image": f"images/{split}{i}.png", "prompt": "Which colour is it?",
                      "response": name})
     (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

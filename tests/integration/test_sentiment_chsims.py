@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
-from _probes import probe_trainers
+from _probes import MetricsAtEnd, probe_trainers
 from data._media import write_mp4
 from data.test_format_chsims import write_chsims
 
@@ -28,17 +27,10 @@ def rows() -> list[list[str]]:
     return out
 
 
-class Seen(pl.Callback):
-    def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
-
-    def on_train_end(self, trainer, task) -> None:
-        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
 
 def test_fused_and_unimodal_scores_train_together(tmp_path: Path, monkeypatch) -> None:
     write_chsims(tmp_path / "data" / "ch-sims", write_mp4(tmp_path / "clip.mp4", seconds=1.0), rows())
-    seen = Seen()
+    seen = MetricsAtEnd()
     probe_trainers(monkeypatch, seen)
     cfg = compose_config(["experiment=sentiment_chsims", f"data_root={tmp_path / 'data'}", "data.batch_size=4",
                           "trainer.max_epochs=2", "callbacks.progress=null", "logger.tensorboard=null",

@@ -41,7 +41,6 @@ def _run_settings(args: argparse.Namespace, cfg: Any) -> Any:
 def _train(args: argparse.Namespace) -> int:
     import functools
 
-    from mmtrain.app.commands.train import train
     from mmtrain.config.compose import compose_config
 
     if args.multirun:
@@ -52,7 +51,10 @@ def _train(args: argparse.Namespace) -> int:
 
         console.print(OmegaConf.to_yaml(cfg))
         return 0
-    train = functools.partial(train, perf=_run_settings(args, cfg))
+    perf = _run_settings(args, cfg)  # may re-execute the command: before torch & co. are imported
+    from mmtrain.app.commands.train import train
+
+    train = functools.partial(train, perf=perf)
     if cfg.get("stages"):
         from mmtrain.app.commands.stages import run_stages
 
@@ -73,15 +75,18 @@ def _sweep(args: argparse.Namespace) -> int:
     """``mmtrain train -m``: one run per combination of the sweep overrides, one comparison table."""
     import functools
 
-    from mmtrain.app.commands.sweep import expand, run_sweep
-    from mmtrain.app.commands.train import train
+    from mmtrain.app.commands.sweep import expand
     from mmtrain.config.compose import compose_config
 
     def compose(overrides: list[str]) -> Any:
         return compose_config(overrides, config_dir=args.config_dir)
 
     cfg = compose(expand(args.overrides)[0])
-    summary = run_sweep(cfg, args.overrides, compose, functools.partial(train, perf=_run_settings(args, cfg)))
+    perf = _run_settings(args, cfg)  # may re-execute the command: before torch & co. are imported
+    from mmtrain.app.commands.sweep import run_sweep
+    from mmtrain.app.commands.train import train
+
+    summary = run_sweep(cfg, args.overrides, compose, functools.partial(train, perf=perf))
     columns = {name: _scalars(run.get("test") or {}) for name, run in summary["runs"].items()}
     keys = list(dict.fromkeys(k for values in columns.values() for k in values))
     table = Table(title=f"sweep: test metrics of {len(columns)} runs")
@@ -105,12 +110,14 @@ def _first_process() -> bool:
 def _kfold(args: argparse.Namespace) -> int:
     import functools
 
-    from mmtrain.app.commands.kfold import SUMMARY_METRICS, run_kfold
-    from mmtrain.app.commands.train import train
     from mmtrain.config.compose import compose_config
 
     cfg = compose_config(args.overrides, config_dir=args.config_dir)
-    report = run_kfold(cfg, functools.partial(train, perf=_run_settings(args, cfg)))
+    perf = _run_settings(args, cfg)  # may re-execute the command: before torch & co. are imported
+    from mmtrain.app.commands.kfold import SUMMARY_METRICS, run_kfold
+    from mmtrain.app.commands.train import train
+
+    report = run_kfold(cfg, functools.partial(train, perf=perf))
     table = Table(title=f"k-fold test metrics ({len(report['folds'])} folds)")
     table.add_column("fold")
     for metric in SUMMARY_METRICS:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
-from _probes import probe_trainers
+from _probes import MetricsAtEnd, probe_trainers
 
 from mmtrain.app.commands.train import train
 from mmtrain.config.compose import compose_config
@@ -18,16 +17,9 @@ SYNTH = ["experiment=emotion_aux_losses", "data=synthetic", "data.train.num_samp
          "evaluate_unimodal=false", "~callbacks.threads"]
 
 
-class Seen(pl.Callback):
-    def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
-
-    def on_train_end(self, trainer, task) -> None:
-        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
 
 def test_each_term_is_logged_and_the_objective_is_their_weighted_sum(tmp_path: Path, monkeypatch) -> None:
-    seen = Seen()
+    seen = MetricsAtEnd()
     probe_trainers(monkeypatch, seen)
     cfg = compose_config([*SYNTH, "task.fused_weight=2.0", "task.aux_weights={video: 0.5, audio: 0.25}",
                           f"run_dir={tmp_path / 'run'}"])
