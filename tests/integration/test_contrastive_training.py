@@ -88,8 +88,9 @@ trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1,
 trainer.fit(task, datamodule=data)
 trainer.validate(task, datamodule=data, verbose=False)
 local = len(task.trainer.val_dataloaders.sampler) if hasattr(task.trainer.val_dataloaders, "sampler") else -1
+weights = [float(p.double().sum()) for p in task.parameters()]
 (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(
-    {"world": trainer.world_size, "local": local, "val": task.results["val"]}))
+    {"world": trainer.world_size, "local": local, "val": task.results["val"], "weights": weights}))
 """
 
 
@@ -99,10 +100,20 @@ def test_ddp_two_processes_score_the_whole_val_set(tmp_path: Path) -> None:
                  "data.num_workers=0"]
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    subprocess.run([sys.executable, str(script), str(tmp_path), json.dumps(overrides)], check=True, cwd=tmp_path,
-                   timeout=300)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert all(r["world"] == 2 for r in ranks)
-    assert [r["local"] for r in ranks] == [7, 7]  # DistributedSampler pads 13 samples to 2 x 7
-    assert ranks[0]["val"]["n"] == ranks[1]["val"]["n"] == 13  # gathered, the padding repeat dropped
-    assert ranks[0]["val"] == ranks[1]["val"]
+    scopes = {}
+    for scope in ("global", "local"):
+        out = tmp_path / scope
+        out.mkdir()
+        sgd = ["task.optimizer._target_=torch.optim.SGD", "task.optimizer.lr=0.5"]  # scale-sensitive, unlike Adam
+        subprocess.run([sys.executable, str(script), str(out), json.dumps([*overrides, *sgd, f"task.loss_scope={scope}"])],
+                       check=True, cwd=tmp_path, timeout=300)
+        ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+        assert all(r["world"] == 2 for r in ranks)
+        assert [r["local"] for r in ranks] == [7, 7]  # DistributedSampler pads 13 samples to 2 x 7
+        assert ranks[0]["val"]["n"] == ranks[1]["val"]["n"] == 13  # gathered, the padding repeat dropped
+        assert ranks[0]["val"] == ranks[1]["val"]
+        scopes[scope] = ranks[0]
+    # each rank scoring only its own queries against the gathered gallery trains the same model (the exact
+    # gradients: test_ddp.py; SGD, whose steps scale with the gradient, so a wrong share would show)
+    assert scopes["local"]["weights"] == pytest.approx(scopes["global"]["weights"], rel=1e-5, abs=1e-6)
+    assert scopes["local"]["val"]["r@1_mean"] == pytest.approx(scopes["global"]["val"]["r@1_mean"], abs=1e-6)

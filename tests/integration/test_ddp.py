@@ -217,6 +217,19 @@ def _collectives_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         result[name] = {"loss": loss.item(), "rows": [start, start + counts[rank]],
                         "grad_a": (local_a.grad / world).tolist(), "grad_b": (local_b.grad / world).tolist(),
                         "temperature": (temperature / world).item()}
+        # loss_scope local: this rank's rows as queries against the gathered gallery, world x its share
+        loss_fn = SymmetricInfoNCE()
+        local_a, local_b = a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True)
+        queries = torch.arange(start, start + counts[rank])
+        share = world * loss_fn(gather_rows(local_a, counts), gather_rows(local_b, counts), queries=queries)
+        share.backward()
+        temperature = loss_fn.log_temperature.grad.clone()
+        dist.all_reduce(temperature)
+        mean = share.detach().clone()
+        dist.all_reduce(mean)  # what DDP's logged mean over ranks shows
+        result[f"{name}_local"] = {"loss": mean.item() / world, "rows": [start, start + counts[rank]],
+                                   "grad_a": (local_a.grad / world).tolist(),
+                                   "grad_b": (local_b.grad / world).tolist(), "temperature": (temperature / world).item()}
     result["ledger"] = sum_over_ranks([rank + 1, 10 * rank])
     ids = range(rank, 5, world)  # rank 0: 0, 2, 4; rank 1: 1, 3 and a padding repeat of sample 0
     references = [(f"s{i}", "no" if i % 3 == 0 else "yes") for i in ids] + ([("s0", "no")] if rank == 1 else [])
@@ -233,7 +246,7 @@ def test_gathered_results_on_two_gloo_ranks_equal_one_process(tmp_path: Path) ->
     loss_fn = SymmetricInfoNCE()
     loss = loss_fn(a, b)  # one process, the whole batch
     loss.backward()
-    for name in SPLITS:
+    for name in [*SPLITS, *(f"{s}_local" for s in SPLITS)]:
         for result in (r[name] for r in ranks):
             low, high = result["rows"]
             assert result["loss"] == pytest.approx(loss.item(), abs=1e-6), name  # global in-batch negatives

@@ -15,6 +15,11 @@ class SymmetricInfoNCE(nn.Module):
     ``logits = normalize(a) @ normalize(b).T / t`` and the loss is the mean of the cross-entropy
     of ``logits`` (a -> b) and ``logits.T`` (b -> a) with targets ``arange(B)``.
 
+    With ``queries`` (row indices), only those rows are scored as queries, each against every row of the
+    other side, and the result is their share of the full loss (their cross-entropy sum divided by ``B``):
+    the shares of disjoint query sets add up to the full loss. Under DDP each rank scores its own rows
+    against the gathered gallery (``task.loss_scope: local``): ``[B_rank, B]`` logits instead of ``[B, B]``.
+
     The temperature is stored as ``log_temperature`` (a parameter when ``learnable``, else a
     buffer) and clamped to ``[min_temperature, max_temperature]`` in log space on every forward,
     so its gradient is untouched inside the range and zero beyond a bound.
@@ -64,8 +69,9 @@ class SymmetricInfoNCE(nn.Module):
         """The current (clamped) temperature as a Python float."""
         return float(self._clamped_temperature().detach())
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Loss for paired embeddings ``a`` [B, D] and ``b`` [B, D]; returns a scalar tensor."""
+    def forward(self, a: torch.Tensor, b: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss for paired embeddings ``a`` [B, D] and ``b`` [B, D] (``queries``: [Q] row indices, see the class
+        docstring); returns a scalar tensor."""
         if a.ndim != 2 or a.shape != b.shape:
             raise ValueError(
                 f"SymmetricInfoNCE expects two [B, D] tensors of the same shape, got "
@@ -74,6 +80,12 @@ class SymmetricInfoNCE(nn.Module):
         a = F.normalize(a, dim=-1)
         b = F.normalize(b, dim=-1)
         t = self._clamped_temperature().to(a.dtype)
+        if queries is not None:
+            if queries.numel() == 0:  # no rows of one's own: a zero that still touches everything (DDP-safe)
+                return (a.sum() + b.sum()) * 0.0 + t * 0.0
+            scored = F.cross_entropy(a[queries] @ b.T / t, queries, reduction="sum") + F.cross_entropy(
+                b[queries] @ a.T / t, queries, reduction="sum")
+            return 0.5 * scored / a.shape[0]
         logits = a @ b.T / t
         targets = torch.arange(a.shape[0], device=a.device)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))

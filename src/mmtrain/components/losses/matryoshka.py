@@ -77,14 +77,15 @@ class MatryoshkaLoss(nn.Module):
         index = int(torch.multinomial(probs, 1, generator=self._generator).item())
         return self.dims[index]
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Loss for ``a`` [B, D_a] and ``b`` [B, D_b] (every dim <= min(D_a, D_b)); scalar."""
+    def forward(self, a: torch.Tensor, b: torch.Tensor, **options: Any) -> torch.Tensor:
+        """Loss for ``a`` [B, D_a] and ``b`` [B, D_b] (every dim <= min(D_a, D_b)); scalar. ``options`` go to the
+        wrapped loss (e.g. ``queries``)."""
         self._check_width(a, b)
         if self.mode == "sample" and self.training:
             d = self.sample_dim()
             self.last_dim = d
-            return self.loss(a[:, :d], b[:, :d])
-        total = sum(w * self.loss(a[:, :d], b[:, :d]) for d, w in zip(self.dims, self.weights) if w > 0)
+            return self.loss(a[:, :d], b[:, :d], **options)
+        total = sum(w * self.loss(a[:, :d], b[:, :d], **options) for d, w in zip(self.dims, self.weights) if w > 0)
         return total / sum(self.weights)
 
     def get_extra_state(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class AlignGenerateTask(PairAlignment, GenerationTask):
             generate_on_val, bleu_max_order: see :class:`~mmtrain.engine.tasks.generation.GenerationTask`.
         weights: term -> weight (``lm``, ``contrastive``, ``matryoshka``); a term left out or at 0 is not
             trained (it is still logged).
-        loss, pairs, eval_pairs, match_by, ks, gather_negatives: see
+        loss, pairs, eval_pairs, match_by, ks, gather_negatives, loss_scope: see
             :meth:`~mmtrain.engine.tasks.alignment.PairAlignment.setup_pairs`.
         matryoshka: ``{dims, mode: all|sample, weights, seed}`` of the ``matryoshka`` term (widths below the
             full one; ``dims`` null: the projection's nested widths).
@@ -70,6 +70,7 @@ class AlignGenerateTask(PairAlignment, GenerationTask):
         match_by: str = "id",
         ks: Sequence[int] = (1, 5, 10),
         gather_negatives: bool = True,
+        loss_scope: str = "global",
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, prompt=prompt, label_names=label_names,
                          scheduler=scheduler, param_groups=param_groups, nonfinite=nonfinite,
@@ -80,7 +81,7 @@ class AlignGenerateTask(PairAlignment, GenerationTask):
                              "(a ProjectionHead spec), e.g. experiment=align_then_generate.")
         self.weights = check_weights(weights)
         self.setup_pairs(model, loss=loss, pairs=pairs, eval_pairs=eval_pairs, match_by=match_by, ks=ks,
-                         gather_negatives=gather_negatives)
+                         gather_negatives=gather_negatives, loss_scope=loss_scope)
         options = dict(matryoshka or {})
         width = int(model.embedding_dim)
         dims = [d for d in options.pop("dims", None) or model.matryoshka_dims if int(d) < width]
@@ -92,20 +93,20 @@ class AlignGenerateTask(PairAlignment, GenerationTask):
         self.nested = nn.ModuleDict({name: MatryoshkaLoss(loss=pair_loss, dims=dims, **options)
                                      for name, pair_loss in self.losses.items()} if dims else {})
 
-    def alignment_terms(self, embeddings: dict[str, torch.Tensor],
-                        present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def alignment_terms(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                        mine: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``contrastive`` (and ``matryoshka``): the mean pair loss at the full (nested) widths; a zero that touches
         every embedding when no pair has two samples (DDP-safe)."""
         zero = sum(e.sum() for e in embeddings.values()) * 0.0
-        terms = {"contrastive": self.pair_losses(embeddings, present)}
+        terms = {"contrastive": self.pair_losses(embeddings, present, mine=mine)}
         if len(self.nested):
-            terms["matryoshka"] = self.pair_losses(embeddings, present, self.nested)
+            terms["matryoshka"] = self.pair_losses(embeddings, present, self.nested, mine=mine)
         return {name: torch.stack(list(values.values())).mean() if values else zero for name, values in terms.items()}
 
     def train_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted alignment terms over the (global) batch (the LM term is the step's own)."""
-        embeddings, present = self.global_batch(embeddings, present)
-        return sum(self.weights[name] * term for name, term in self.alignment_terms(embeddings, present).items())
+        embeddings, present, mine = self.global_batch(embeddings, present)
+        return sum(self.weights[name] * term for name, term in self.alignment_terms(embeddings, present, mine).items())
 
     def step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         if batch.get("lm_labels") is None:
@@ -113,10 +114,10 @@ class AlignGenerateTask(PairAlignment, GenerationTask):
                              "target_text (e.g. data.train.answer_key) and data.processor.prompt set.")
         inputs = {k: v for k, v in model_inputs(batch).items() if k not in (*GENERATION_KEYS, "labels")}
         out = self.model(**inputs)
-        embeddings, present = out.embeddings, out.present
+        embeddings, present, mine = out.embeddings, out.present, None
         if split == "train":
-            embeddings, present = self.global_batch(embeddings, present)
-        terms = {"lm": out.lm_loss, **self.alignment_terms(embeddings, present)}
+            embeddings, present, mine = self.global_batch(embeddings, present)
+        terms = {"lm": out.lm_loss, **self.alignment_terms(embeddings, present, mine)}
         loss = sum(self.weights[name] * term for name, term in terms.items())
         size = self.batch_size_of(batch)
         for name, term in terms.items():

@@ -9,6 +9,12 @@ embeddings of every rank's batch are gathered first, with gradients (:func:`gath
 in-batch negatives are those of the global batch: two processes with ``batch_size=B`` train like one
 with ``2B`` (CLIP's recipe), not like two independent batches of ``B``.
 
+``loss_scope``: ``global`` (every rank builds the whole ``[B*W, B*W]`` logit matrix of the global batch and
+computes the same loss) or ``local`` (each rank scores only its own rows as queries against the gathered
+gallery, ``[B, B*W]``, and its loss is its share of the global one; open_clip's ``local_loss``, the option
+that scales with the number of ranks). Both give every parameter the gradient of one process holding the
+global batch.
+
 Evaluation: the embeddings of the WHOLE val/test split are collected (and, under DDP, gathered from
 every rank with ``LightningModule.all_gather``, so each rank scores the full set), then Recall@K is
 computed in both directions for every evaluated pair and every Matryoshka width. Retrieval
@@ -32,6 +38,7 @@ from mmtrain.components.metrics.retrieval import retrieval_metrics
 from mmtrain.components.metrics.retrieval_examples import retrieval_examples, write_retrieval_examples
 
 MATCH_RULES = ("id", "text", "label")
+LOSS_SCOPES = ("global", "local")
 LossSpec = nn.Module | Callable[[], nn.Module] | None
 
 
@@ -48,7 +55,7 @@ class PairAlignment:
 
     def setup_pairs(self, model: nn.Module, *, loss: LossSpec, pairs: Sequence[Sequence[str]] | None,
                     eval_pairs: Sequence[Sequence[str]] | None, match_by: str, ks: Sequence[int],
-                    gather_negatives: bool) -> None:
+                    gather_negatives: bool, loss_scope: str = "global") -> None:
         """Check the settings and build one loss per trained pair (``self.losses``).
 
         Args:
@@ -60,6 +67,8 @@ class PairAlignment:
                 identical text ``input_ids`` are interchangeable) or ``label`` (same class).
             ks: Recall cut-offs (1 is always added: ``r@1_mean`` is the monitored summary).
             gather_negatives: under DDP, the train loss on the embeddings of all ranks' batches.
+            loss_scope: ``global`` or ``local`` (see the module docstring; only matters under DDP with
+                ``gather_negatives``).
         """
         slots = list(model.encoders)
         self.pairs = self._check_pairs(pairs, slots, "task.pairs")
@@ -71,6 +80,9 @@ class PairAlignment:
             raise ValueError(f"task.ks must be positive integers, got {list(ks)}.")
         self.ks = sorted({int(k) for k in ks} | {1})
         self.gather_negatives = bool(gather_negatives)
+        if loss_scope not in LOSS_SCOPES:
+            raise ValueError(f"task.loss_scope must be one of {list(LOSS_SCOPES)}, got {loss_scope!r}.")
+        self.loss_scope = loss_scope
         width = int(model.embedding_dim)
         self.eval_dims = [d for d in model.matryoshka_dims if d < width]
         self.losses = nn.ModuleDict({self.pair_name(a, b): self._make_loss(loss) for a, b in self.pairs})
@@ -126,31 +138,42 @@ class PairAlignment:
         return groups + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
 
     def pair_losses(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
-                    losses: nn.ModuleDict | None = None) -> dict[str, torch.Tensor]:
+                    losses: nn.ModuleDict | None = None, mine: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss of each pair on its samples with both modalities (pairs with < 2 such samples left out).
 
         Args:
             embeddings: slot -> [B, E]; present: slot -> [B] bool.
             losses: pair name -> loss module; default ``self.losses``.
+            mine: ``[B]`` bool, this rank's rows of a gathered batch (``loss_scope: local``, from
+                :meth:`global_batch`): each pair's loss is then this rank's share of it, times the world size
+                (so that DDP's mean over ranks is the global loss).
         """
         losses = self.losses if losses is None else losses
         out = {}
         for a, b in self.pairs:
             rows = present[a] & present[b]
-            if int(rows.sum()) >= 2:
-                out[self.pair_name(a, b)] = losses[self.pair_name(a, b)](embeddings[a][rows], embeddings[b][rows])
+            if int(rows.sum()) < 2:
+                continue
+            loss = losses[self.pair_name(a, b)]
+            if mine is None:
+                out[self.pair_name(a, b)] = loss(embeddings[a][rows], embeddings[b][rows])
+            else:
+                queries = torch.nonzero(mine[rows]).flatten()
+                out[self.pair_name(a, b)] = self._world() * loss(embeddings[a][rows], embeddings[b][rows],
+                                                                 queries=queries)
         return out
 
     def _world(self) -> int:
         trainer = self._trainer  # None outside a Trainer (unit tests): one process
         return int(trainer.world_size) if trainer is not None else 1
 
-    def global_batch(self, embeddings: dict[str, torch.Tensor],
-                     present: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The train batch of every rank (rank order), embeddings with gradients; unchanged in one process
-        or with ``gather_negatives=False``. A collective: every rank calls it once per train step."""
+    def global_batch(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
+        """The train batch of every rank (rank order), embeddings with gradients, and with ``loss_scope: local``
+        the ``[B_global]`` bool mask of this rank's rows (else ``None``); unchanged in one process or with
+        ``gather_negatives=False``. A collective: every rank calls it once per train step."""
         if not self.gather_negatives or self._world() <= 1:
-            return embeddings, present
+            return embeddings, present, None
         slots = list(self.model.encoders)  # the same slots, in the same order, on every rank
         local = next(iter(embeddings.values()))
         rows, width = local.shape[0], int(self.model.embedding_dim)
@@ -161,7 +184,12 @@ class PairAlignment:
                              for n in slots], dim=1).to(torch.uint8)  # gloo gathers no bool
         flags = gather_rows(flags, counts).bool()
         gathered = {n: gather_rows(embeddings.get(n, absent).float(), counts) for n in slots}
-        return gathered, {n: flags[:, i] for i, n in enumerate(slots)}
+        mine = None
+        if self.loss_scope == "local":
+            start = sum(counts[: self.global_rank])
+            mine = torch.zeros(sum(counts), dtype=torch.bool, device=local.device)
+            mine[start: start + rows] = True
+        return gathered, {n: flags[:, i] for i, n in enumerate(slots)}, mine
 
     def empty_batch_loss(self) -> torch.Tensor:
         """Under DDP with ``gather_negatives``, a rank whose batch was all skipped still joins the

@@ -30,7 +30,7 @@ class ContrastiveTask(PairAlignment, TaskBase):
         optimizer, scheduler, param_groups, nonfinite: see :class:`TaskBase`. The losses' temperatures are
             trained too, in their own group without weight decay.
         label_names: class names the runner injects; stored, not used for the loss.
-        loss, pairs, eval_pairs, match_by, ks, gather_negatives: see :meth:`PairAlignment.setup_pairs`.
+        loss, pairs, eval_pairs, match_by, ks, gather_negatives, loss_scope: see :meth:`PairAlignment.setup_pairs`.
         matryoshka: ``{dims: [...], mode: all|sample, weights, seed}`` wraps each pair's loss in
             ``MatryoshkaLoss``; ``dims`` default to the projection's ``matryoshka_dims``. ``None``
             trains the full width only (nested widths are still evaluated).
@@ -55,12 +55,13 @@ class ContrastiveTask(PairAlignment, TaskBase):
         match_by: str = "id",
         ks: Sequence[int] = (1, 5, 10),
         gather_negatives: bool = True,
+        loss_scope: str = "global",
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, param_groups=param_groups,
                          nonfinite=nonfinite)
         self.label_names = list(label_names or [])
         self.setup_pairs(model, loss=loss, pairs=pairs, eval_pairs=eval_pairs, match_by=match_by, ks=ks,
-                         gather_negatives=gather_negatives)
+                         gather_negatives=gather_negatives, loss_scope=loss_scope)
         if matryoshka is not None:
             options = dict(matryoshka)
             dims = self.check_dims(options.pop("dims", None) or model.matryoshka_dims, "task.matryoshka.dims")
@@ -74,11 +75,12 @@ class ContrastiveTask(PairAlignment, TaskBase):
 
     def train_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of the pair losses over the (global, see :meth:`global_batch`) batch."""
-        embeddings, present = self.global_batch(embeddings, present)
-        return self._mean_loss(embeddings, present)
+        embeddings, present, mine = self.global_batch(embeddings, present)
+        return self._mean_loss(embeddings, present, mine)
 
-    def _mean_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
-        losses = self.pair_losses(embeddings, present)
+    def _mean_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                   mine: torch.Tensor | None = None) -> torch.Tensor:
+        losses = self.pair_losses(embeddings, present, mine=mine)
         if losses:
             return torch.stack(list(losses.values())).mean()
         # no pair has two samples: a zero loss that still touches every embedding (DDP-safe)
