@@ -37,6 +37,7 @@ from mmtrain.engine.tasks.contrastive import gather_rows
 from mmtrain.engine.tasks.generation import split_references
 from mmtrain.engine.callbacks.faults import compare_runs, final_checkpoint, kill_overrides
 from mmtrain.engine.callbacks.ledger import padding_seen, sum_over_ranks
+from mmtrain.engine.callbacks.ranks import SameRunDir
 
 # The real demo set at its tiny size (mp4 + label JSON: 16 train, 8 val, 8 test samples), video and
 # audio towers + bottleneck fusion, with nothing random left in training. A resume point every 3 steps.
@@ -112,6 +113,38 @@ def test_only_the_first_process_prints_the_results(runs: dict[str, Path]) -> Non
     lines = OUTPUTS["two_processes"].splitlines()
     assert sum(line.startswith("run directory:") for line in lines) == 1
     assert OUTPUTS["two_processes"].count("┃ metric ") == 1  # one metric table
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost_train_as_one_node_with_two_processes(workspace: Path, runs: dict[str, Path]) -> None:
+    # two torchrun launches, node ranks 0 and 1, one process each, meeting at a rendezvous on 127.0.0.1
+    run_dir, port = workspace / "two_nodes", _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    logs = [workspace / f"node{node}.log" for node in (0, 1)]  # files, not pipes: a full pipe would stall a rank
+    launches = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}",
+         "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "mmtrain", "train", *BASE, *DDP,
+         "trainer.devices=1", "trainer.num_nodes=2", f"run_dir={run_dir}"],
+        cwd=workspace, env=env, stdout=logs[node].open("w"), stderr=subprocess.STDOUT) for node in (0, 1)]
+    for launch in launches:
+        launch.wait(timeout=300)
+    outputs = [log.read_text() for log in logs]
+    assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert compare_runs(runs["two_processes"], run_dir) == []  # the same job as 1 node x 2 processes
+    assert [out.count("┃ metric ") for out in outputs] == [1, 0]  # only the job's rank 0 prints the results
+    assert (run_dir / "export" / "config.json").is_file() and not (workspace / "outputs").exists()
+
+
+def test_a_process_of_a_torchrun_job_needs_the_shared_run_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from mmtrain.app.commands.train import make_run_dir
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.delenv("MMTRAIN_RUN_DIR", raising=False)
+    with pytest.raises(ValueError, match="one of 4 processes torchrun / srun started: give every one run_dir="):
+        make_run_dir(OmegaConf.create({"output_root": "outputs", "name": "x"}))
 
 
 def test_epoch_values_are_synchronised_across_processes(runs: dict[str, Path]) -> None:
@@ -231,6 +264,13 @@ def _collectives_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                                    "grad_a": (local_a.grad / world).tolist(),
                                    "grad_b": (local_b.grad / world).tolist(), "temperature": (temperature / world).item()}
     result["ledger"] = sum_over_ranks([rank + 1, 10 * rank])
+    trainer = SimpleNamespace(world_size=world)
+    SameRunDir(Path(out_dir) / "run").setup(trainer, None, "fit")  # the same folder on every rank: no error
+    try:
+        SameRunDir(Path(out_dir) / f"run{rank}").setup(trainer, None, "fit")
+        result["run_dirs"] = "accepted"
+    except ValueError as err:
+        result["run_dirs"] = str(err)
     ids = range(rank, 5, world)  # rank 0: 0, 2, 4; rank 1: 1, 3 and a padding repeat of sample 0
     references = [(f"s{i}", "no" if i % 3 == 0 else "yes") for i in ids] + ([("s0", "no")] if rank == 1 else [])
     result["references"] = split_references(references)
@@ -255,6 +295,8 @@ def test_gathered_results_on_two_gloo_ranks_equal_one_process(tmp_path: Path) ->
             assert result["temperature"] == pytest.approx(loss_fn.log_temperature.grad.item(), abs=1e-6)
     # skip-ledger counts summed over ranks; generation references: every rank's, each sample once
     assert [r["ledger"] for r in ranks] == [[3, 10], [3, 10]]
+    for r in ranks:  # ranks given different run directories all stop, naming each rank's
+        assert "write to different run directories (rank 0: " in r["run_dirs"] and "run1" in r["run_dirs"]
     expected = {"s0": "no", "s1": "yes", "s2": "yes", "s3": "no", "s4": "yes"}
     assert [r["references"] for r in ranks] == [expected, expected]
 

@@ -102,9 +102,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _first_process() -> bool:
-    """Whether this is the command the user started, not a copy a ``ddp`` strategy launched (those
-    have a ``LOCAL_RANK`` or ``NODE_RANK`` above 0)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """Whether this is the job's first process (global rank 0), not a copy a ``ddp`` strategy, torchrun or
+    srun started on this or another node."""
+    from mmtrain.core.ranks import global_rank
+
+    return global_rank() == 0
 
 
 def _kfold(args: argparse.Namespace) -> int:

@@ -45,18 +45,23 @@ RUN_DIR_ENV = "MMTRAIN_RUN_DIR"
 TRAINER_INJECTED = frozenset({"callbacks", "logger", "default_root_dir", "plugins"})
 
 
-def launched_rank() -> int:
-    """This process's rank among those a ``ddp`` strategy launched on this node (0 for the first, or alone)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def make_run_dir(cfg: DictConfig) -> Path:
-    """``run_dir`` if set, else ``<output_root>/<name>/<timestamp>`` (a suffix if it exists)."""
+    """``run_dir`` if set, else ``<output_root>/<name>/<timestamp>`` (a suffix if it exists).
+
+    A process torchrun or srun started (one of several) must be given ``run_dir``: each would make its
+    own timestamped directory otherwise; the job's ranks then check that they agree on it
+    (:class:`~mmtrain.engine.callbacks.ranks.SameRunDir`).
+    """
+    from mmtrain.core.ranks import global_rank, launched_world
+
     inherited = os.environ.get(RUN_DIR_ENV)
     if cfg.get("run_dir"):
         run_dir = Path(str(cfg.run_dir))
-    elif inherited and launched_rank() != 0:
+    elif inherited and global_rank() != 0:
         run_dir = Path(inherited)  # a DDP process Lightning launched: the directory rank 0 made
+    elif launched_world() > 1:
+        raise ValueError(f"this is one of {launched_world()} processes torchrun / srun started: give every one "
+                         "run_dir=<a folder on a filesystem all nodes share> (each would make its own otherwise).")
     else:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         base = Path(str(cfg.output_root)) / str(cfg.name) / stamp
@@ -157,7 +162,7 @@ def check_strategy(trainer: DictConfig) -> None:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} (strategy {strategy}), but torch finds no CUDA GPU on this "
-            "machine; FSDP and DeepSpeed run on GPUs only. Here use trainer=ddp_cpu (2 processes) or trainer=cpu."
+            "machine; trainer=ddp, fsdp and deepspeed run on GPUs. Here use trainer=ddp_cpu (2 processes) or trainer=cpu."
         )
 
 
@@ -186,7 +191,9 @@ def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path,
 
     # SIGTERM / Ctrl-C: checkpoint, exit 143 / 130; first, so a Ctrl-C stop precedes every other batch hook.
     # Then the epoch values every rank reduces, before any callback reads them on rank 0 alone.
-    callbacks[:0] = [SigtermCheckpoint(run_dir / "checkpoints"), SettleSyncedMetrics()]
+    from mmtrain.engine.callbacks.ranks import SameRunDir
+
+    callbacks[:0] = [SigtermCheckpoint(run_dir / "checkpoints"), SettleSyncedMetrics(), SameRunDir(run_dir)]
     return pl.Trainer(
         **trainer_args,
         callbacks=callbacks,
@@ -274,9 +281,11 @@ def _train(cfg: DictConfig, perf: PerfSettings) -> dict[str, Any]:
         run_dir, checkpoint = resume_run_dir(cfg)
     else:
         run_dir = make_run_dir(cfg)
+        from mmtrain.core.ranks import global_rank
+
         try:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            if launched_rank() == 0:  # a DDP process Lightning launched shares rank 0's directory
+            if global_rank() == 0:  # every other process of the job shares rank 0's directory
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         except OSError as err:  # read-only disk, a file in the way: named, exit 74 from the CLI
             raise RunWriteError(run_dir, err) from err
