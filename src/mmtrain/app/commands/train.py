@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mmtrain.config.instantiate import safe_instantiate
 from mmtrain.config.targets import allow_prefixes, runtime_prefixes
 from mmtrain.config.validate import check_signature, validate_config
 from mmtrain.core.fileio import RunWriteError
@@ -38,7 +39,7 @@ from mmtrain.engine.build import (
 
 log = logging.getLogger(__name__)
 
-BUILT_SECTIONS = ("data", "model", "task", "callbacks", "logger")
+BUILT_SECTIONS = ("data", "model", "task", "callbacks", "logger", "trainer")
 #: Set to the run directory for the processes a ``ddp`` strategy launches (they re-run the command).
 RUN_DIR_ENV = "MMTRAIN_RUN_DIR"
 #: Trainer arguments mmtrain sets itself from other config sections.
@@ -151,9 +152,9 @@ def check_strategy(trainer: DictConfig) -> None:
 
     from mmtrain.config.compose import ConfigError
 
-    strategy = str(trainer.get("strategy") or "auto")
+    strategy = strategy_name(trainer.get("strategy"))
     accelerator = str(trainer.get("accelerator") or "auto")
-    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+    if strategy.lower().startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(
             f"trainer.strategy={strategy} needs DeepSpeed, which is not installed: pip install deepspeed "
             "(Linux with NVIDIA GPUs and the CUDA toolkit). Without it, use trainer=fsdp on GPUs or "
@@ -164,6 +165,13 @@ def check_strategy(trainer: DictConfig) -> None:
             f"trainer.accelerator={accelerator} (strategy {strategy}), but torch finds no CUDA GPU on this "
             "machine; trainer=ddp, fsdp and deepspeed run on GPUs. Here use trainer=ddp_cpu (2 processes) or trainer=cpu."
         )
+
+
+def strategy_name(strategy: Any) -> str:
+    """``trainer.strategy`` as a name: the string, or the class name of a ``_target_`` node."""
+    if isinstance(strategy, (DictConfig, dict)) and strategy.get("_target_"):
+        return str(strategy["_target_"]).rsplit(".", 1)[-1]
+    return str(strategy or "auto")
 
 
 def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path,
@@ -180,6 +188,9 @@ def build_trainer(cfg: DictConfig, prefixes: tuple[str, ...], run_dir: Path,
         if dropped:
             log.info("no logger configured: the learning-rate monitor is off")
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, DictConfig):  # Lightning's strategy class with its arguments (allowlisted)
+        trainer_args["strategy"] = safe_instantiate(strategy, prefixes, config_key="trainer.strategy")
     if trainer_args.get("enable_model_summary") is False:  # the Trainer flag also silences callbacks.model_summary
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     elif any(isinstance(c, ModelSummary) for c in callbacks):

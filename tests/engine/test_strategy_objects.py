@@ -1,0 +1,27 @@
+"""trainer.strategy as a YAML object: Lightning's strategy class with its arguments, allowlisted like every _target_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.strategies import DDPStrategy
+
+from mmtrain.app.commands.train import build_trainer, prepare, strategy_name
+from mmtrain.config.compose import compose_config
+from mmtrain.config.targets import TargetNotAllowedError
+
+
+def test_the_shipped_ddp_preset_builds_lightnings_strategy_with_its_arguments(tmp_path: Path) -> None:
+    cfg, prefixes = prepare(compose_config(["experiment=demo", "trainer=ddp_cpu",
+                                            "+trainer.strategy.gradient_as_bucket_view=true", f"run_dir={tmp_path}"]))
+    trainer = build_trainer(cfg, prefixes, tmp_path, monitored=("val/macro_f1", "max"))
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.strategy.process_group_backend == "gloo"
+    assert trainer.strategy._ddp_kwargs == {"find_unused_parameters": True, "gradient_as_bucket_view": True}
+    assert trainer.num_devices == 2 and strategy_name(cfg.trainer.strategy) == "DDPStrategy"
+
+
+def test_a_strategy_outside_the_allowlist_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    with pytest.raises(TargetNotAllowedError, match=r"config key 'trainer.strategy': _target_ 'os.system' is not allowed"):
+        prepare(compose_config(["experiment=demo", "trainer=ddp_cpu", "trainer.strategy._target_=os.system",
+                                f"run_dir={tmp_path}"]))
