@@ -38,6 +38,7 @@ from mmtrain.engine.tasks.generation import split_references
 from mmtrain.engine.callbacks.faults import compare_runs, final_checkpoint, kill_overrides
 from mmtrain.engine.callbacks.ledger import padding_seen, sum_over_ranks
 from mmtrain.engine.callbacks.ranks import SameRunDir
+from mmtrain.models.multimodal import MultimodalModel
 
 # The real demo set at its tiny size (mp4 + label JSON: 16 train, 8 val, 8 test samples), video and
 # audio towers + bottleneck fusion, with nothing random left in training. A resume point every 3 steps.
@@ -133,6 +134,34 @@ def test_two_nodes_on_localhost_train_as_one_node_with_two_processes(workspace: 
     assert compare_runs(runs["two_processes"], run_dir) == []  # the same job as 1 node x 2 processes
     assert [out.count("┃ metric ") for out in outputs] == [1, 0]  # only the job's rank 0 prints the results
     assert (run_dir / "export" / "config.json").is_file() and not (workspace / "outputs").exists()
+
+
+FSDP2 = ["trainer=fsdp2", f"data.batch_size={PER_RANK_BATCH}"]
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_like_ddp_exports_and_resumes_bit_identically_after_sigkill(
+        workspace: Path, runs: dict[str, Path]) -> None:
+    # FSDP2 (ModelParallelStrategy + fully_shard) on 2 gloo processes: parameters sharded over the ranks
+    sharded = workspace / "fsdp2"
+    done = mmtrain(*BASE, *FSDP2, f"run_dir={sharded}", cwd=workspace, name="fsdp2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "sharded over 2 ranks" in done.stdout + done.stderr
+    reference, mine = (torch.load(final_checkpoint(r), map_location="cpu", weights_only=True)
+                       for r in (runs["two_processes"], sharded))
+    assert reference["state_dict"].keys() == mine["state_dict"].keys()  # full (gathered) state dicts
+    worst = max(float((v.double() - mine["state_dict"][k].double()).abs().max())
+                for k, v in reference["state_dict"].items() if v.is_floating_point())
+    assert worst <= WEIGHT_TOLERANCE, worst  # the same training as DDP, up to float summation order
+    exported = MultimodalModel.from_pretrained(sharded / "export")  # an unsharded export, manifest-verified
+    assert exported.state_dict().keys() == {k.removeprefix("model."): 0 for k in mine["state_dict"]}.keys()
+    killed = workspace / "fsdp2_killed"
+    code = killed_ddp_run(*BASE, *FSDP2, *kill_overrides(7), f"run_dir={killed}", cwd=workspace, name="fsdp2_killed")
+    assert code == SIGKILLED
+    resumed = mmtrain(*BASE, *FSDP2, f"resume={killed}", cwd=workspace, name="fsdp2_resumed")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+    assert metrics(killed)["resumed_from"] == "last-step0000006.ckpt"
+    assert compare_runs(sharded, killed) == []  # weights, optimizer state, losses, export: bit for bit
 
 
 def test_a_process_of_a_torchrun_job_needs_the_shared_run_dir(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,9 +51,15 @@ def _is_activation(module: nn.Module) -> bool:
             or type(module).__module__ == "transformers.activations")
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: the local shard of an FSDP2 ``DTensor`` (the audit runs on rank 0 alone, so it
+    must not start collectives: under ``trainer=fsdp2`` it measures rank 0's shard), else the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def fingerprint(tensor: torch.Tensor) -> str:
     """Exact fingerprint of a tensor's bytes (blake2b, 16 bytes): equal iff bit-identical in practice."""
-    data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    data = local(tensor.detach()).to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -261,12 +267,12 @@ class GradientAudit(pl.Callback):
                 continue
             with_grad = [p for p in trainable if p.grad is not None]
             seen_grad = seen_grad or bool(with_grad)
-            norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in with_grad]
+            norms = [torch.linalg.vector_norm(local(p.grad), dtype=torch.float32) for p in with_grad]
             norm = float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))) if norms else 0.0
-            nonfinite = 0 if math.isfinite(norm) else sum(int((~torch.isfinite(p.grad)).sum()) for p in with_grad)
+            nonfinite = 0 if math.isfinite(norm) else sum(int((~torch.isfinite(local(p.grad))).sum()) for p in with_grad)
             grads[group] = (norm, nonfinite)
             if self.update_ratio:
-                before += [(group, p, p.detach().clone()) for p in with_grad]
+                before += [(group, p, local(p.detach()).clone()) for p in with_grad]
         if not seen_grad:  # e.g. a batch whose samples were all skipped: nothing to audit this step
             log.debug("gradient audit: step %d has no gradient; not audited", step)
             return
@@ -283,7 +289,7 @@ class GradientAudit(pl.Callback):
         updated: dict[str, list[float]] = {}  # group -> [sum ||delta||^2, sum ||before||^2]
         for group, param, old in pending.before:
             acc = updated.setdefault(group, [0.0, 0.0])
-            acc[0] += float(torch.linalg.vector_norm((param.detach() - old).float())) ** 2
+            acc[0] += float(torch.linalg.vector_norm((local(param.detach()) - old).float())) ** 2
             acc[1] += float(torch.linalg.vector_norm(old.float())) ** 2
         dead, saturated = self._collect_activations()
         rss_mb = psutil.Process(os.getpid()).memory_info().rss / 2**20
@@ -293,7 +299,7 @@ class GradientAudit(pl.Callback):
         for group in dict.fromkeys([*self._groups, *(layer.group for layer in self._layers)]):
             norm, nonfinite = pending.grads.get(group, (None, 0))
             params = [p for _, p in self._groups.get(group, [])]
-            param_norm = math.sqrt(sum(float(torch.linalg.vector_norm(p.detach().float())) ** 2 for p in params))
+            param_norm = math.sqrt(sum(float(torch.linalg.vector_norm(local(p.detach()).float())) ** 2 for p in params))
             delta = updated.get(group)
             rows.append({
                 "step": pending.step, "epoch": pending.epoch, "module": group, "grad_norm": norm,

@@ -37,14 +37,34 @@ class ExportCallback(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        sharded = is_sharded(pl_module)
+        state = None
         if best:
             from mmtrain.engine.callbacks.checkpoint_io import load_verified
 
             state = load_verified(best)["state_dict"]
-            pl_module.load_state_dict(state)
+            if sharded:  # a full state dict into FSDP2 shards: every rank takes its part (a collective)
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                # it swaps the dict's tensors for shards in place: hand it a copy, keep the full tensors for export
+                set_model_state_dict(pl_module, dict(state), options=StateDictOptions(full_state_dict=True))
+            else:
+                pl_module.load_state_dict(state)
             log.info("loaded the best checkpoint %s for export", best)
+        elif sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(pl_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
             from mmtrain.engine.export import write_export
 
-            write_export(pl_module.model, trainer.datamodule.processor, self.run_dir / "export",
-                         config_yaml=self.config_yaml)
+            model = pl_module.model
+            if sharded:  # export an unsharded copy built from the full weights (rank 0 alone, no collective)
+                model = type(model)(model.config)
+                model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+            write_export(model, trainer.datamodule.processor, self.run_dir / "export", config_yaml=self.config_yaml)
+
+
+def is_sharded(module: Any) -> bool:
+    """Whether ``module``'s parameters are FSDP2 shards (``DTensor``)."""
+    return any(hasattr(p, "to_local") for p in module.parameters())

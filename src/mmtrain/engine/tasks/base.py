@@ -116,6 +116,21 @@ class TaskBase(pl.LightningModule):
         groups += [{"params": members[p], **settings[p]} for p in settings]
         return groups
 
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (``trainer=fsdp2``): shard the model with FSDP2 over the
+        data-parallel ranks (:mod:`mmtrain.engine.sharding`); nothing under any other strategy."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        if getattr(self, "_sharded", False):
+            return
+        from mmtrain.engine.sharding import shard_model
+
+        mesh = self.device_mesh["data_parallel"]
+        shard_model(self.model, mesh)
+        self._sharded = True
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.optimizer_groups())
         if self.scheduler_factory is None:
