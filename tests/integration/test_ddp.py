@@ -87,6 +87,17 @@ def killed_ddp_run(*overrides: str, cwd: Path, name: str) -> int:
     return code
 
 
+def killed_at_step_7_and_resumed(workspace: Path, strategy: list[str], name: str) -> Path:
+    """A 2-process run killed (-9) after step 7 (4 steps an epoch: mid-epoch 2), then resumed: from step 6."""
+    run_dir = workspace / name
+    code = killed_ddp_run(*BASE, *strategy, *kill_overrides(7), f"run_dir={run_dir}", cwd=workspace, name=name)
+    assert code == SIGKILLED
+    resumed = mmtrain(*BASE, *strategy, f"resume={run_dir}", cwd=workspace, name=f"{name}_resumed")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+    assert metrics(run_dir)["resumed_from"] == "last-step0000006.ckpt"
+    return run_dir
+
+
 #: What each run of the `runs` fixture printed.
 OUTPUTS: dict[str, str] = {}
 
@@ -155,12 +166,7 @@ def test_fsdp2_trains_like_ddp_exports_and_resumes_bit_identically_after_sigkill
     assert worst <= WEIGHT_TOLERANCE, worst  # the same training as DDP, up to float summation order
     exported = MultimodalModel.from_pretrained(sharded / "export")  # an unsharded export, manifest-verified
     assert exported.state_dict().keys() == {k.removeprefix("model."): 0 for k in mine["state_dict"]}.keys()
-    killed = workspace / "fsdp2_killed"
-    code = killed_ddp_run(*BASE, *FSDP2, *kill_overrides(7), f"run_dir={killed}", cwd=workspace, name="fsdp2_killed")
-    assert code == SIGKILLED
-    resumed = mmtrain(*BASE, *FSDP2, f"resume={killed}", cwd=workspace, name="fsdp2_resumed")
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
-    assert metrics(killed)["resumed_from"] == "last-step0000006.ckpt"
+    killed = killed_at_step_7_and_resumed(workspace, FSDP2, "fsdp2_killed")
     assert compare_runs(sharded, killed) == []  # weights, optimizer state, losses, export: bit for bit
 
 
@@ -234,13 +240,7 @@ def test_resume_with_another_world_size_is_refused(workspace: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_resume_after_sigkill_is_bit_identical(workspace: Path, runs: dict[str, Path]) -> None:
-    # 4 steps per epoch; killed after step 7, so it goes on from step 6, in the middle of epoch 2.
-    run_dir = workspace / "ddp_killed"
-    code = killed_ddp_run(*BASE, *DDP, *kill_overrides(7), f"run_dir={run_dir}", cwd=workspace, name="killed_ddp")
-    assert code == SIGKILLED
-    resumed = mmtrain(*BASE, *DDP, f"resume={run_dir}", cwd=workspace, name="resumed_ddp")
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
-    assert metrics(run_dir)["resumed_from"] == "last-step0000006.ckpt"
+    run_dir = killed_at_step_7_and_resumed(workspace, DDP, "ddp_killed")
     assert compare_runs(runs["two_processes"], run_dir) == []
     print(f"\nwall times (s): {TIMES}")
 
