@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mmtrain.app.tables import metrics_table, sweep_table
+
 #: Rich tables, colours and wrapped log columns on a terminal; plain, unwrapped lines for logs, pipes and
 #: CI (a path is never broken mid-word at column 80).
 INTERACTIVE = sys.stdout.isatty()
@@ -87,16 +89,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from mmtrain.app.commands.train import train
 
     summary = run_sweep(cfg, args.overrides, compose, functools.partial(train, perf=perf))
-    columns = {name: _scalars(run.get("test") or {}) for name, run in summary["runs"].items()}
-    keys = list(dict.fromkeys(k for values in columns.values() for k in values))
-    table = Table(title=f"sweep: test metrics of {len(columns)} runs")
-    table.add_column("run")
-    for key in keys:
-        table.add_column(key, justify="right")
-    for name, values in columns.items():
-        failed = summary["runs"][name].get("error")
-        table.add_row(name, *(("failed" if failed else "-") if k not in values else f"{values[k]:.4f}" for k in keys))
-    console.print(table)
+    console.print(sweep_table(summary))
     console.print(f"run directory: {summary['run_dir']} (one folder per run, sweep.json, report.html)")
     return 1 if summary["failed"] else 0
 
@@ -237,23 +230,9 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scalars(result: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def _print_metrics(metrics: dict) -> None:
-    """The scalar metrics of val and test (and of each one-modality test) as one table."""
-    columns = {split: _scalars(metrics[split]) for split in ("val", "test") if isinstance(metrics.get(split), dict)}
-    for modality, result in metrics.get("test_only_one_modality", {}).items():
-        columns[f"test ({modality} only)"] = _scalars(result)
-    table = Table(title="metrics")
-    table.add_column("metric")
-    for name in columns:
-        table.add_column(name, justify="right")
-    keys = list(dict.fromkeys(k for values in columns.values() for k in values))
-    for key in keys:
-        table.add_row(key, *(f"{values[key]:.4f}" if key in values else "-" for values in columns.values()))
-    console.print(table)
+    """The run's metrics table, and the samples skipped for undecodable media."""
+    console.print(metrics_table(metrics))
     skipped = {s: v["skipped"] for s, v in metrics.get("skipped", {}).items() if v["skipped"]}
     if skipped:
         console.print(f"[yellow]skipped samples (undecodable media):[/] {skipped}; see skipped.jsonl")

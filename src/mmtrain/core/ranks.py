@@ -21,7 +21,7 @@ def global_rank(env: Mapping[str, str] | None = None) -> int:
     if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_PROCID"):
         return int(env["SLURM_PROCID"])
     local, node = int(env.get("LOCAL_RANK", "0") or 0), int(env.get("NODE_RANK", "0") or 0)
-    return local if node == 0 else max(1, node) * 1_000 + local  # non-zero off node 0 (the exact number is unused)
+    return local if node == 0 else node * 1_000 + local  # non-zero off node 0 (the exact number is unused)
 
 
 def launched_world(env: Mapping[str, str] | None = None) -> int:
