@@ -196,3 +196,18 @@ def test_export_of_pickle_truncated_or_unlisted_checkpoints_names_the_problem(ck
     with pytest.raises(CheckpointCorrupt, match="stray.ckpt is damaged \\(missing from"):
         export_checkpoint(ckdir / "stray.ckpt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_manifest_covers_its_subfolders_but_not_those_with_their_own(tmp_path: Path) -> None:
+    (tmp_path / "text_tokenizer").mkdir()
+    (tmp_path / "text_tokenizer" / "tokenizer.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "weights.bin").write_bytes(b"x")
+    update_manifest(tmp_path / "adapter")  # a subfolder with its own manifest (an export's adapter/, a VLM's hf/)
+    update_manifest(tmp_path)
+    listed = json.loads((tmp_path / MANIFEST).read_text())["files"]
+    assert sorted(listed) == ["config.json", "text_tokenizer/tokenizer.json"]
+    (tmp_path / "text_tokenizer" / "tokenizer.json").write_text('{"tampered": 1}')
+    with pytest.raises(ArtifactDamaged, match="text_tokenizer/tokenizer.json is damaged"):
+        find_export(tmp_path)

@@ -112,7 +112,8 @@ def _read(folder: Path) -> dict[str, Any]:
 
 
 def update_manifest(folder: str | Path, names: Iterable[str] | None = None) -> Path:
-    """Add (or refresh) ``names`` in ``folder``'s manifest; all regular files of the folder when ``None``.
+    """Add (or refresh) ``names`` in ``folder``'s manifest; when ``None``, every regular file of the folder and of
+    its subfolders (``text_tokenizer/tokenizer.json``), except subfolders that carry a manifest of their own.
 
     A valid existing manifest keeps its other entries; a damaged one is replaced. Signed when
     ``MMTRAIN_SIGNING_KEY`` is set.
@@ -123,7 +124,7 @@ def update_manifest(folder: str | Path, names: Iterable[str] | None = None) -> P
     except ArtifactDamaged:
         files = {}
     if names is None:
-        names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+        names = _covered_files(folder)
     for name in names:
         path = folder / name
         files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
@@ -133,6 +134,18 @@ def update_manifest(folder: str | Path, names: Iterable[str] | None = None) -> P
         manifest[SIGNATURE_KEY] = signature(files, key)
     atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), durable=True)
     return folder / MANIFEST
+
+
+def _covered_files(folder: Path) -> list[str]:
+    """Files under ``folder`` (posix paths relative to it) its manifest covers: all but manifests, and but the
+    subfolders that carry their own (an export's ``adapter/``, a VLM's ``hf/``)."""
+    out: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != MANIFEST:
+            out.append(path.name)
+        elif path.is_dir() and not (path / MANIFEST).exists():
+            out += [f"{path.name}/{name}" for name in _covered_files(path)]
+    return out
 
 
 def verify_folder(folder: str | Path, names: Iterable[str] | None = None) -> None:

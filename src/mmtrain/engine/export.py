@@ -32,7 +32,7 @@ def write_export(model: nn.Module, processor: MultimodalProcessor, folder: Path,
         folders += [adapter] if adapter is not None else []
     else:
         model.save_pretrained(folder)
-    for target in folders:
+    for target in reversed(folders):  # adapter/ first: its own manifest keeps it out of the export's
         processor.save_pretrained(target)
         (target / TRAINING_CONFIG).write_text(config_yaml)
         update_manifest(target)  # every file, with its sha256 (signed with MMTRAIN_SIGNING_KEY)
