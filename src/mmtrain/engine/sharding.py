@@ -15,11 +15,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 TORCH_BLOCKS = frozenset({"TransformerEncoderLayer", "TransformerDecoderLayer"})
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor without any collective: the local shard of an FSDP2 ``DTensor``, else the
+    tensor itself (what code running on one rank alone, such as the gradient audit, may read)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def block_class_names(model: nn.Module) -> set[str]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mmtrain.core.fileio import atomic_write_bytes
+from mmtrain.engine.sharding import local_shard as local  # rank 0 alone audits: its shard, no collective
 from mmtrain.engine.callbacks.audit_plot import (
     peak_rss_mb,
     plot_grad_flow,
@@ -49,12 +50,6 @@ def _is_activation(module: nn.Module) -> bool:
     # transformers' ACT2FN layers (GELUActivation...) are not torch.nn activation subclasses.
     return (isinstance(module, ZERO_TYPES) or _bounds(module) is not None
             or type(module).__module__ == "transformers.activations")
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a tensor: the local shard of an FSDP2 ``DTensor`` (the audit runs on rank 0 alone, so it
-    must not start collectives: under ``trainer=fsdp2`` it measures rank 0's shard), else the tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def fingerprint(tensor: torch.Tensor) -> str:

@@ -67,4 +67,6 @@ class ExportCallback(pl.Callback):
 
 def is_sharded(module: Any) -> bool:
     """Whether ``module``'s parameters are FSDP2 shards (``DTensor``)."""
-    return any(hasattr(p, "to_local") for p in module.parameters())
+    from mmtrain.engine.sharding import local_shard
+
+    return any(local_shard(p) is not p for p in module.parameters())
