@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _cli import run_mmtrain
-from _dist import end_rank
+from _dist import end_rank, free_port
 from torch import nn
 from torch.utils.data import DistributedSampler
 
@@ -130,7 +129,7 @@ def test_only_the_first_process_prints_the_results(runs: dict[str, Path]) -> Non
 @pytest.mark.slow
 def test_two_nodes_on_localhost_train_as_one_node_with_two_processes(workspace: Path, runs: dict[str, Path]) -> None:
     # two torchrun launches, node ranks 0 and 1, one process each, meeting at a rendezvous on 127.0.0.1
-    run_dir, port = workspace / "two_nodes", _free_port()
+    run_dir, port = workspace / "two_nodes", free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     logs = [workspace / f"node{node}.log" for node in (0, 1)]  # files, not pipes: a full pipe would stall a rank
     launches = [subprocess.Popen(
@@ -168,6 +167,40 @@ def test_fsdp2_trains_like_ddp_exports_and_resumes_bit_identically_after_sigkill
     assert exported.state_dict().keys() == {k.removeprefix("model."): 0 for k in mine["state_dict"]}.keys()
     killed = killed_at_step_7_and_resumed(workspace, FSDP2, "fsdp2_killed")
     assert compare_runs(sharded, killed) == []  # weights, optimizer state, losses, export: bit for bit
+
+
+# A tiny LLM-decoder model: a ViT's pseudo-tokens in a GPT-2 with LoRA, instruction-tuned to write answers (greedy
+# generation and answers constrained to a set at every evaluation), activations recomputed in the backward pass.
+LLM = ["experiment=vqa_digits", "data.prepare.size=tiny", "data.num_workers=0", "trainer.max_epochs=1",
+       "callbacks.progress=null", "+model.decoder.config.resid_pdrop=0", "+model.decoder.config.embd_pdrop=0",
+       "+model.decoder.config.attn_pdrop=0", "model.lora={r:4,alpha:8,dropout:0,target_modules:[c_attn]}",
+       "model.gradient_checkpointing=true"]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(final_checkpoint(run_dir), map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_an_llm_decoder_model_like_ddp_and_exports_it(workspace: Path) -> None:
+    from transformers import AutoModel
+
+    done = {name: mmtrain(*LLM, *strategy, f"run_dir={workspace / name}", cwd=workspace, name=name)
+            for name, strategy in (("llm_ddp", DDP), ("llm_fsdp2", FSDP2))}
+    for run in done.values():
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "FSDP2: 5 blocks (GPT2Block, ViTEmbeddings, ViTLayer)" in done["llm_fsdp2"].stdout + done["llm_fsdp2"].stderr
+    reference, mine = final_weights(workspace / "llm_ddp"), final_weights(workspace / "llm_fsdp2")
+    assert reference.keys() == mine.keys()  # LoRA adapters, the prompt's trainable token rows...
+    worst = max(float((v.double() - mine[k].double()).abs().max()) for k, v in reference.items() if v.is_floating_point())
+    assert worst <= WEIGHT_TOLERANCE, worst
+    ddp, fsdp2 = metrics(workspace / "llm_ddp"), metrics(workspace / "llm_fsdp2")
+    for split in ("val", "test"):  # generation and constrained answers ran on the shards, every rank in step
+        assert fsdp2[split]["exact_match"] == ddp[split]["exact_match"]
+        assert fsdp2[split]["choice_acc"] == ddp[split]["choice_acc"]
+        assert fsdp2[split]["perplexity"] == pytest.approx(ddp[split]["perplexity"], rel=1e-4)
+    exported = AutoModel.from_pretrained(workspace / "llm_fsdp2" / "export")  # unsharded, manifest-verified
+    assert type(exported).__name__ == "LLMModel"
 
 
 def test_a_process_of_a_torchrun_job_needs_the_shared_run_dir(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,12 +278,6 @@ def test_ddp_resume_after_sigkill_is_bit_identical(workspace: Path, runs: dict[s
     print(f"\nwall times (s): {TIMES}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 GLOBAL_ROWS = 6
 SPLITS = {"uneven": [4, 2], "one_rank_empty": [6, 0]}  # rows per rank of a 6-sample global batch
 
@@ -309,7 +336,7 @@ def _collectives_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow  # two interpreters importing torch + lightning (~10 s on 2 busy cores)
 def test_gathered_results_on_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
-    mp.spawn(_collectives_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_collectives_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     a, b = (t.requires_grad_(True) for t in _batch())
     loss_fn = SymmetricInfoNCE()

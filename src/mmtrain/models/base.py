@@ -234,6 +234,16 @@ class MultimodalPreTrainedModel(PreTrainedModel):
         """Component name -> module: every encoder slot plus the kind's own parts."""
         return dict(self.encoders.items())
 
+    #: Methods that run the model outside ``forward`` (generation, scoring): under FSDP2 each is registered
+    #: as a forward of the whole model, so its parameters are gathered for the call (``mmtrain.engine.sharding``).
+    sharded_entry_points: tuple[str, ...] = ()
+
+    def shard_units(self) -> dict[str, nn.Module]:
+        """Components that become their own FSDP2 unit (gathered only while they run); the parameters of any other
+        part stay in the model's root unit, gathered for the whole forward. Kinds that read a part's weights
+        outside its ``forward`` (an LM's embedding table and head) leave that part out."""
+        return self.components()
+
     def apply_trainable(self, trainable: Mapping[str, bool]) -> None:
         """Freeze or unfreeze components by name (encoder slot, ``fusion``, ``head``...).
 

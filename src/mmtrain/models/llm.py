@@ -144,6 +144,13 @@ class LLMModel(AdapterExports, AlignmentHeads, MultimodalPreTrainedModel):
                  **self.alignment_parts()}
         return parts if self.head is None else {**parts, "head": self.head}
 
+    sharded_entry_points = ("generate_answers", "score_answers", "compare_both_orders")
+
+    def shard_units(self) -> dict[str, nn.Module]:
+        """Not the decoder: its embedding table and LM head (tied in many LMs) are read outside the LM's forward,
+        so they stay in the root unit; its transformer blocks are units of their own."""
+        return {name: part for name, part in self.components().items() if name != "decoder"}
+
     def pseudo_tokens(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Slot -> projected features ``[B, M, E]``, or ``[B, K, M, E]`` for K items a sample."""
         return {name: self._slot_tokens(name, batch, lambda n, b: self.encode_one(n, **b)) for name in self.projector}
@@ -269,11 +276,11 @@ class LLMModel(AdapterExports, AlignmentHeads, MultimodalPreTrainedModel):
     ) -> torch.Tensor:
         """Greedy answers ``[B, N]`` (new token ids, eos kept, then padding) to the prompts of a batch
         (``lm_prompt_ids`` / ``lm_prompt_mask`` [B, P] from the processor, plus the encoders' inputs)."""
-        from mmtrain.components.lm.generate import greedy_generate
+        from mmtrain.components.lm.generate import greedy_generate, is_fsdp_sharded
 
         embeds = self.prompt_embeds(lm_prompt_ids, **batch)
         return greedy_generate(self.decoder, embeds, lm_prompt_mask, max_new_tokens=max_new_tokens,
-                               eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id, synced=is_fsdp_sharded(self))
 
     @torch.no_grad()
     def score_answers(

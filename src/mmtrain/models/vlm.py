@@ -34,7 +34,7 @@ from torch import nn
 
 from mmtrain.components.lm import lora as lora_lib
 from mmtrain.components.lm.decoder import head_nll
-from mmtrain.components.lm.generate import _inference
+from mmtrain.components.lm.generate import _inference, is_fsdp_sharded
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.components.vlm.loading import build_vlm
 from mmtrain.config.plain import plain
@@ -151,6 +151,13 @@ class VLMModel(AdapterExports, MultimodalPreTrainedModel):
         parts = {name: self.part(name) for name in PARTS}
         return parts if self.head is None else {**parts, "head": self.head}
 
+    sharded_entry_points = ("generate_answers", "score_answers")
+
+    def shard_units(self) -> dict[str, nn.Module]:
+        """The vision tower, projector and head: the language model's embedding table and LM head (often tied) stay
+        in the root unit; its transformer blocks are units of their own."""
+        return {name: part for name, part in self.components().items() if name not in ("language_model", "lm_head")}
+
     def expected_inputs(self) -> set[str]:
         return set(VISION_KEYS)
 
@@ -239,7 +246,7 @@ class VLMModel(AdapterExports, MultimodalPreTrainedModel):
         vision = self.vision_inputs(lm_prompt_ids, batch)
         with _inference(self.vlm):
             out = self.vlm.generate(input_ids=lm_prompt_ids, attention_mask=lm_prompt_mask, generation_config=config,
-                                    **vision)
+                                    synced_gpus=is_fsdp_sharded(self), **vision)
         return out[:, lm_prompt_ids.shape[1]:]
 
     @torch.no_grad()

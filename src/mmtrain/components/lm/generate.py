@@ -114,6 +114,23 @@ def _run_prompt(lm: nn.Module, inputs_embeds: torch.Tensor, mask: torch.Tensor) 
     return out.logits[:, -1], out.past_key_values
 
 
+def is_fsdp_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` is an FSDP2 unit: its blocks gather their shards from every rank when they run, so
+    every rank must run them the same number of times (generation stops together: ``synced``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _finished_everywhere(finished: torch.Tensor, synced: bool) -> bool:
+    """Whether every row is finished; with ``synced`` on every rank of the process group (one all-reduce)."""
+    done = finished.all()
+    if synced and torch.distributed.is_available() and torch.distributed.is_initialized():
+        done = done.to(torch.int32)
+        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
+    return bool(done)
+
+
 def greedy_generate(
     decoder: CausalLMDecoder,
     inputs_embeds: torch.Tensor,
@@ -122,6 +139,7 @@ def greedy_generate(
     max_new_tokens: int,
     eos_token_id: int | Sequence[int],
     pad_token_id: int,
+    synced: bool = False,
 ) -> torch.Tensor:
     """Greedy (argmax) continuation of left-padded prompts, using the LM's KV cache.
 
@@ -132,6 +150,7 @@ def greedy_generate(
         max_new_tokens: most tokens generated per row (>= 1).
         eos_token_id: end token id, or several (e.g. Qwen's ``<|im_end|>`` and ``<|endoftext|>``).
         pad_token_id: written after a row's eos.
+        synced: stop only once every rank's rows are finished (a sharded LM, whose every step is a collective).
 
     Returns:
         LongTensor ``[B, N]`` with ``1 <= N <= max_new_tokens``, on ``inputs_embeds.device``: the new
@@ -157,7 +176,7 @@ def greedy_generate(
             token = torch.where(finished, torch.full_like(token, int(pad_token_id)), token)
             steps.append(token)
             finished = finished | torch.isin(token, eos)
-            if bool(finished.all()) or step == int(max_new_tokens) - 1:
+            if step == int(max_new_tokens) - 1 or _finished_everywhere(finished, synced):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = lm(input_ids=token[:, None], attention_mask=mask, position_ids=position,

@@ -54,7 +54,8 @@ def _is_activation(module: nn.Module) -> bool:
 
 def fingerprint(tensor: torch.Tensor) -> str:
     """Exact fingerprint of a tensor's bytes (blake2b, 16 bytes): equal iff bit-identical in practice."""
-    data = local(tensor.detach()).to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    # a copy: numpy over a live parameter's storage would pin it (FSDP2 frees and regathers that storage)
+    data = local(tensor.detach()).to("cpu", copy=True).contiguous().reshape(-1).view(torch.uint8).numpy()
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 

@@ -43,11 +43,10 @@ class ExportCallback(pl.Callback):
             from mmtrain.engine.callbacks.checkpoint_io import load_verified
 
             state = load_verified(best)["state_dict"]
-            if sharded:  # a full state dict into FSDP2 shards: every rank takes its part (a collective)
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+            if sharded:  # a full state dict into FSDP2 shards: every rank cuts its part
+                from mmtrain.engine.sharding import load_full_state
 
-                # it swaps the dict's tensors for shards in place: hand it a copy, keep the full tensors for export
-                set_model_state_dict(pl_module, dict(state), options=StateDictOptions(full_state_dict=True))
+                load_full_state(pl_module, state)
             else:
                 pl_module.load_state_dict(state)
             log.info("loaded the best checkpoint %s for export", best)
@@ -60,7 +59,9 @@ class ExportCallback(pl.Callback):
 
             model = pl_module.model
             if sharded:  # export an unsharded copy built from the full weights (rank 0 alone, no collective)
-                model = type(model)(model.config)
+                from mmtrain.engine.sharding import plain_class
+
+                model = plain_class(model)(model.config)
                 model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
             write_export(model, trainer.datamodule.processor, self.run_dir / "export", config_yaml=self.config_yaml)
 

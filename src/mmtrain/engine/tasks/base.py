@@ -125,11 +125,19 @@ class TaskBase(pl.LightningModule):
             return
         if getattr(self, "_sharded", False):
             return
-        from mmtrain.engine.sharding import shard_model
+        from mmtrain.engine.sharding import fsdp2_precision_policy, shard_model
 
         mesh = self.device_mesh["data_parallel"]
-        shard_model(self.model, mesh)
+        shard_model(self.model, mesh, mixed_precision=fsdp2_precision_policy(str(self.trainer.precision)))
         self._sharded = True
+
+    def on_validation_end(self) -> None:
+        """Under FSDP2, split the root unit's parameters again: an evaluation forward leaves them gathered (a
+        training forward's backward splits them), and whoever reads the weights next (the gradient audit, a
+        checkpoint) should meet the same shards as after a training step."""
+        from mmtrain.engine.sharding import reshard_root
+
+        reshard_root(self.model)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.optimizer_groups())
