@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,8 +23,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from _cli import run_mmtrain
 from _dist import end_rank, free_port
+from _multiproc import (BASE, DDP, FSDP2, ONE, PER_RANK_BATCH, SIGKILLED, TIMES, WEIGHT_TOLERANCE, killed_and_resumed,
+                        metrics, mmtrain)
 from torch import nn
 from torch.utils.data import DistributedSampler
 
@@ -38,64 +37,6 @@ from mmtrain.engine.callbacks.faults import compare_runs, final_checkpoint, kill
 from mmtrain.engine.callbacks.ledger import padding_seen, sum_over_ranks
 from mmtrain.engine.callbacks.ranks import SameRunDir
 from mmtrain.models.multimodal import MultimodalModel
-
-# The real demo set at its tiny size (mp4 + label JSON: 16 train, 8 val, 8 test samples), video and
-# audio towers + bottleneck fusion, with nothing random left in training. A resume point every 3 steps.
-BASE = ["experiment=demo", "data.prepare.size=tiny", "data.num_workers=0", "data.processor.augment=null",
-        "data.processor.modality_dropout=null", "model.fusion.dropout=0", "model.encoders.video.dropout=0",
-        "model.encoders.audio.dropout=0", "~model/encoders/text", "trainer.max_epochs=2", "callbacks.progress=null",
-        "evaluate_unimodal=false", "callbacks.resume_checkpoint.every_n_train_steps=3"]
-PER_RANK_BATCH = 2
-DDP = ["trainer=ddp_cpu", f"data.batch_size={PER_RANK_BATCH}"]
-ONE = [f"data.batch_size={2 * PER_RANK_BATCH}"]
-# Weights of the 1- and 2-process runs may differ only by float rounding: under DDP each rank averages
-# the loss over its half batch and gloo averages the two gradients, a different summation order than
-# one mean over the whole batch (then Adam's update, 8 steps). Measured: 3.9e-6 (weights up to ~1.0).
-# One epoch less training moves them by 1.6e-2, a different global batch by 2.5e-2.
-WEIGHT_TOLERANCE = 1e-4
-SIGKILLED = -9
-TIMES: dict[str, float] = {}
-
-
-def mmtrain(*overrides: str, cwd: Path, name: str) -> subprocess.CompletedProcess[str]:
-    started = time.perf_counter()
-    done = run_mmtrain("train", *overrides, cwd=cwd, timeout=300)
-    TIMES[name] = round(time.perf_counter() - started, 1)
-    return done
-
-
-def killed_ddp_run(*overrides: str, cwd: Path, name: str) -> int:
-    """Run a DDP command whose rank 0 kills itself (KillSwitch); then end the job as a scheduler would:
-    the other rank, left waiting in a collective, is killed with its process group. Returns rank 0's code."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "mmtrain.app.cli", "train", *overrides], cwd=cwd, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    code = process.wait(timeout=300)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # the group of the session started above: its rank 1
-    except ProcessLookupError:
-        pass
-    for _ in range(100):  # until nothing of that job is left
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    TIMES[name] = round(time.perf_counter() - started, 1)
-    return code
-
-
-def killed_at_step_7_and_resumed(workspace: Path, strategy: list[str], name: str) -> Path:
-    """A 2-process run killed (-9) after step 7 (4 steps an epoch: mid-epoch 2), then resumed: from step 6."""
-    run_dir = workspace / name
-    code = killed_ddp_run(*BASE, *strategy, *kill_overrides(7), f"run_dir={run_dir}", cwd=workspace, name=name)
-    assert code == SIGKILLED
-    resumed = mmtrain(*BASE, *strategy, f"resume={run_dir}", cwd=workspace, name=f"{name}_resumed")
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
-    assert metrics(run_dir)["resumed_from"] == "last-step0000006.ckpt"
-    return run_dir
-
 
 #: What each run of the `runs` fixture printed.
 OUTPUTS: dict[str, str] = {}
@@ -146,9 +87,6 @@ def test_two_nodes_on_localhost_train_as_one_node_with_two_processes(workspace: 
     assert (run_dir / "export" / "config.json").is_file() and not (workspace / "outputs").exists()
 
 
-FSDP2 = ["trainer=fsdp2", f"data.batch_size={PER_RANK_BATCH}"]
-
-
 @pytest.mark.slow
 def test_fsdp2_trains_like_ddp_exports_and_resumes_bit_identically_after_sigkill(
         workspace: Path, runs: dict[str, Path]) -> None:
@@ -165,42 +103,9 @@ def test_fsdp2_trains_like_ddp_exports_and_resumes_bit_identically_after_sigkill
     assert worst <= WEIGHT_TOLERANCE, worst  # the same training as DDP, up to float summation order
     exported = MultimodalModel.from_pretrained(sharded / "export")  # an unsharded export, manifest-verified
     assert exported.state_dict().keys() == {k.removeprefix("model."): 0 for k in mine["state_dict"]}.keys()
-    killed = killed_at_step_7_and_resumed(workspace, FSDP2, "fsdp2_killed")
+    killed = killed_and_resumed(workspace, FSDP2, "fsdp2_killed")
     assert compare_runs(sharded, killed) == []  # weights, optimizer state, losses, export: bit for bit
 
-
-# A tiny LLM-decoder model: a ViT's pseudo-tokens in a GPT-2 with LoRA, instruction-tuned to write answers (greedy
-# generation and answers constrained to a set at every evaluation), activations recomputed in the backward pass.
-LLM = ["experiment=vqa_digits", "data.prepare.size=tiny", "data.num_workers=0", "trainer.max_epochs=1",
-       "callbacks.progress=null", "+model.decoder.config.resid_pdrop=0", "+model.decoder.config.embd_pdrop=0",
-       "+model.decoder.config.attn_pdrop=0", "model.lora={r:4,alpha:8,dropout:0,target_modules:[c_attn]}",
-       "model.gradient_checkpointing=true"]
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(final_checkpoint(run_dir), map_location="cpu", weights_only=True)["state_dict"]
-
-
-@pytest.mark.slow
-def test_fsdp2_trains_an_llm_decoder_model_like_ddp_and_exports_it(workspace: Path) -> None:
-    from transformers import AutoModel
-
-    done = {name: mmtrain(*LLM, *strategy, f"run_dir={workspace / name}", cwd=workspace, name=name)
-            for name, strategy in (("llm_ddp", DDP), ("llm_fsdp2", FSDP2))}
-    for run in done.values():
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "FSDP2: 5 blocks (GPT2Block, ViTEmbeddings, ViTLayer)" in done["llm_fsdp2"].stdout + done["llm_fsdp2"].stderr
-    reference, mine = final_weights(workspace / "llm_ddp"), final_weights(workspace / "llm_fsdp2")
-    assert reference.keys() == mine.keys()  # LoRA adapters, the prompt's trainable token rows...
-    worst = max(float((v.double() - mine[k].double()).abs().max()) for k, v in reference.items() if v.is_floating_point())
-    assert worst <= WEIGHT_TOLERANCE, worst
-    ddp, fsdp2 = metrics(workspace / "llm_ddp"), metrics(workspace / "llm_fsdp2")
-    for split in ("val", "test"):  # generation and constrained answers ran on the shards, every rank in step
-        assert fsdp2[split]["exact_match"] == ddp[split]["exact_match"]
-        assert fsdp2[split]["choice_acc"] == ddp[split]["choice_acc"]
-        assert fsdp2[split]["perplexity"] == pytest.approx(ddp[split]["perplexity"], rel=1e-4)
-    exported = AutoModel.from_pretrained(workspace / "llm_fsdp2" / "export")  # unsharded, manifest-verified
-    assert type(exported).__name__ == "LLMModel"
 
 
 def test_a_process_of_a_torchrun_job_needs_the_shared_run_dir(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,10 +124,6 @@ def test_epoch_values_are_synchronised_across_processes(runs: dict[str, Path]) -
     # losses are all-reduced (sync_dist), split results logged as the global floats they are: Lightning
     # has no unsynchronised epoch-level value to warn about
     assert "sync_dist=True" not in OUTPUTS["two_processes"], OUTPUTS["two_processes"][-3000:]
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.mark.slow
@@ -273,7 +174,7 @@ def test_resume_with_another_world_size_is_refused(workspace: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_resume_after_sigkill_is_bit_identical(workspace: Path, runs: dict[str, Path]) -> None:
-    run_dir = killed_at_step_7_and_resumed(workspace, DDP, "ddp_killed")
+    run_dir = killed_and_resumed(workspace, DDP, "ddp_killed")
     assert compare_runs(runs["two_processes"], run_dir) == []
     print(f"\nwall times (s): {TIMES}")
 

@@ -2,6 +2,8 @@
 
 * :func:`atomic_write_bytes`: a temporary file beside the target, then ``os.replace`` (with
   ``durable=True`` also fsync of the file and its folder: checkpoints and their manifest).
+* :func:`replace_path` / :func:`remove_path` / :func:`remove_stale_temporaries`: a file or a folder (a sharded
+  checkpoint) swapped in, removed, and the temporaries of writes a crash cut short cleared.
 * :func:`append_line` / :class:`LineAppender` / :func:`truncate`: append-only logs (``train_steps.csv``,
   ``skipped.jsonl``) written one ``O_APPEND`` write at a time and cut back to a checkpoint's length on
   resume.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable
@@ -160,3 +163,39 @@ def build_stamped_folder(folder: Path, write: Callable[[Path], None], stamp: dic
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def replace_path(source: Path, target: Path) -> None:
+    """Rename ``source`` (a file, or a folder) to ``target``, replacing it; a folder in the way is renamed aside
+    first and removed after (rename cannot replace a non-empty folder)."""
+    if source.is_dir() and target.is_dir() and not target.is_symlink():
+        aside = target.with_name(f".{target.name}.{OWNER.format(pid=os.getpid())}.replaced.tmp")
+        os.replace(target, aside)
+        os.replace(source, target)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    os.replace(source, target)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a checkpoint file or folder; nothing if it is gone already."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Temporary files (and sharded checkpoints' folders) of saves a crash cut short: this host's, of processes
+    that no longer exist."""
+    for stale in directory.glob(".*.tmp"):
+        owner = stale.name[:-4].rsplit(".", 2)[-2]
+        pid = owner.rpartition("-")[2]
+        if owner != OWNER.format(pid=pid) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # ProcessLookupError once that process is gone
+        except ProcessLookupError:
+            remove_path(stale)
+        except OSError:
+            continue

@@ -92,7 +92,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> 
     from mmtrain.engine.callbacks.checkpoint_io import load_verified
 
     file = Path(checkpoint)
-    if not file.is_file():
+    if not file.exists():  # a file, or a sharded checkpoint's folder (consolidated here)
         raise FileNotFoundError(f"checkpoint {file} does not exist")
     state = load_verified(file)  # manifest size + sha256 + step, then weights-only: named errors
     if not isinstance(state, dict) or CONFIG_KEY not in state:

@@ -25,7 +25,8 @@ from typing import Any, BinaryIO
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from mmtrain.core.fileio import OWNER, RunWriteError, atomic_write_bytes, fsync_dir, temporary_beside
+from mmtrain.core.fileio import (RunWriteError, atomic_write_bytes, fsync_dir, remove_path, remove_stale_temporaries,
+                                 replace_path, temporary_beside)
 from mmtrain.core.integrity import SIGNATURE_KEY, check_signature, signature, signing_key
 
 log = logging.getLogger(__name__)
@@ -80,21 +81,6 @@ def _sha256_handle(handle: BinaryIO) -> str:
     for chunk in iter(lambda: handle.read(1 << 20), b""):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def _remove_stale_temporaries(directory: Path) -> None:
-    """Temporary files of saves a crash cut short: this host's, of processes that no longer exist."""
-    for stale in directory.glob(".*.tmp"):
-        owner = stale.name[:-4].rsplit(".", 2)[-2]
-        pid = owner.rpartition("-")[2]
-        if owner != OWNER.format(pid=pid) or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # ProcessLookupError once that process is gone
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except OSError:
-            continue
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -152,6 +138,11 @@ def verify_checkpoint(path: str | Path) -> None:
     Raises CheckpointCorrupt (not listed, missing, truncated, checksum) or FileNotFoundError (no manifest)."""
     path = Path(path)
     entry = read_manifest(path.parent)["checkpoints"].get(path.name)
+    if path.is_dir():
+        from mmtrain.engine.sharded_checkpoints import verify_folder
+
+        verify_folder(path, entry)
+        return
     handle = _open(path)
     with handle or contextlib.nullcontext():
         _verify_handle(path, entry, handle)
@@ -248,27 +239,8 @@ class AtomicCheckpointIO(CheckpointIO):
                                    "could not load it back. Something put a non-tensor object (numpy array or "
                                    "scalar, omegaconf container, functools.partial...) in it; store plain "
                                    "Python types or tensors", "cpu", mmap=True)
-            with self._locked(directory):
-                manifest = self._load_for_update(directory)
-                manifest["seq"] = int(manifest.get("seq", 0)) + 1
-                record = {"sha256": writer.sha.hexdigest(), "bytes": writer.size,
-                          "global_step": _int(checkpoint.get("global_step")), "epoch": _int(checkpoint.get("epoch")),
-                          "written_at": time.time(), "seq": manifest["seq"]}
-                entries = manifest["checkpoints"]
-                old = {k: v for k, v in entries.get(path.name, {}).items() if k not in ("deleting", "pending")}
-                entries[path.name] = {**old, "pending": record}
-                self._write(directory, manifest)
-                os.replace(tmp, path)
-                tmp = ""
-                fsync_dir(directory)
-                entries[path.name] = record
-                for name in [n for n, e in entries.items() if e.get("deleting")]:  # removals a crash cut short
-                    with contextlib.suppress(FileNotFoundError):
-                        (directory / name).unlink()
-                    del entries[name]
-                self._write(directory, manifest)
-                with contextlib.suppress(OSError):
-                    _remove_stale_temporaries(directory)
+            record = self._commit(path, tmp, {"sha256": writer.sha.hexdigest(), "bytes": writer.size}, checkpoint)
+            tmp = ""
         except CheckpointWriteError:
             raise
         except OSError as err:
@@ -278,6 +250,45 @@ class AtomicCheckpointIO(CheckpointIO):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
         log.debug("saved checkpoint %s (%d bytes, step %s)", path, record["bytes"], record["global_step"])
+
+    def _commit(self, path: Path, written: str | Path, content: dict[str, Any], checkpoint: dict[str, Any]
+                ) -> dict[str, Any]:
+        """Move the finished temporary ``written`` (a file, or a sharded checkpoint's folder) to ``path`` between a
+        ``pending`` and a committed manifest record of its ``content`` (``sha256`` + ``bytes``, and ``files`` for a
+        folder); returns the record."""
+        directory = path.parent
+        with self._locked(directory):
+            manifest = self._load_for_update(directory)
+            manifest["seq"] = int(manifest.get("seq", 0)) + 1
+            record = {**content, "global_step": _int(checkpoint.get("global_step")),
+                      "epoch": _int(checkpoint.get("epoch")), "written_at": time.time(), "seq": manifest["seq"]}
+            entries = manifest["checkpoints"]
+            old = {k: v for k, v in entries.get(path.name, {}).items() if k not in ("deleting", "pending")}
+            entries[path.name] = {**old, "pending": record}
+            self._write(directory, manifest)
+            replace_path(Path(written), path)
+            fsync_dir(directory)
+            entries[path.name] = record
+            for name in [n for n, e in entries.items() if e.get("deleting")]:  # removals a crash cut short
+                remove_path(directory / name)
+                del entries[name]
+            self._write(directory, manifest)
+            with contextlib.suppress(OSError):
+                remove_stale_temporaries(directory)
+        return record
+
+    def commit_folder(self, folder: Path, path: Path, files: dict[str, dict[str, Any]],
+                      checkpoint: dict[str, Any]) -> None:
+        """List a sharded checkpoint written to the temporary ``folder`` (its ``files``: name -> sha256 + bytes)
+        and move it to ``path``: valid only once its manifest entry is committed (global rank 0 alone)."""
+        from mmtrain.engine.sharded_checkpoints import folder_record
+
+        try:
+            record = self._commit(path, folder, folder_record(files), checkpoint)
+        except OSError as err:
+            raise CheckpointWriteError(path, err) from err
+        log.debug("saved sharded checkpoint %s (%d files, %d bytes, step %s)", path, len(files), record["bytes"],
+                  record["global_step"])
 
     def relist(self, path: Path, state: dict[str, Any]) -> None:
         """List an existing checkpoint file in its folder's manifest as it is now (a lost manifest
@@ -307,6 +318,21 @@ class AtomicCheckpointIO(CheckpointIO):
                 raise FileNotFoundError(f"Checkpoint file not found: {path}") from None
             raise CheckpointCorrupt(path, f"missing from {path.parent / MANIFEST_NAME}: the folder has no manifest"
                                     ) from None
+        if path.is_dir():  # a sharded checkpoint, consolidated into one full state (export, evaluation)
+            from mmtrain.engine.sharded_checkpoints import load_folder, verify_folder
+
+            record = verify_folder(path, entry)
+            state = load_folder(path)
+        else:
+            state, record = self._load_file(path, entry, map_location)
+        own = _int(state.get("global_step")) if isinstance(state, dict) else None
+        if record.get("global_step") is not None and own != record["global_step"]:
+            raise CheckpointCorrupt(path, f"it holds global_step {own}, its manifest entry says "
+                                          f"{record['global_step']} (a file copied over another)")
+        return state
+
+    @staticmethod
+    def _load_file(path: Path, entry: dict[str, Any] | None, map_location: Any) -> tuple[Any, dict[str, Any]]:
         handle = _open(path)
         with handle or contextlib.nullcontext():
             if handle is None and entry is None:
@@ -316,11 +342,7 @@ class AtomicCheckpointIO(CheckpointIO):
             handle.seek(0)
             state = _weights_only_load(handle, f"{path} holds objects that torch.load(weights_only=True) refuses; "
                                                "it was not loaded and nothing in it was executed", map_location)
-        own = _int(state.get("global_step")) if isinstance(state, dict) else None
-        if record.get("global_step") is not None and own != record["global_step"]:
-            raise CheckpointCorrupt(path, f"it holds global_step {own}, its manifest entry says "
-                                          f"{record['global_step']} (a file copied over another)")
-        return state
+        return state, record
 
     def remove_checkpoint(self, path: Any) -> None:
         """Delete ``path`` and its manifest entry; files not listed in the manifest are left alone."""
@@ -338,8 +360,7 @@ class AtomicCheckpointIO(CheckpointIO):
                 return
             entry["deleting"] = True
             self._write(directory, manifest)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            remove_path(path)
             fsync_dir(directory)
             del manifest["checkpoints"][path.name]
             self._write(directory, manifest)

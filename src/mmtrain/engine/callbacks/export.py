@@ -38,19 +38,21 @@ class ExportCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         sharded = is_sharded(pl_module)
-        state = None
         if best:
-            from mmtrain.engine.callbacks.checkpoint_io import load_verified
+            from mmtrain.engine.callbacks.checkpoint_io import load_verified, verify_checkpoint
+            from mmtrain.engine.sharded_checkpoints import is_sharded_checkpoint, load_sharded_weights
+            from mmtrain.engine.sharding import load_full_state
 
-            state = load_verified(best)["state_dict"]
-            if sharded:  # a full state dict into FSDP2 shards: every rank cuts its part
-                from mmtrain.engine.sharding import load_full_state
-
-                load_full_state(pl_module, state)
+            if is_sharded_checkpoint(best):  # every rank reads its own shards of the verified folder
+                verify_checkpoint(best)
+                load_sharded_weights(pl_module, Path(best))
+            elif sharded:  # a full state dict into FSDP2 shards: every rank cuts its part
+                load_full_state(pl_module, load_verified(best)["state_dict"])
             else:
-                pl_module.load_state_dict(state)
+                pl_module.load_state_dict(load_verified(best)["state_dict"])
             log.info("loaded the best checkpoint %s for export", best)
-        elif sharded:
+        state = None
+        if sharded:  # the full weights, gathered (a collective), for the unsharded export on rank 0
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             state = get_model_state_dict(pl_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

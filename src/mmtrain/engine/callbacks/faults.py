@@ -23,7 +23,7 @@ import torch
 from mmtrain.engine.callbacks.checkpoint_io import load_verified
 from mmtrain.engine.callbacks.resume import STEPS_NAME as STEPS_FILE
 
-HOOKS = ("train_batch_start", "train_batch_end", "validation_batch", "train_epoch_end")
+HOOKS = ("train_batch_start", "train_batch_end", "validation_batch", "train_epoch_end", "shards_written")
 
 
 class KillSwitch(pl.Callback):
@@ -31,7 +31,9 @@ class KillSwitch(pl.Callback):
 
     Args:
         at_step: the global step (optimizer steps done) at which to fire.
-        hook: where: before or after a train batch, during a validation batch, or at epoch end.
+        hook: where: before or after a train batch, during a validation batch, at epoch end, or inside a sharded
+            checkpoint's write (``shards_written``: every rank's shards on disk, the folder not yet committed;
+            trainer=fsdp2_sharded).
         signal: ``KILL``, ``TERM`` or ``INT`` (Ctrl-C).
         rank: only this global rank fires (the others are killed by the launcher or hang up).
         times: how many signals to send at once (``INT`` twice: a second Ctrl-C).
@@ -56,6 +58,14 @@ class KillSwitch(pl.Callback):
             self.fired = True
             for _ in range(self.times):
                 os.kill(os.getpid(), getattr(signal, f"SIG{self.signal}"))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.hook != "shards_written":
+            return
+        hooks = getattr(trainer.strategy, "shards_written_hooks", None)
+        if hooks is None or not getattr(trainer.strategy, "sharded_checkpoints", False):
+            raise ValueError("callbacks.kill.hook=shards_written needs sharded checkpoints (trainer=fsdp2_sharded).")
+        hooks.append(lambda: self._fire(trainer, "shards_written"))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
