@@ -36,6 +36,12 @@ TIMES: dict[str, float] = {}
 
 FSDP2 = ["trainer=fsdp2", f"data.batch_size={PER_RANK_BATCH}"]
 SHARDED = ["trainer=fsdp2_sharded", f"data.batch_size={PER_RANK_BATCH}"]
+# A tiny LLM-decoder model: a ViT's pseudo-tokens in a GPT-2 with LoRA, instruction-tuned to write answers (greedy
+# generation and answers constrained to a set at every evaluation), activations recomputed in the backward pass.
+LLM = ["experiment=vqa_digits", "data.prepare.size=tiny", "data.num_workers=0", "trainer.max_epochs=1",
+       "callbacks.progress=null", "+model.decoder.config.resid_pdrop=0", "+model.decoder.config.embd_pdrop=0",
+       "+model.decoder.config.attn_pdrop=0", "model.lora={r:4,alpha:8,dropout:0,target_modules:[c_attn]}",
+       "model.gradient_checkpointing=true"]
 
 
 def mmtrain(*overrides: str, cwd: Path, name: str) -> subprocess.CompletedProcess[str]:

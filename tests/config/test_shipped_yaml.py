@@ -49,14 +49,13 @@ def test_trainer_keys_are_checked_against_the_trainer_signature() -> None:
     assert "trainer.max_epoch" in str(err.value)
 
 
-@pytest.mark.parametrize(("option", "named"), [("deepspeed", "pip install deepspeed"), ("fsdp", "no CUDA GPU")])
-def test_a_gpu_only_strategy_is_refused_here_before_anything_is_built(option: str, named: str, tmp_path) -> None:
+def test_a_gpu_only_strategy_is_refused_here_before_anything_is_built(tmp_path) -> None:
     import torch
 
     from mmtrain.app.commands.train import train
 
-    if option == "fsdp" and torch.cuda.is_available():
+    if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: FSDP would run")
-    with pytest.raises(ValueError, match=named):
-        train(compose_config([f"trainer={option}", f"output_root={tmp_path}"]))
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train(compose_config(["trainer=fsdp", f"output_root={tmp_path}"]))
     assert list(tmp_path.iterdir()) == []  # no run directory was made

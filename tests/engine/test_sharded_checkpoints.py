@@ -15,7 +15,7 @@ import torch.distributed.checkpoint as dcp
 
 from mmtrain.engine.callbacks.checkpoint_io import (AtomicCheckpointIO, CheckpointCorrupt, UnsafeCheckpoint,
                                                     find_resume_checkpoint, load_verified, read_manifest)
-from mmtrain.engine.sharded_checkpoints import META_NAME, own_files
+from mmtrain.engine.sharded_checkpoints import META_NAME, hash_files
 
 
 def write_folder(checkpoints: Path, name: str, step: int) -> Path:
@@ -28,7 +28,7 @@ def write_folder(checkpoints: Path, name: str, step: int) -> Path:
     dcp.save(state, checkpoint_id=folder)  # no process group: one process writes every shard
     meta = {"global_step": step, "epoch": 0, "loops": {}}
     torch.save(meta, folder / META_NAME)
-    AtomicCheckpointIO().commit_folder(folder, checkpoints / name, own_files(folder, rank=0), meta)
+    AtomicCheckpointIO().commit_folder(folder, checkpoints / name, hash_files(folder), meta)
     return checkpoints / name
 
 
@@ -80,7 +80,7 @@ def test_pickled_metadata_naming_anything_else_is_refused_before_dcp_unpickles_i
     path = write_folder(tmp_path / "checkpoints", "last-step0000003.ckpt", 3)
     rewritten = path.rename(path.with_name(".rewritten.tmp-in-test"))
     (rewritten / ".metadata").write_bytes(pickle.dumps(_Hostile(str(marker))))
-    AtomicCheckpointIO().commit_folder(rewritten, path, own_files(rewritten, rank=0), {"global_step": 3, "epoch": 0})
+    AtomicCheckpointIO().commit_folder(rewritten, path, hash_files(rewritten), {"global_step": 3, "epoch": 0})
     with pytest.raises(UnsafeCheckpoint, match=r"posix\.system is not part of a checkpoint's metadata"):
         load_verified(path)
     assert not marker.exists()

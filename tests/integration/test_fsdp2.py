@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from _cli import run_mmtrain
-from _multiproc import (BASE, DDP, FSDP2, SHARDED, WEIGHT_TOLERANCE, final_weights, killed_and_resumed, metrics,
+from _multiproc import (BASE, DDP, FSDP2, LLM, SHARDED, WEIGHT_TOLERANCE, final_weights, killed_and_resumed, metrics,
                         mmtrain)
 from transformers import AutoModel
 
+import mmtrain.models as _registered  # noqa: F401  (registers the model types with AutoModel)
 from mmtrain.engine.callbacks.faults import compare_runs, final_checkpoint
 
 
@@ -50,12 +51,6 @@ def test_sharded_fsdp2_checkpoints_are_manifest_resume_points_even_killed_mid_wr
     assert type(AutoModel.from_pretrained(consolidated)).__name__ == "MultimodalModel"
 
 
-# A tiny LLM-decoder model: a ViT's pseudo-tokens in a GPT-2 with LoRA, instruction-tuned to write answers (greedy
-# generation and answers constrained to a set at every evaluation), activations recomputed in the backward pass.
-LLM = ["experiment=vqa_digits", "data.prepare.size=tiny", "data.num_workers=0", "trainer.max_epochs=1",
-       "callbacks.progress=null", "+model.decoder.config.resid_pdrop=0", "+model.decoder.config.embd_pdrop=0",
-       "+model.decoder.config.attn_pdrop=0", "model.lora={r:4,alpha:8,dropout:0,target_modules:[c_attn]}",
-       "model.gradient_checkpointing=true"]
 
 
 @pytest.mark.slow

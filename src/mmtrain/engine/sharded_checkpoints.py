@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ import torch
 #: Lightning's file of a sharded checkpoint's non-tensor state (loops, callbacks, global step...).
 META_NAME = "meta.pt"
 DCP_METADATA = ".metadata"
-_RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp$")
 
 
 def is_sharded_checkpoint(path: str | Path) -> bool:
@@ -48,15 +46,14 @@ def hash_file(path: Path) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "bytes": size}
 
 
-def own_files(folder: Path, rank: int) -> dict[str, dict[str, Any]]:
-    """The files of ``folder`` this rank wrote (DCP names them ``__<rank>_<n>.distcp``; rank 0 also writes the
-    metadata files), hashed: name -> sha256 + bytes."""
-    mine = {}
-    for path in sorted(folder.iterdir()):
-        match = _RANK_FILE.search(path.name)
-        if (int(match.group(1)) == rank) if match else rank == 0:
-            mine[path.name] = hash_file(path)
-    return mine
+def folder_files(folder: Path) -> list[str]:
+    """Every file under ``folder``, as sorted paths relative to it (DeepSpeed writes a ``checkpoint/`` subfolder)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def hash_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """name -> sha256 + bytes of every file under ``folder`` (one process hashing all of them)."""
+    return {name: hash_file(folder / name) for name in folder_files(folder)}
 
 
 def folder_record(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -78,7 +75,7 @@ def verify_folder(path: Path, entry: dict[str, Any] | None) -> dict[str, Any]:
     records = [r for r in (entry if "sha256" in entry else None, entry.get("pending")) if r and "files" in r]
     if not records:
         raise CheckpointCorrupt(path, "its manifest entry lists no files (not a sharded checkpoint)")
-    present = sorted(p.name for p in path.iterdir())
+    present = folder_files(path)
     problems: list[str] = []
     for record in records:
         expected = record["files"]
@@ -90,7 +87,10 @@ def verify_folder(path: Path, entry: dict[str, Any] | None) -> dict[str, Any]:
             problems = [f"{name}: checksum mismatch" for name in present
                         if hash_file(path / name)["sha256"] != expected[name]["sha256"]]
         if not problems:
-            check_dcp_metadata(path / DCP_METADATA)
+            if is_deepspeed_folder(path):
+                check_deepspeed_files(path)
+            else:
+                check_dcp_metadata(path / DCP_METADATA)
             return record
     raise CheckpointCorrupt(path, "; ".join(problems[:5]))
 
@@ -136,9 +136,48 @@ def check_dcp_metadata(path: Path) -> None:
         raise UnsafeCheckpoint(f"{path} is refused: {err}; it was not loaded and nothing in it was executed") from err
 
 
+#: DeepSpeed's own classes in its checkpoint files (ZeRO optimizer state), admitted by the weights-only check.
+DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+                     "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address")
+#: DeepSpeed's entries of its model-state file, next to Lightning's own (loops, callbacks...).
+DEEPSPEED_KEYS = ("module", "optimizer", "lr_scheduler", "csr_tensor_module_names", "skipped_steps", "global_steps",
+                  "dp_world_size", "mp_world_size", "buffer_names", "param_shapes", "frozen_param_shapes",
+                  "shared_params", "frozen_param_fragments", "ds_config", "ds_version")
+DEEPSPEED_TAG = "checkpoint"  # Lightning's tag: the subfolder of a DeepSpeed checkpoint
+
+
+def is_deepspeed_folder(path: Path) -> bool:
+    """A DeepSpeed checkpoint folder (Lightning's tag subfolder), not a DCP one."""
+    return (path / DEEPSPEED_TAG).is_dir() and not (path / DCP_METADATA).exists()
+
+
+def _deepspeed_globals() -> list[Any]:
+    import importlib
+
+    return [getattr(importlib.import_module(name.rpartition(".")[0]), name.rpartition(".")[2]) for name in DEEPSPEED_GLOBALS]
+
+
+def check_deepspeed_files(path: Path, names: list[str] | None = None) -> None:
+    """Every ``.pt`` file of a DeepSpeed checkpoint folder loads with ``torch.load(weights_only=True)`` admitting
+    only DeepSpeed's few state classes (DeepSpeed itself then loads them with full pickle).
+
+    Raises:
+        UnsafeCheckpoint: a file names anything else (nothing in it was executed).
+    """
+    from mmtrain.engine.callbacks.checkpoint_io import _weights_only_load
+
+    with torch.serialization.safe_globals(_deepspeed_globals()):
+        for file in sorted((path / DEEPSPEED_TAG).glob("*.pt")):
+            _weights_only_load(str(file), f"{file} holds objects beyond DeepSpeed's checkpoint state; it was not "
+                               "loaded and nothing in it was executed", "cpu", mmap=True)
+
+
 def load_folder(path: Path) -> dict[str, Any]:
     """One full checkpoint dict (``state_dict``, ``optimizer_states``, loops, callbacks...) from a verified
-    sharded checkpoint folder, consolidated in this process (the whole state must fit in CPU memory)."""
+    sharded checkpoint folder (DCP or DeepSpeed), consolidated in this process (the whole state must fit in CPU
+    memory). A DeepSpeed folder gives the fp32 weights (DeepSpeed's ``zero_to_fp32``) and no optimizer state."""
+    if is_deepspeed_folder(path):
+        return _load_deepspeed_folder(path)
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
     from mmtrain.engine.callbacks.checkpoint_io import _weights_only_load
@@ -159,3 +198,17 @@ def load_sharded_weights(module: torch.nn.Module, path: Path) -> None:
     state = {"state_dict": get_model_state_dict(module)}
     dcp.load(state, checkpoint_id=path)
     set_model_state_dict(module, state["state_dict"])
+
+
+def _load_deepspeed_folder(path: Path) -> dict[str, Any]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from mmtrain.engine.callbacks.checkpoint_io import _weights_only_load
+
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DEEPSPEED_TAG)
+    with torch.serialization.safe_globals(_deepspeed_globals()):
+        # rank 0's model-state file: mp_rank_00_model_states.pt (ZeRO 1-2), zero_pp_rank_0_mp_rank_00_... (ZeRO-3)
+        first = sorted((path / DEEPSPEED_TAG).glob("*model_states.pt"))[0]
+        client = _weights_only_load(str(first), f"{first} holds objects beyond DeepSpeed's checkpoint state", "cpu")
+    return {**{k: v for k, v in client.items() if k not in DEEPSPEED_KEYS}, "state_dict": dict(weights),
+            "optimizer_states": []}

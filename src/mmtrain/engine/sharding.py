@@ -31,6 +31,11 @@ def local_shard(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters are FSDP2 shards (``DTensor``)."""
+    return any(local_shard(p) is not p for p in module.parameters())
+
+
 def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a full (unsharded) state dict into an FSDP2-sharded ``module``: every rank cuts its own shard of each
     tensor (``distribute_tensor`` without communication; every rank holds ``state``). Unlike torch's

@@ -276,11 +276,11 @@ class LLMModel(AdapterExports, AlignmentHeads, MultimodalPreTrainedModel):
     ) -> torch.Tensor:
         """Greedy answers ``[B, N]`` (new token ids, eos kept, then padding) to the prompts of a batch
         (``lm_prompt_ids`` / ``lm_prompt_mask`` [B, P] from the processor, plus the encoders' inputs)."""
-        from mmtrain.components.lm.generate import greedy_generate, is_fsdp_sharded
+        from mmtrain.components.lm.generate import greedy_generate, gathers_parameters
 
         embeds = self.prompt_embeds(lm_prompt_ids, **batch)
         return greedy_generate(self.decoder, embeds, lm_prompt_mask, max_new_tokens=max_new_tokens,
-                               eos_token_id=eos_token_id, pad_token_id=pad_token_id, synced=is_fsdp_sharded(self))
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id, synced=gathers_parameters(self))
 
     @torch.no_grad()
     def score_answers(

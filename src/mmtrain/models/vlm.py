@@ -34,7 +34,7 @@ from torch import nn
 
 from mmtrain.components.lm import lora as lora_lib
 from mmtrain.components.lm.decoder import head_nll
-from mmtrain.components.lm.generate import _inference, is_fsdp_sharded
+from mmtrain.components.lm.generate import _inference, gathers_parameters
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.components.vlm.loading import build_vlm
 from mmtrain.config.plain import plain
@@ -246,7 +246,7 @@ class VLMModel(AdapterExports, MultimodalPreTrainedModel):
         vision = self.vision_inputs(lm_prompt_ids, batch)
         with _inference(self.vlm):
             out = self.vlm.generate(input_ids=lm_prompt_ids, attention_mask=lm_prompt_mask, generation_config=config,
-                                    synced_gpus=is_fsdp_sharded(self), **vision)
+                                    synced_gpus=gathers_parameters(self), **vision)
         return out[:, lm_prompt_ids.shape[1]:]
 
     @torch.no_grad()

@@ -154,11 +154,10 @@ def check_strategy(trainer: DictConfig) -> None:
 
     strategy = strategy_name(trainer.get("strategy"))
     accelerator = str(trainer.get("accelerator") or "auto")
-    if strategy.lower().startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+    if "deepspeed" in strategy.lower() and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(
-            f"trainer.strategy={strategy} needs DeepSpeed, which is not installed: pip install deepspeed "
-            "(Linux with NVIDIA GPUs and the CUDA toolkit). Without it, use trainer=fsdp on GPUs or "
-            "trainer=ddp_cpu on CPUs."
+            f"trainer.strategy={strategy} needs DeepSpeed, which is not installed: pip install 'mmtrain[deepspeed]'. "
+            "Without it, use trainer=fsdp2 (GPUs or CPUs) or trainer=ddp_cpu on CPUs."
         )
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 
-@dataclass
-class EncoderOutput:
+class EncoderOutput(NamedTuple):
     """Tokens of one modality (or of a fused representation).
+
+    A named tuple, so that tools walking a module's outputs find its tensors (DeepSpeed ZeRO-3 hooks its
+    backward onto them to gather the module's own parameters again; a dataclass would hide them).
 
     Attributes:
         tokens: ``[B, N, D]`` token features.

@@ -114,12 +114,12 @@ def _run_prompt(lm: nn.Module, inputs_embeds: torch.Tensor, mask: torch.Tensor) 
     return out.logits[:, -1], out.past_key_values
 
 
-def is_fsdp_sharded(module: nn.Module) -> bool:
-    """Whether ``module`` is an FSDP2 unit: its blocks gather their shards from every rank when they run, so
-    every rank must run them the same number of times (generation stops together: ``synced``)."""
+def gathers_parameters(module: nn.Module) -> bool:
+    """Whether running ``module`` gathers its parameters from every rank (an FSDP2 unit, DeepSpeed ZeRO-3
+    partitions): then every rank must run it the same number of times (generation stops together: ``synced``)."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(module, FSDPModule)
+    return isinstance(module, FSDPModule) or any(hasattr(p, "ds_id") for p in module.parameters())
 
 
 def _finished_everywhere(finished: torch.Tensor, synced: bool) -> bool:

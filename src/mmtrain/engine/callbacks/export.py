@@ -36,40 +36,20 @@ class ExportCallback(pl.Callback):
         checkpoint[LABELS_KEY] = list(getattr(pl_module, "label_names", []))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from mmtrain.engine.strategies import full_model_state, load_best_weights
+
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-        sharded = is_sharded(pl_module)
         if best:
-            from mmtrain.engine.callbacks.checkpoint_io import load_verified, verify_checkpoint
-            from mmtrain.engine.sharded_checkpoints import is_sharded_checkpoint, load_sharded_weights
-            from mmtrain.engine.sharding import load_full_state
-
-            if is_sharded_checkpoint(best):  # every rank reads its own shards of the verified folder
-                verify_checkpoint(best)
-                load_sharded_weights(pl_module, Path(best))
-            elif sharded:  # a full state dict into FSDP2 shards: every rank cuts its part
-                load_full_state(pl_module, load_verified(best)["state_dict"])
-            else:
-                pl_module.load_state_dict(load_verified(best)["state_dict"])
+            load_best_weights(trainer, pl_module, best)
             log.info("loaded the best checkpoint %s for export", best)
-        state = None
-        if sharded:  # the full weights, gathered (a collective), for the unsharded export on rank 0
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            state = get_model_state_dict(pl_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = full_model_state(trainer, pl_module)  # partitioned weights, gathered for rank 0's export
         if trainer.is_global_zero:
             from mmtrain.engine.export import write_export
 
             model = pl_module.model
-            if sharded:  # export an unsharded copy built from the full weights (rank 0 alone, no collective)
+            if state is not None:  # export an unsharded copy built from the full weights (rank 0 alone, no collective)
                 from mmtrain.engine.sharding import plain_class
 
                 model = plain_class(model)(model.config)
                 model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
             write_export(model, trainer.datamodule.processor, self.run_dir / "export", config_yaml=self.config_yaml)
-
-
-def is_sharded(module: Any) -> bool:
-    """Whether ``module``'s parameters are FSDP2 shards (``DTensor``)."""
-    from mmtrain.engine.sharding import local_shard
-
-    return any(local_shard(p) is not p for p in module.parameters())
