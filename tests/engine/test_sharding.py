@@ -119,3 +119,11 @@ def test_an_llm_model_sharded_over_two_ranks_computes_what_it_computes_whole(tmp
     assert [row[:1] for row in zero["together"]] == zero["alone"]  # together it goes on, writing padding
     assert all(row[1:] == [0] * (MAX_NEW - 1) for row in zero["together"])
     assert one["together"] == one["alone"]
+
+
+def test_fsdp_v1_wraps_each_declared_block_class() -> None:
+    from mmtrain.engine.sharding import block_wrap_policy
+
+    model, _ = make()
+    policy = block_wrap_policy(model)
+    assert {cls.__name__ for cls in policy._module_classes} == {"GPT2Block"}  # the only declared block inside

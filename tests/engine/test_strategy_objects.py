@@ -49,3 +49,11 @@ def test_the_deepspeed_presets_build_the_manifest_strategy_with_their_stage(tmp_
         assert isinstance(strategy, ManifestDeepSpeedStrategy)
         assert strategy.config["zero_optimization"]["stage"] == stage
         assert ("offload_optimizer" in strategy.config["zero_optimization"]) == offload
+
+
+def test_fsdp_v1_refuses_sharded_checkpoints_naming_the_key_and_the_fsdp2_preset() -> None:
+    from mmtrain.engine.strategies import BlockWrapFSDPStrategy
+
+    with pytest.raises(ValueError, match=r"trainer.strategy.state_dict_type must be 'full' .* use trainer=fsdp2_sharded"):
+        BlockWrapFSDPStrategy(state_dict_type="sharded")
+    assert BlockWrapFSDPStrategy(state_dict_type="full").kwargs.get("auto_wrap_policy") is None  # derived at setup

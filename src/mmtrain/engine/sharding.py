@@ -82,6 +82,15 @@ def fsdp2_precision_policy(precision: str) -> Any:
     return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
 
 
+def block_wrap_policy(model: nn.Module) -> Any:
+    """FSDP v1's auto-wrap policy for ``model``: every block class its models declare is its own FSDP unit
+    (:func:`block_class_names`; what ``fully_shard`` gets per block under FSDP2)."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    names = block_class_names(model)
+    return ModuleWrapPolicy({type(m) for m in model.modules() if type(m).__name__ in names and m is not model})
+
+
 def shard_model(model: nn.Module, mesh: Any, *, mixed_precision: Any = None) -> dict[str, int]:
     """``fully_shard`` blocks, then components, then ``model`` (bottom up, as FSDP2 needs); returns the counts."""
     quantized = sorted({type(p).__name__ for p in model.parameters()} & QUANTIZED_PARAMS)

@@ -9,6 +9,7 @@ share of the files, and commit the folder to the manifest on rank 0 once all of 
 
 * :class:`ManifestModelParallelStrategy`: FSDP2 (``trainer=fsdp2``: one full state through ``CheckpointIO``;
   ``trainer=fsdp2_sharded``: each rank's DCP shards).
+* :class:`BlockWrapFSDPStrategy`: FSDP v1 on GPUs (``trainer=fsdp``), its auto-wrap policy derived from the model.
 * :class:`ManifestDeepSpeedStrategy`: ZeRO stage 1-3 (``trainer=deepspeed_zero2`` / ``deepspeed_zero3`` and the
   ``_offload`` variants): DeepSpeed's own checkpoint folder. Also runs on CPUs (DeepSpeed's CPU accelerator over
   gloo), where Lightning's class stops: that is how it is tested without a GPU.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies.ddp import DDPStrategy
 
 from mmtrain.core.fileio import OWNER
@@ -171,6 +172,29 @@ class ManifestDeepSpeedStrategy(FolderCheckpoints, DeepSpeedStrategy):
         return super().load_checkpoint(self.verified(checkpoint_path), weights_only=weights_only)
 
 
+class BlockWrapFSDPStrategy(FSDPStrategy):
+    """Lightning's ``FSDPStrategy`` (FSDP v1, CUDA only; ``trainer=fsdp``) whose auto-wrap policy, unless one is
+    given, is derived from the model: each block class its models declare is an FSDP unit
+    (:func:`mmtrain.engine.sharding.block_wrap_policy`). Checkpoints are full state dicts through ``CheckpointIO``
+    (the manifest); sharded checkpoints are FSDP2's (``trainer=fsdp2_sharded``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("state_dict_type", "full") != "full":
+            raise ValueError("trainer.strategy.state_dict_type must be 'full' under trainer=fsdp (one file through the "
+                             "checkpoint manifest); for sharded checkpoints use trainer=fsdp2_sharded.")
+        super().__init__(*args, **kwargs)
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        from mmtrain.engine.sharding import block_wrap_policy
+
+        wrapped = any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+        if not wrapped and "auto_wrap_policy" not in self.kwargs:
+            self.kwargs["auto_wrap_policy"] = block_wrap_policy(model)
+        return super()._setup_model(model)
+
+
 def load_best_weights(trainer: Any, pl_module: Any, best: str | Path) -> None:
     """Load the weights of the verified checkpoint ``best`` (file or folder) into the training module, however the
     strategy holds them: DeepSpeed's engine (module only), FSDP2 shards (each rank its part), or whole (every rank)."""
@@ -178,7 +202,9 @@ def load_best_weights(trainer: Any, pl_module: Any, best: str | Path) -> None:
     from mmtrain.engine.sharded_checkpoints import is_sharded_checkpoint, load_sharded_weights
     from mmtrain.engine.sharding import is_sharded, load_full_state
 
-    if isinstance(trainer.strategy, DeepSpeedStrategy):
+    if isinstance(trainer.strategy, FSDPStrategy):  # FSDP v1: Lightning loads a full state into the flat shards
+        trainer.strategy.load_model_state_dict(load_verified(best))
+    elif isinstance(trainer.strategy, DeepSpeedStrategy):
         verify_checkpoint(best)
         trainer.strategy.deepspeed_engine.load_checkpoint(str(best), tag="checkpoint", load_module_only=True,
                                                           load_optimizer_states=False, load_lr_scheduler_states=False)
@@ -198,6 +224,8 @@ def full_model_state(trainer: Any, pl_module: Any) -> dict[str, torch.Tensor] | 
 
     from mmtrain.engine.sharding import is_sharded
 
+    if isinstance(trainer.strategy, FSDPStrategy):
+        return trainer.strategy.lightning_module_state_dict()  # full, on rank 0 (a collective)
     if isinstance(trainer.strategy, DeepSpeedStrategy):
         import deepspeed
 
