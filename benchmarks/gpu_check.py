@@ -19,6 +19,10 @@ FLOPs utilisation: ``6 x N x T`` per step (N: the LM's parameters; attention's `
 the card's bfloat16 matmul peak measured in the same run (8192^3 matmuls). Budget: under 8 minutes on an
 H100 (~1 minute of it writing the base LM).
 
+Then Lightning's sharded engines on the same card (``gpu_strategies.py``): ``trainer=fsdp`` (v1), ``fsdp2``,
+``fsdp2_sharded``, ``deepspeed_zero2``, ``deepspeed_zero3``, each killed mid-training, resumed and exported
+(~3-4 minutes more; ``--part llm`` / ``--part strategies`` runs one part).
+
 Without CUDA it prints one line saying so and exits 0: nothing here is meaningful on a CPU.
 The table goes to stdout; ``--json out.json`` also writes the rows.
 
@@ -205,13 +209,23 @@ def vlm_setting(base: Path, *, quantize: str | None = None, device: str = "cuda"
     return result
 
 
-def run(quick: bool = False) -> list[Result]:
+def run(part: str = "all") -> list[Result]:
     import torch
 
     if not torch.cuda.is_available():
         console.print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to measure.")
         return []
     card = torch.cuda.get_device_name(0)
+    rows = llm_rows(card) if part in ("all", "llm") else []
+    if part in ("all", "strategies"):
+        import gpu_strategies
+
+        rows += gpu_strategies.run(card)
+    return rows
+
+
+def llm_rows(card: str) -> list[Result]:
+    """The LLM and VLM settings (the first part of the check)."""
     peak = bf16_peak()
     base = base_lm(Path(tempfile.gettempdir()) / "mmtrain-gpu-check-lm")
     lm_params = 0  # counted in the first (unquantized) setting: packed 4-bit weights count half
@@ -248,9 +262,11 @@ def _row(name: str, card: str, measured: dict[str, Any], params: int, peak: floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--part", choices=("all", "llm", "strategies"), default="all",
+                        help="the LLM/VLM settings, the sharded strategies (gpu_strategies.py), or both")
     args = parser.parse_args()
     started = time.perf_counter()
-    rows = run()
+    rows = run(args.part)
     if rows:
         print_table(f"gpu_check ({time.perf_counter() - started:.0f} s)", rows)
     if args.json:
