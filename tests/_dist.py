@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, Callable, NoReturn
 
 import torch.distributed as dist
 
@@ -34,3 +36,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def report_and_end(out_dir: str, rank: int, result: dict[str, Any]) -> NoReturn:
+    """Write this rank's ``result`` to ``<out_dir>/rank<rank>.json`` and :func:`end_rank`."""
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    end_rank()
+
+
+def run_two_ranks(worker: Callable[..., None], out_dir: Path) -> list[dict[str, Any]]:
+    """Run ``worker(rank, world, port, out_dir)`` on 2 spawned gloo processes; each rank's reported result."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True)
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -92,3 +92,13 @@ def metrics(run_dir: Path) -> dict:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(final_checkpoint(run_dir), map_location="cpu", weights_only=True)["state_dict"]
+
+
+def trained(workspace: Path, command: list[str], strategies: dict[str, list[str]]) -> dict[str, str]:
+    """Train ``command`` once per strategy (run directory ``workspace/<name>``); each run's output, all succeeded."""
+    out = {}
+    for name, strategy in strategies.items():
+        done = mmtrain(*command, *strategy, f"run_dir={workspace / name}", cwd=workspace, name=name)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        out[name] = done.stdout + done.stderr
+    return out

@@ -145,11 +145,17 @@ def test_the_checker_allows(snippet: str) -> None:
     assert pickle_violations(snippet) == [], snippet
 
 
+RESTRICTED_UNPICKLER_LINE = next(i for i, line in enumerate((SRC / "engine" / "sharded_checkpoints.py").read_text()
+                                                              .splitlines(), 1) if line == "import pickle")
+
+
 def test_library_code_has_no_pickle_loads() -> None:
     files = sorted(SRC.rglob("*.py"))
     assert len(files) > 50
     found = [v for f in files for v in pickle_violations(f.read_text(), str(f.relative_to(SRC.parent)))]
-    assert found == [], "\n".join(found)
+    # one exception: the allowlisting Unpickler (find_class admits DCP's metadata classes only) that reads a
+    # sharded checkpoint's .metadata before torch does; tests/engine/test_sharded_checkpoints.py runs a payload at it
+    assert found == [f"mmtrain/engine/sharded_checkpoints.py:{RESTRICTED_UNPICKLER_LINE}: imports pickle"], "\n".join(found)
     weights_only = sum(f.read_text().count("torch.load(") for f in files)
     assert weights_only >= 3  # the checker saw real loads (checkpoint_io, callbacks, evaluate) and passed them
 

@@ -90,3 +90,21 @@ def test_rotation_removes_a_folder_and_its_entry(tmp_path: Path) -> None:
     path = write_folder(tmp_path, "last-step0000003.ckpt", 3)
     AtomicCheckpointIO().remove_checkpoint(path)
     assert not path.exists() and read_manifest(tmp_path)["checkpoints"] == {}
+
+
+def test_a_deepspeed_file_naming_anything_beyond_its_state_classes_is_refused_before_deepspeed_loads_it(
+        tmp_path: Path) -> None:
+    # DeepSpeed unpickles its files in full; each must first load weights-only, admitting only its state classes
+    marker = tmp_path / "EXECUTED"
+    folder = tmp_path / "checkpoints" / ".last-step0000002.ckpt.tmp-in-test"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "latest").write_text("checkpoint")
+    payload = {"module": {"w": torch.ones(2)}, "x": _Hostile(str(marker))}
+    torch.save(payload, folder / "checkpoint" / "mp_rank_00_model_states.pt")
+    path = tmp_path / "checkpoints" / "last-step0000002.ckpt"
+    AtomicCheckpointIO().commit_folder(folder, path, hash_files(folder), {"global_step": 2, "epoch": 0})
+    assert set(read_manifest(path.parent)["checkpoints"][path.name]["files"]) == {
+        "latest", "checkpoint/mp_rank_00_model_states.pt"}  # files in subfolders are listed too
+    with pytest.raises(UnsafeCheckpoint, match=r"holds objects beyond DeepSpeed's checkpoint state"):
+        load_verified(path)
+    assert not marker.exists()

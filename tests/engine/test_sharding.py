@@ -5,7 +5,6 @@ Training runs end to end in tests/integration/test_ddp.py."""
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -13,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from _dist import end_rank, free_port
+from _dist import report_and_end, run_two_ranks
 from models.test_llm_model import batch, make
 
 from mmtrain.engine.sharding import block_class_names, plain_class, shard_model
@@ -99,14 +97,12 @@ def _llm_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     load_full_state(model, state)
     now = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in model.state_dict().items()}
     result["reloaded"] = max(float((now[k] - v).abs().max()) for k, v in state.items())
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    end_rank()
+    report_and_end(out_dir, rank, result)
 
 
 @pytest.mark.slow  # two interpreters importing torch + transformers (~10 s on 2 busy cores)
 def test_an_llm_model_sharded_over_two_ranks_computes_what_it_computes_whole(tmp_path: Path) -> None:
-    mp.spawn(_llm_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks(_llm_worker, tmp_path)
     for result in ranks:
         assert result["counts"] == {"blocks": 2, "components": 5}  # 2 GPT-2 blocks; video, audio, 2 projectors, head
         assert not result["decoder_is_unit"] and result["block_is_unit"]

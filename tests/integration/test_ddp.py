@@ -22,8 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from _dist import end_rank, free_port
+from _dist import free_port, report_and_end, run_two_ranks
 from _multiproc import (BASE, DDP, FSDP2, ONE, PER_RANK_BATCH, SIGKILLED, TIMES, WEIGHT_TOLERANCE, killed_and_resumed,
                         metrics, mmtrain)
 from torch import nn
@@ -231,14 +230,12 @@ def _collectives_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     ids = range(rank, 5, world)  # rank 0: 0, 2, 4; rank 1: 1, 3 and a padding repeat of sample 0
     references = [(f"s{i}", "no" if i % 3 == 0 else "yes") for i in ids] + ([("s0", "no")] if rank == 1 else [])
     result["references"] = split_references(references)
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    end_rank()
+    report_and_end(out_dir, rank, result)
 
 
 @pytest.mark.slow  # two interpreters importing torch + lightning (~10 s on 2 busy cores)
 def test_gathered_results_on_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
-    mp.spawn(_collectives_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks(_collectives_worker, tmp_path)
     a, b = (t.requires_grad_(True) for t in _batch())
     loss_fn = SymmetricInfoNCE()
     loss = loss_fn(a, b)  # one process, the whole batch

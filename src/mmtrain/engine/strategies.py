@@ -202,12 +202,13 @@ def load_best_weights(trainer: Any, pl_module: Any, best: str | Path) -> None:
     from mmtrain.engine.sharded_checkpoints import is_sharded_checkpoint, load_sharded_weights
     from mmtrain.engine.sharding import is_sharded, load_full_state
 
-    if isinstance(trainer.strategy, FSDPStrategy):  # FSDP v1: Lightning loads a full state into the flat shards
-        trainer.strategy.load_model_state_dict(load_verified(best))
-    elif isinstance(trainer.strategy, DeepSpeedStrategy):
+    strategy = getattr(trainer, "strategy", None)
+    if isinstance(strategy, FSDPStrategy):  # FSDP v1: Lightning loads a full state into the flat shards
+        strategy.load_model_state_dict(load_verified(best))
+    elif isinstance(strategy, DeepSpeedStrategy):
         verify_checkpoint(best)
-        trainer.strategy.deepspeed_engine.load_checkpoint(str(best), tag="checkpoint", load_module_only=True,
-                                                          load_optimizer_states=False, load_lr_scheduler_states=False)
+        strategy.deepspeed_engine.load_checkpoint(str(best), tag="checkpoint", load_module_only=True,
+                                                  load_optimizer_states=False, load_lr_scheduler_states=False)
     elif is_sharded_checkpoint(best):  # every rank reads its own shards of the verified folder
         verify_checkpoint(best)
         load_sharded_weights(pl_module, Path(best))
@@ -224,13 +225,14 @@ def full_model_state(trainer: Any, pl_module: Any) -> dict[str, torch.Tensor] | 
 
     from mmtrain.engine.sharding import is_sharded
 
-    if isinstance(trainer.strategy, FSDPStrategy):
-        return trainer.strategy.lightning_module_state_dict()  # full, on rank 0 (a collective)
-    if isinstance(trainer.strategy, DeepSpeedStrategy):
+    strategy = getattr(trainer, "strategy", None)
+    if isinstance(strategy, FSDPStrategy):
+        return strategy.lightning_module_state_dict()  # full, on rank 0 (a collective)
+    if isinstance(strategy, DeepSpeedStrategy):
         import deepspeed
 
         gathered = (deepspeed.zero.GatheredParameters(list(pl_module.parameters()), modifier_rank=None)
-                    if trainer.strategy.zero_stage_3 else contextlib.nullcontext())
+                    if strategy.zero_stage_3 else contextlib.nullcontext())
         with gathered:  # copies: the parameters are views of DeepSpeed's flat buffers
             return {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
     if is_sharded(pl_module):
