@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from _cli import run_mmtrain
 
-from mmtrain.engine.callbacks.faults import final_checkpoint, kill_overrides
+from mmtrain.engine.callbacks.faults import kill_overrides
 
 # The real demo set at its tiny size (mp4 + label JSON: 16 train, 8 val, 8 test samples), video and
 # audio towers + bottleneck fusion, with nothing random left in training. A resume point every 3 steps.
@@ -88,10 +87,6 @@ def killed_and_resumed(workspace: Path, strategy: list[str], name: str, kill: tu
 
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(final_checkpoint(run_dir), map_location="cpu", weights_only=True)["state_dict"]
 
 
 def trained(workspace: Path, command: list[str], strategies: dict[str, list[str]]) -> dict[str, str]:
