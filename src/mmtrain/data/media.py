@@ -35,6 +35,10 @@ from mmtrain.data.media_limits import MAX_IMAGE_PIXELS, fit_pixels, segment_prob
 SAMPLING_RATE = 16000
 
 
+#: How encoded bytes (not a file) are named in a :class:`MediaError`; the skip ledger adds the sample's id.
+BYTES_NAME = "<bytes>"
+
+
 class MediaError(ValueError):
     """A media file that cannot be decoded; ``path`` and ``modality`` say which and what."""
 
@@ -45,7 +49,14 @@ class MediaError(ValueError):
         super().__init__(f"{modality} {self.path}: {reason}")
 
 
-def _open(path: str | Path, modality: str) -> av.container.InputContainer:
+def _open(path: str | Path | bytes, modality: str) -> av.container.InputContainer:
+    if isinstance(path, (bytes, bytearray)):  # a media column's encoded bytes (datasets, packed shards)
+        if not path:
+            raise MediaError(BYTES_NAME, modality, "empty (0 bytes)")
+        try:
+            return av.open(io.BytesIO(path))
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+            raise MediaError(BYTES_NAME, modality, f"cannot open: {err}") from err
     file = Path(path)
     if not file.is_file():
         raise MediaError(file, modality, "file does not exist")
@@ -108,7 +119,7 @@ _BEFORE_START = -(2**62)
 
 @contextmanager
 def _container(
-    source: str | Path | MediaFile, modality: str
+    source: str | Path | bytes | MediaFile, modality: str
 ) -> Iterator[tuple[av.container.InputContainer, str | Path, bool]]:
     """``(container, path, rewind)`` for one read of ``source``: a shared container (left open;
     ``rewind`` when another read used it, so a read from the start must seek back to the first
@@ -120,7 +131,7 @@ def _container(
             return
         source = source.path
     with _open(source, modality) as container:
-        yield container, source, False
+        yield container, BYTES_NAME if isinstance(source, (bytes, bytearray)) else source, False
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -173,7 +184,7 @@ def _stream_seconds(container: av.container.InputContainer, stream: Any) -> floa
 
 
 def read_video_segment(
-    path: str | Path | MediaFile, *, num_frames: int, start: float | None = None, end: float | None = None
+    path: str | Path | bytes | MediaFile, *, num_frames: int, start: float | None = None, end: float | None = None
 ) -> np.ndarray:
     """``num_frames`` frames shown at uniform times in ``[start, end)`` as ``uint8 [K,H,W,3]``.
 
@@ -181,7 +192,7 @@ def read_video_segment(
     for a time ``t`` is the one on screen at ``t`` (largest presentation time ``<= t``).
 
     Args:
-        path: video file (or a shared :class:`MediaFile`).
+        path: video file, its encoded bytes, or a shared :class:`MediaFile`.
         num_frames: ``K``.
         start, end: segment in seconds; defaults to the whole stream.
 
@@ -284,7 +295,7 @@ def _is_target_audio(frame: av.AudioFrame) -> bool:
 
 
 def read_audio_segment(
-    path: str | Path | MediaFile, *, start: float | None = None, end: float | None = None
+    path: str | Path | bytes | MediaFile, *, start: float | None = None, end: float | None = None
 ) -> np.ndarray:
     """The first audio stream between ``start`` and ``end`` seconds as ``float32 [L]``, mono, 16 kHz.
 

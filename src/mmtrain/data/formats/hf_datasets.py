@@ -1,0 +1,195 @@
+"""Hugging Face ``datasets`` as a source (``data=hf_datasets``): a ``save_to_disk`` folder, a builder over local
+files (``parquet``, ``json``, ``csv``, ``imagefolder``, ``audiofolder``, ``videofolder``) or a hub name (resolved
+through the Hugging Face cache; offline with ``HF_HUB_OFFLINE=1``).
+
+Rows are read one at a time from the memory-mapped Arrow table: nothing is loaded whole. ``columns`` maps
+mmtrain's sample keys to the table's columns (by default each key reads the column of its own name)::
+
+    id, text, label, target_text          plain fields (label: a ClassLabel, or class names with label_names)
+    image, audio, video                   media: an Image / Audio / Video feature, encoded bytes or a file path
+    start, end                            optional segment of the audio / video, in seconds
+
+Media are decoded by mmtrain's own decoders (PyAV, PIL), never by ``datasets`` (whose audio and video decoding
+needs torchcodec): each media column is cast with ``decode=False`` and its bytes (or, without bytes, its file,
+which must lie under ``media_root``) are decoded when a sample is read. A sample whose media cannot be decoded
+goes to the skip ledger with its id, as for every format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from mmtrain.data.media import MediaError, read_audio_segment, read_image, read_video_segment
+from mmtrain.data.skips import SkippedSample, load_media
+
+FIELDS = ("id", "text", "label", "target_text", "start", "end")
+MEDIA = ("image", "audio", "video")
+BUILDERS = ("parquet", "json", "csv", "arrow", "imagefolder", "audiofolder", "videofolder")
+
+
+def open_table(*, source: str | None, builder: str | None, data_dir: str | None, data_files: Any,
+               split: str) -> tuple[Any, Path | None]:
+    """The ``datasets.Dataset`` of ``split`` and the folder its local files lie in (``None`` for a hub name)."""
+    import datasets
+
+    if builder is not None:
+        if builder not in BUILDERS:
+            raise ValueError(f"data.builder={builder!r}: one of {', '.join(BUILDERS)} (or give source: a "
+                             "save_to_disk folder or a hub name)")
+        if data_dir is None and data_files is None:
+            raise ValueError(f"data.builder={builder} needs data_dir (a folder) or data_files")
+        table = datasets.load_dataset(builder, data_dir=data_dir, data_files=data_files, split=split)
+        return table, Path(data_dir).resolve() if data_dir else None
+    if source is None:
+        raise ValueError("an hf_datasets source needs source (a save_to_disk folder or a hub name) or builder")
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        loaded = datasets.load_from_disk(str(folder))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{folder} holds splits {sorted(loaded)}, not {split!r} (data.<split>.split)")
+            loaded = loaded[split]
+        return loaded, folder.resolve()
+    if folder.exists() or source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"hf_datasets source {source}: no such folder (a save_to_disk folder or a hub name)")
+    return datasets.load_dataset(source, split=split), None
+
+
+class HFDataset(Dataset):
+    """One split of a Hugging Face dataset as mmtrain samples (see the module).
+
+    Args:
+        source: a ``save_to_disk`` folder or a hub dataset name (or ``None`` with ``builder``).
+        builder: a ``datasets`` builder over local files (``imagefolder``...), with ``data_dir`` / ``data_files``.
+        split: the split to read.
+        modalities: the media this run reads (each needs its column).
+        columns: mmtrain key -> column name, for the keys whose column has another name.
+        label_names: class names in index order; taken from a ClassLabel column when not given.
+        num_frames: video frames per sample.
+        media_root: the folder a path-only media value must lie under (default: the source's folder).
+    """
+
+    def __init__(self, *, modalities: Sequence[str], source: str | None = None, builder: str | None = None,
+                 data_dir: str | None = None, data_files: Any = None, split: str = "train",
+                 columns: Mapping[str, str] | None = None, label_names: Sequence[str] | None = None,
+                 num_frames: int = 8, media_root: str | None = None) -> None:
+        import datasets
+
+        table, folder = open_table(source=source, builder=builder, data_dir=data_dir, data_files=data_files,
+                                   split=split)
+        self.name = source or f"{builder}:{data_dir or data_files}"
+        unknown = sorted(set(columns or {}) - set(FIELDS) - set(MEDIA))
+        if unknown:
+            raise ValueError(f"columns: {unknown} are not sample keys ({', '.join(FIELDS + MEDIA)})")
+        mapping = {key: (columns or {}).get(key, key) for key in FIELDS + MEDIA}
+        missing = {k: c for k, c in mapping.items() if c != k and c not in table.column_names}  # renamed, absent
+        if missing:
+            raise ValueError(f"{self.name} [{split}]: columns {missing} name columns it does not have "
+                             f"(it has {table.column_names})")
+        self.columns = {k: c for k, c in mapping.items() if c in table.column_names}
+        absent = [m for m in modalities if m not in self.columns]  # a media column, or the text one
+        if absent:
+            raise ValueError(f"{self.name} [{split}]: no column for modalities {absent}; map them with "
+                             f"columns.<modality>=<column> (columns: {table.column_names})")
+        self.modalities = [m for m in modalities if m in MEDIA]
+        for modality in self.modalities:
+            table = table.cast_column(self.columns[modality], _undecoded(datasets, table.features[self.columns[modality]],
+                                                                        f"{self.name} column {self.columns[modality]}"))
+        self.table = table
+        self.num_frames = int(num_frames)
+        self.media_root = Path(media_root).resolve() if media_root else folder
+        self.label_names, self._label_index = _labels(table.features.get(self.columns.get("label", "")), label_names,
+                                                      f"{self.name} [{split}]")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
+        return self.load(index)
+
+    @property
+    def ids(self) -> list[str]:
+        """Sample ids in index order (the id column, else ``<index>``)."""
+        if "id" in self.columns:
+            return [str(v) for v in self.table[self.columns["id"]]]
+        return [str(i) for i in range(len(self))]
+
+    def load(self, index: int, modalities: Sequence[str] | None = None) -> dict[str, Any] | SkippedSample:
+        """Sample ``index`` with its media decoded (only those of ``modalities`` when given)."""
+        row = self.table[int(index)]
+        sample: dict[str, Any] = {"id": str(row[self.columns["id"]]) if "id" in self.columns else str(index)}
+        for key in ("text", "target_text"):
+            if key in self.columns and row[self.columns[key]] is not None:
+                sample[key] = str(row[self.columns[key]])
+        if "label" in self.columns and self._label_index is not None:
+            sample["label"] = self._label_index(row[self.columns["label"]], sample["id"])
+        start, end = (row.get(self.columns[k]) if k in self.columns else None for k in ("start", "end"))
+        wanted = [m for m in self.modalities if modalities is None or m in modalities]
+        loaders = {m: self._loader(m, row[self.columns[m]], start, end) for m in wanted}
+        return load_media(sample, loaders)
+
+    def _loader(self, modality: str, value: Any, start: float | None, end: float | None) -> Any:
+        def load() -> Any:
+            media = self._bytes_or_path(modality, value)
+            if modality == "image":
+                return read_image(media)
+            if modality == "audio":
+                return read_audio_segment(media, start=start, end=end)
+            return read_video_segment(media, num_frames=self.num_frames, start=start, end=end)
+        return load
+
+    def _bytes_or_path(self, modality: str, value: Any) -> bytes | Path:
+        """A media value's bytes, else its file (which must lie under ``media_root``)."""
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return value["bytes"]
+            value = value.get("path")
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        if not value:
+            raise MediaError("<none>", modality, "the row has no media (neither bytes nor a path)")
+        path = Path(str(value))
+        path = (self.media_root / path if self.media_root and not path.is_absolute() else path).resolve()
+        if self.media_root is None or not path.is_relative_to(self.media_root):
+            raise MediaError(path, modality, f"outside media_root {self.media_root} (set data.<split>.media_root)")
+        return path
+
+
+def _undecoded(datasets: Any, feature: Any, where: str) -> Any:
+    """The feature a media column is cast to: its own kind with ``decode=False``; paths and bytes as they are."""
+    for kind in ("Image", "Audio", "Video"):
+        cls = getattr(datasets, kind, None)
+        if cls is not None and isinstance(feature, cls):
+            return cls(decode=False)
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string", "binary", "large_binary"):
+        return feature
+    raise ValueError(f"{where}: a {type(feature).__name__} feature ({feature}) cannot be decoded as media; give an "
+                     "Image, Audio or Video feature, encoded bytes, or file paths")
+
+
+def _labels(feature: Any, given: Sequence[str] | None, where: str) -> tuple[list[str], Any]:
+    """Class names and a ``(value, sample id) -> index`` function (``None`` without a label column)."""
+    import datasets
+
+    names = list(getattr(feature, "names", None) or []) if isinstance(feature, datasets.ClassLabel) else []
+    if given is not None and names and list(given) != names:
+        raise ValueError(f"{where}: label_names {list(given)} differ from the ClassLabel names {names}")
+    names = list(given) if given is not None else names
+    if feature is None:
+        return names, None
+    if not names:
+        raise ValueError(f"{where}: the label column holds {feature}; give label_names (class names in index order)")
+    index = {name: i for i, name in enumerate(names)}
+
+    def to_index(value: Any, sample_id: str) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+            return value
+        if isinstance(value, str) and value in index:
+            return index[value]
+        raise ValueError(f"{where}, sample {sample_id}: label {value!r} is not one of {names}")
+
+    return names, to_index
