@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 
-def write_hub_cache(folder: Path, cache: Path, repo_id: str, revision: str = "main") -> Path:
+def write_hub_cache(folder: Path, cache: Path, repo_id: str, revision: str = "main", repo_type: str = "model") -> Path:
     """Copy ``folder`` into the hub cache ``cache`` (``HF_HUB_CACHE``) as ``repo_id`` at ``revision``;
     returns the snapshot folder."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -20,7 +20,7 @@ def write_hub_cache(folder: Path, cache: Path, repo_id: str, revision: str = "ma
     for file in files:
         digest.update(file.relative_to(folder).as_posix().encode() + hashlib.sha256(file.read_bytes()).digest())
     commit = digest.hexdigest()
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
     for file in files:
         data = file.read_bytes()

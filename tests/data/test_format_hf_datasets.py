@@ -112,3 +112,44 @@ def test_the_demo_trains_from_a_saved_dataset(saved: Path, tmp_path: Path) -> No
                        f"run_dir={tmp_path / 'run'}", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "│ acc " in done.stdout and (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+HUB_CHECK = """
+import sys
+from mmtrain.data.formats.hf_datasets import HFDataset
+data = HFDataset(source="mmtrain-test/shapes", split="validation", modalities=["image"])
+sample = data[0]
+print(data.label_names, len(data), sample["id"], sample["label"], sample["image"].size, sample["image"].getpixel((0, 0)))
+"""
+
+
+def test_a_hub_dataset_loads_by_name_offline_from_the_cache(tmp_path: Path) -> None:
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from _hub import write_hub_cache
+
+    def png(color: tuple[int, int, int]) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (5, 4), color).save(out, format="PNG")
+        return out.getvalue()
+
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["red", "blue"])})
+    repo = tmp_path / "repo" / "data"
+    repo.mkdir(parents=True)
+    for split, rows in (("train", [("t0", (255, 0, 0), 0)]), ("validation", [("v0", (0, 0, 255), 1), ("v1", (255, 0, 0), 0)])):
+        table = {"id": [r[0] for r in rows], "image": [{"bytes": png(r[1]), "path": None} for r in rows],
+                 "label": [r[2] for r in rows]}
+        datasets.Dataset.from_dict(table, features=features).to_parquet(repo / f"{split}-00000-of-00001.parquet")
+    write_hub_cache(tmp_path / "repo", tmp_path / "hub", "mmtrain-test/shapes", repo_type="dataset")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")}
+    done = subprocess.run([sys.executable, "-c", HUB_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "['red', 'blue'] 2 v0 1 (5, 4) (0, 0, 255)"
+    missing = subprocess.run([sys.executable, "-c", HUB_CHECK.replace("mmtrain-test/shapes", "mmtrain-test/absent")],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert "hf_datasets source mmtrain-test/absent: not in the Hugging Face cache" in missing.stderr

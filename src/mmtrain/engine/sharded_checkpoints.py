@@ -113,7 +113,8 @@ class _MetadataUnpickler(pickle.Unpickler):
         allowed = _ALLOWED.get(module, set())
         if module in _ALLOWED and (allowed is None or name in allowed):
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
+        kinds = (torch.dtype, torch.layout, torch.memory_format)
+        if module == "torch" and isinstance(getattr(torch, name, None), kinds):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
 
@@ -137,7 +138,8 @@ def check_dcp_metadata(path: Path) -> None:
 
 
 #: DeepSpeed's own classes in its checkpoint files (ZeRO optimizer state), admitted by the weights-only check.
-DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
                      "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address")
 #: DeepSpeed's entries of its model-state file, next to Lightning's own (loops, callbacks...).
 DEEPSPEED_KEYS = ("module", "optimizer", "lr_scheduler", "csr_tensor_module_names", "skipped_steps", "global_steps",
@@ -154,7 +156,8 @@ def is_deepspeed_folder(path: Path) -> bool:
 def _deepspeed_globals() -> list[Any]:
     import importlib
 
-    return [getattr(importlib.import_module(name.rpartition(".")[0]), name.rpartition(".")[2]) for name in DEEPSPEED_GLOBALS]
+    return [getattr(importlib.import_module(module), attribute)
+            for module, _, attribute in (name.rpartition(".") for name in DEEPSPEED_GLOBALS)]
 
 
 def check_deepspeed_files(path: Path, names: list[str] | None = None) -> None:

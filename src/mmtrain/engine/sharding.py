@@ -5,9 +5,10 @@ after), then each component the model names (``shard_units``: encoder slots, fus
 finally the whole model: parameters are split over the data-parallel ranks. An LM's embedding table and head
 (tied in many LMs, read outside the LM's forward) stay in the root unit, gathered for the model's whole forward;
 generation and scoring (``sharded_entry_points``) are registered as forwards of the model
-(``register_fsdp_forward_method``), and generation stops only when every rank is done, since every step gathers. Which classes are blocks is derived, not
-typed: every Hugging Face model inside names its own (``_no_split_modules``), mmtrain's own models name
-theirs the same way, and torch's ``TransformerEncoderLayer`` (mmtrain's fusion / temporal blocks) is one.
+(``register_fsdp_forward_method``), and generation stops only when every rank is done, since every step gathers.
+Which classes are blocks is derived, not typed: every Hugging Face model inside names its own
+(``_no_split_modules``), mmtrain's own models name theirs the same way, and torch's ``TransformerEncoderLayer``
+(mmtrain's fusion / temporal blocks) is one.
 """
 
 from __future__ import annotations

@@ -120,8 +120,8 @@ class ManifestDeepSpeedStrategy(FolderCheckpoints, DeepSpeedStrategy):
         self.shards_written_hooks = []
         stage = (self.config or {}).get("zero_optimization", {}).get("stage")
         if stage not in (1, 2, 3):
-            raise ValueError(f"trainer.strategy.stage (DeepSpeed's zero_optimization.stage) is {stage!r}: mmtrain trains "
-                             "and resumes ZeRO stages 1, 2 and 3 (trainer=deepspeed_zero2 / deepspeed_zero3).")
+            raise ValueError(f"trainer.strategy.stage (DeepSpeed's zero_optimization.stage) is {stage!r}: mmtrain "
+                             "trains and resumes ZeRO stages 1, 2 and 3 (trainer=deepspeed_zero2 / deepspeed_zero3).")
         if self.load_full_weights:
             raise ValueError("trainer.strategy.load_full_weights=true loads one full-state file, but every DeepSpeed "
                              "checkpoint of mmtrain is a folder (what resume= continues from): remove the key.")
@@ -166,7 +166,8 @@ class ManifestDeepSpeedStrategy(FolderCheckpoints, DeepSpeedStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
         parent = super()
-        self.save_folder(checkpoint, filepath, lambda folder: parent.save_checkpoint(checkpoint, folder, storage_options))
+        self.save_folder(checkpoint, filepath,
+                         lambda folder: parent.save_checkpoint(checkpoint, folder, storage_options))
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         return super().load_checkpoint(self.verified(checkpoint_path), weights_only=weights_only)
@@ -243,7 +244,8 @@ def full_model_state(trainer: Any, pl_module: Any) -> dict[str, torch.Tensor] | 
 
 
 #: The hook tables of a module that Lightning's ``remove_module_hooks`` empties.
-HOOK_TABLES = ("_backward_hooks", "_forward_hooks", "_forward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks")
+HOOK_TABLES = ("_backward_hooks", "_forward_hooks", "_forward_pre_hooks", "_state_dict_hooks",
+               "_load_state_dict_pre_hooks")
 
 
 def _hooks_not_from_deepspeed(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, dict[int, Any]]]:

@@ -31,9 +31,10 @@ MEDIA = ("image", "audio", "video")
 BUILDERS = ("parquet", "json", "csv", "arrow", "imagefolder", "audiofolder", "videofolder")
 
 
-def open_table(*, source: str | None, builder: str | None, data_dir: str | None, data_files: Any,
-               split: str) -> tuple[Any, Path | None]:
-    """The ``datasets.Dataset`` of ``split`` and the folder its local files lie in (``None`` for a hub name)."""
+def open_table(*, source: str | None, builder: str | None, data_dir: str | None, data_files: Any, split: str,
+               revision: str | None = None, cache_dir: str | None = None) -> tuple[Any, Path | None]:
+    """The ``datasets.Dataset`` of ``split`` and the folder its media files may lie in. ``source``: a ``save_to_disk``
+    folder, a folder of data files (parquet...: what a hub dataset's snapshot holds), or a hub name."""
     import datasets
 
     if builder is not None:
@@ -48,6 +49,8 @@ def open_table(*, source: str | None, builder: str | None, data_dir: str | None,
         raise ValueError("an hf_datasets source needs source (a save_to_disk folder or a hub name) or builder")
     folder = Path(source).expanduser()
     if folder.is_dir():
+        if not any((folder / name).is_file() for name in ("dataset_dict.json", "state.json")):  # files, not Arrow
+            return datasets.load_dataset(str(folder), split=split), folder.resolve()
         loaded = datasets.load_from_disk(str(folder))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
@@ -56,7 +59,24 @@ def open_table(*, source: str | None, builder: str | None, data_dir: str | None,
         return loaded, folder.resolve()
     if folder.exists() or source.startswith((".", "/", "~")):
         raise FileNotFoundError(f"hf_datasets source {source}: no such folder (a save_to_disk folder or a hub name)")
-    return datasets.load_dataset(source, split=split), None
+    snapshot = hub_snapshot(source, revision=revision, cache_dir=cache_dir)
+    return open_table(source=str(snapshot), builder=None, data_dir=None, data_files=None, split=split)[0], \
+        snapshot.parent.parent  # the repo's cache folder: its snapshot's links point into blobs/ beside it
+
+
+def hub_snapshot(repo_id: str, *, revision: str | None, cache_dir: str | None) -> Path:
+    """The local snapshot of a hub dataset, through ``huggingface_hub`` (its cache; offline with
+    ``HF_HUB_OFFLINE=1``), as for models."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir))
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(f"hf_datasets source {repo_id}: not in the Hugging Face cache and the hub cannot be "
+                                f"reached (HF_HUB_OFFLINE, or no network): {err}") from err
+    except HfHubHTTPError as err:
+        raise FileNotFoundError(f"hf_datasets source {repo_id}: the hub refused it ({err})") from err
 
 
 class HFDataset(Dataset):
@@ -71,16 +91,18 @@ class HFDataset(Dataset):
         label_names: class names in index order; taken from a ClassLabel column when not given.
         num_frames: video frames per sample.
         media_root: the folder a path-only media value must lie under (default: the source's folder).
+        revision, cache_dir: a hub dataset's revision and Hugging Face cache folder (default: ``HF_HUB_CACHE``).
     """
 
     def __init__(self, *, modalities: Sequence[str], source: str | None = None, builder: str | None = None,
                  data_dir: str | None = None, data_files: Any = None, split: str = "train",
                  columns: Mapping[str, str] | None = None, label_names: Sequence[str] | None = None,
-                 num_frames: int = 8, media_root: str | None = None) -> None:
+                 num_frames: int = 8, media_root: str | None = None, revision: str | None = None,
+                 cache_dir: str | None = None) -> None:
         import datasets
 
         table, folder = open_table(source=source, builder=builder, data_dir=data_dir, data_files=data_files,
-                                   split=split)
+                                   split=split, revision=revision, cache_dir=cache_dir)
         self.name = source or f"{builder}:{data_dir or data_files}"
         unknown = sorted(set(columns or {}) - set(FIELDS) - set(MEDIA))
         if unknown:
@@ -97,8 +119,8 @@ class HFDataset(Dataset):
                              f"columns.<modality>=<column> (columns: {table.column_names})")
         self.modalities = [m for m in modalities if m in MEDIA]
         for modality in self.modalities:
-            table = table.cast_column(self.columns[modality], _undecoded(datasets, table.features[self.columns[modality]],
-                                                                        f"{self.name} column {self.columns[modality]}"))
+            column = self.columns[modality]
+            table = table.cast_column(column, _undecoded(datasets, table.features[column], f"{self.name} column {column}"))
         self.table = table
         self.num_frames = int(num_frames)
         self.media_root = Path(media_root).resolve() if media_root else folder
