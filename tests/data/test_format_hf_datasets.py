@@ -153,3 +153,22 @@ def test_a_hub_dataset_loads_by_name_offline_from_the_cache(tmp_path: Path) -> N
     missing = subprocess.run([sys.executable, "-c", HUB_CHECK.replace("mmtrain-test/shapes", "mmtrain-test/absent")],
                              env=env, capture_output=True, text=True, timeout=120)
     assert "hf_datasets source mmtrain-test/absent: not in the Hugging Face cache" in missing.stderr
+
+
+def test_a_jsonl_annotation_file_is_read_through_the_json_builder_row_by_row(tmp_path: Path) -> None:
+    # the way to scale the JSONL formats: datasets turns the file into a memory-mapped Arrow table once (cached)
+    import json
+
+    (tmp_path / "images").mkdir()
+    for name, color in (("a", (255, 0, 0)), ("b", (0, 255, 0))):
+        Image.new("RGB", (4, 4), color).save(tmp_path / "images" / f"{name}.png")
+    rows = [{"sample_id": "a", "image_path": "images/a.png", "caption": "red"},
+            {"sample_id": "b", "image_path": "images/b.png", "caption": "green"},
+            {"sample_id": "c", "image_path": "../../etc/hostname", "caption": "escape"}]
+    (tmp_path / "meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = HFDataset(builder="json", data_files=str(tmp_path / "meta.jsonl"), split="train", modalities=["image", "text"],
+                     columns={"id": "sample_id", "image": "image_path", "text": "caption"})
+    first, second, third = (data[i] for i in range(3))
+    assert (first["id"], first["text"], first["image"].getpixel((0, 0))) == ("a", "red", (255, 0, 0))
+    assert second["image"].getpixel((0, 0)) == (0, 255, 0)
+    assert isinstance(third, SkippedSample) and "outside media_root" in third.error  # relative paths stay inside

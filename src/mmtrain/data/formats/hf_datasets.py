@@ -44,7 +44,8 @@ def open_table(*, source: str | None, builder: str | None, data_dir: str | None,
         if data_dir is None and data_files is None:
             raise ValueError(f"data.builder={builder} needs data_dir (a folder) or data_files")
         table = datasets.load_dataset(builder, data_dir=data_dir, data_files=data_files, split=split)
-        return table, Path(data_dir).resolve() if data_dir else None
+        root = data_dir or (str(Path(data_files).parent) if isinstance(data_files, str) else None)
+        return table, Path(root).resolve() if root else None  # media paths are relative to (and stay under) it
     if source is None:
         raise ValueError("an hf_datasets source needs source (a save_to_disk folder or a hub name) or builder")
     folder = Path(source).expanduser()
