@@ -112,6 +112,9 @@ class MultimodalDataModule(CpuBatchDataModule):
         cache = self.feature_cache
         if cache is None or self.trainer is None or isinstance(dataset, IterableDataset):
             return dataset
+        if hasattr(dataset, "at_epoch"):
+            raise ValueError(f"the feature cache cannot serve data.{split}: a mixture's positions hold other samples "
+                             "every epoch; turn the cache off or train from one source.")
         plan = cache.plan(split, self.trainer, dataset)
         return CachedFeatureDataset(dataset, plan) if plan is not None else dataset
 

@@ -143,8 +143,9 @@ class KeyedDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[int, Any]:
         epoch, index = key
+        at_epoch = getattr(self.dataset, "at_epoch", None)  # a dataset whose samples depend on the epoch (a mixture)
         with seeded(derive_seed(self.seed, "sample", epoch, index)):
-            return epoch, self.dataset[index]
+            return epoch, (at_epoch(epoch, index) if at_epoch is not None else self.dataset[index])
 
 
 class KeyedIterable(IterableDataset):
