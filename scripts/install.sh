@@ -33,4 +33,7 @@ fi
 # SOURCES. Into .venv/share/mmtrain/tokenizer-sources (5.4 MB, ~2 s); skipped when present.
 .venv/bin/python scripts/fetch_tokenizer_sources.py \
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# DeepSpeed compiles its small shared-memory collective on first use on a CPU (~20-50 s, into torch's extensions
+# cache, ~/.cache/torch_extensions): once here, not inside the first DeepSpeed run (trainer=deepspeed_*).
+.venv/bin/python scripts/prebuild_deepspeed.py
 .venv/bin/python -c "import mmtrain, torch; print(f'mmtrain {mmtrain.__version__} with torch {torch.__version__}')"

@@ -87,9 +87,9 @@ def test_two_nodes_on_localhost_train_as_one_node_with_two_processes(workspace: 
 
 
 @pytest.mark.slow
-def test_fsdp2_trains_like_ddp_exports_and_resumes_bit_identically_after_sigkill(
-        workspace: Path, runs: dict[str, Path]) -> None:
-    # FSDP2 (ModelParallelStrategy + fully_shard) on 2 gloo processes: parameters sharded over the ranks
+def test_fsdp2_trains_like_ddp_and_exports_unsharded(workspace: Path, runs: dict[str, Path]) -> None:
+    # FSDP2 (ModelParallelStrategy + fully_shard) on 2 gloo processes: parameters sharded over the ranks. Its kill -9
+    # and resume: tests/integration/test_sharded_engines.py (sharded checkpoints; full-state ones by hand)
     sharded = workspace / "fsdp2"
     done = mmtrain(*BASE, *FSDP2, f"run_dir={sharded}", cwd=workspace, name="fsdp2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -102,8 +102,6 @@ def test_fsdp2_trains_like_ddp_exports_and_resumes_bit_identically_after_sigkill
     assert worst <= WEIGHT_TOLERANCE, worst  # the same training as DDP, up to float summation order
     exported = MultimodalModel.from_pretrained(sharded / "export")  # an unsharded export, manifest-verified
     assert exported.state_dict().keys() == {k.removeprefix("model."): 0 for k in mine["state_dict"]}.keys()
-    killed = killed_and_resumed(workspace, FSDP2, "fsdp2_killed")
-    assert compare_runs(sharded, killed) == []  # weights, optimizer state, losses, export: bit for bit
 
 
 
