@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mmtrain.app.commands.data_pairs import add_cli as add_pairs
 
     add_pairs(data_sub)
+    from mmtrain.app.commands.data_pack import add_cli as add_pack
+
+    add_pack(data_sub, _composes)
     check = data_sub.add_parser("check", help="decode every sample, list the bad ones, train nothing", description=(
         "Decode every sample of every split of the composed config (same overrides as train) with "
         "data.num_workers workers; write each undecodable one to a JSON-lines ledger and print the "

@@ -1,0 +1,153 @@
+"""``mmtrain data pack``: any map-style data set into packed shards (:mod:`mmtrain.data.shards.writer`).
+
+Each sample is decoded once (in ``data.num_workers`` DataLoader workers) to prove it trains: one that cannot be
+decoded goes to the ledger with its id instead of into a shard. A sample that decodes is packed as its source
+bytes (the media files or the encoded bytes the format read, with their segment times), never re-encoded, so
+training from the shards decodes exactly the arrays training from the source decodes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from mmtrain.data.shards.writer import MediaPart, PackItem, SplitWriter
+from mmtrain.data.skips import SkippedSample
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+#: ``progress(split, done, total)``.
+Progress = Callable[[str, int, int], None]
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes of ``"256MB"``, ``"1.5GB"``, ``"512KiB"`` or a plain number."""
+    match = _SIZE.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"--shard-size {text!r}: give a size such as 256MB, 1GB or 500000")
+    return int(float(match.group(1)) * 1024 ** "BKMGT".index((match.group(2) or "B").upper()))
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with NumPy scalars made plain; a field that still is not JSON raises by name later."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+
+
+def _part_of_ref(ref: Any) -> MediaPart:
+    path = Path(ref.path)
+    return MediaPart(data=path, ext=path.suffix or ref.modality, start=ref.start, end=ref.end)
+
+
+def pack_item(dataset: Any, index: int) -> PackItem:
+    """The packable form of sample ``index`` of a record-based format or ``data=hf_datasets``."""
+    from mmtrain.data.formats.common import RecordDataset
+    from mmtrain.data.formats.hf_datasets import HFDataset
+
+    names = list(getattr(dataset, "label_names", None) or [])
+    if isinstance(dataset, RecordDataset):
+        record = dataset.records[index]
+        fields = {k: v for k, v in record.fields.items() if k != "id"}
+        media = {m: [_part_of_ref(r) for r in refs] if isinstance(refs, tuple) else _part_of_ref(refs)
+                 for m, refs in record.media.items() if m in dataset.modalities}
+        sample_id = str(record.fields["id"])
+    elif isinstance(dataset, HFDataset):
+        row = dataset.table[int(index)]
+        sample = {"id": str(row[dataset.columns["id"]]) if "id" in dataset.columns else str(index)}
+        fields = {k: row[c] for k, c in dataset.columns.items() if k in ("text", "target_text", "start", "end")}
+        if "label" in dataset.columns and dataset._label_index is not None:
+            fields["label"] = dataset._label_index(row[dataset.columns["label"]], sample["id"])
+        start, end = fields.get("start"), fields.get("end")
+        media = {}
+        for modality in dataset.modalities:
+            value = dataset._bytes_or_path(modality, row[dataset.columns[modality]])
+            ext = value.suffix if isinstance(value, Path) else _sniff(value, modality)
+            media[modality] = MediaPart(data=value, ext=ext, start=start, end=end)
+        sample_id = sample["id"]
+    else:
+        raise TypeError(f"{type(dataset).__name__} cannot be packed: `mmtrain data pack` reads the record formats "
+                        "(mp4_label_json, meld, chsims, metadata, instruction, image_pairs) and hf_datasets")
+    if "label" in fields and isinstance(fields["label"], int) and names:
+        fields["label"] = names[fields["label"]]  # by name: a repack with reordered classes stays right
+    return PackItem(id=sample_id, fields=_json_ready(fields), media=media)
+
+
+def _sniff(data: bytes, modality: str) -> str:
+    """A member extension for encoded bytes without a file name (what the container says it is)."""
+    import io
+
+    try:
+        if modality == "image":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as image:
+                return (image.format or "img").lower()
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            return container.format.name.split(",")[0]
+    except Exception:  # undecodable bytes were skipped before; anything else is named by its modality
+        return modality
+
+
+class _Packable(Dataset):
+    """Sample ``i`` decoded (a :class:`SkippedSample` when it cannot be) and, when it can, its pack item with
+    media bytes read: the work of a DataLoader worker."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> SkippedSample | PackItem:
+        decoded = self.dataset[index]
+        if isinstance(decoded, SkippedSample):
+            return decoded
+        item = pack_item(self.dataset, index)
+        for modality, parts in item.media.items():
+            item.media[modality] = [_loaded(p) for p in parts] if isinstance(parts, list) else _loaded(parts)
+        return item
+
+
+def _loaded(part: MediaPart) -> MediaPart:
+    if isinstance(part.data, Path):
+        return MediaPart(data=part.data.read_bytes(), ext=part.ext, start=part.start, end=part.end)
+    return part
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def pack_split(dataset: Any, target: Path, *, shard_bytes: int, num_workers: int, ledger: Any, split: str,
+               source: dict[str, Any], progress: Progress | None = None) -> dict[str, int]:
+    """Pack one split into ``target``; skipped samples are written to ``ledger`` (a line writer).
+
+    Returns ``{"samples", "skipped", "shards", "bytes"}``.
+    """
+    if not len(dataset):
+        raise ValueError(f"split {split} has no samples to pack")
+    first = pack_item(dataset, 0)  # an unpackable format fails here, before any decoding
+    modalities = list(dict.fromkeys([*getattr(dataset, "modalities", []), *(["text"] if "text" in first.fields else [])]))
+    loader = DataLoader(_Packable(dataset), batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+    skipped = 0
+    with SplitWriter(target, shard_bytes=shard_bytes, label_names=list(getattr(dataset, "label_names", []) or []),
+                     modalities=modalities, source=source) as writer:
+        for done, item in enumerate(loader, start=1):
+            if isinstance(item, SkippedSample):
+                skipped += 1
+                ledger.write(json.dumps({**item.to_record(), "split": split}) + "\n")
+            else:
+                writer.add(item)
+            if progress is not None:
+                progress(split, done, len(dataset))
+    return {"samples": writer.samples, "skipped": skipped, "shards": len(writer.shards),
+            "bytes": sum(s["bytes"] for s in writer.shards)}

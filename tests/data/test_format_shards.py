@@ -1,0 +1,185 @@
+"""Packed shards (``mmtrain data pack`` -> ``data=shards``): the samples of the source format, bit for bit, read
+locally, over HTTP and from S3 (servers on 127.0.0.1); WebDataset-readable tars with each mp4 stored once per shard;
+damage named by shard and sample; undecodable samples in the ledger instead of a shard; the demo trained from
+shards over HTTP with 2 workers, killed (-9) and resumed, bit-identical to a run from the local shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _cli import run_mmtrain
+from _multiproc import SIGKILLED, killed_ddp_run
+from _servers import http_server, s3_server
+
+from mmtrain.data.formats.mp4_label_json import Mp4LabelJsonDataset
+from mmtrain.data.formats.shards import ShardsDataset
+from mmtrain.data.shards.layout import ShardError
+from mmtrain.data.shards.pack import pack_split, parse_size
+from mmtrain.data.skips import SkippedSample
+from mmtrain.engine.callbacks.faults import compare_runs, kill_overrides
+
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+MODALITIES = ["video", "audio", "text"]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny demo set packed by the CLI (shards of ~64 kB: several per split); its folder's parent holds data/."""
+    work = tmp_path_factory.mktemp("packed")
+    done = run_mmtrain("data", "pack", "experiment=demo", "data.prepare.size=tiny", "--out", str(work / "shards"),
+                       "--shard-size", "64KB", cwd=work, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "train │" in done.stdout and "data=shards data.train.source=" in done.stdout
+    return work / "shards"
+
+
+def direct(packed: Path, split: str) -> Mp4LabelJsonDataset:
+    root = packed.parent / "data" / "spoken_digits"
+    return Mp4LabelJsonDataset(video_dir=str(root / "videos" / split), label_dir=str(root / "labels" / split),
+                               label_names=NAMES, num_frames=4, modalities=MODALITIES)
+
+
+def same_samples(first: object, second: object) -> None:
+    assert len(first) == len(second)  # type: ignore[arg-type]
+    for index in range(len(first)):  # type: ignore[arg-type]
+        a, b = first[index], second[index]  # type: ignore[index]
+        assert (a["id"], a["label"], a["text"]) == (b["id"], b["label"], b["text"])
+        assert np.array_equal(a["video"], b["video"]) and np.array_equal(a["audio"], b["audio"])
+
+
+def test_packed_samples_are_the_source_samples_in_webdataset_tars(packed: Path) -> None:
+    import webdataset
+
+    shards = ShardsDataset(source=str(packed), split="train", modalities=MODALITIES, num_frames=4)
+    assert shards.label_names == NAMES and len(shards.shards) > 1
+    same_samples(direct(packed, "train"), shards)
+    tars = sorted(str(p) for p in (packed / "train").glob("*.tar"))
+    read = list(webdataset.WebDataset(tars, shardshuffle=False))
+    assert [json.loads(s["json"])["id"] for s in read] == shards.ids  # any WebDataset reader takes them
+    videos = {s["__key__"] for s in read if any(k.endswith("mp4") for k in s)}
+    assert len(videos) < len(read)  # the segments of one mp4 share the copy stored with the first of them
+
+
+def test_http_and_s3_serve_the_same_samples(packed: Path) -> None:
+    local = ShardsDataset(source=str(packed), split="val", modalities=MODALITIES, num_frames=4)
+    with http_server(packed) as url:
+        same_samples(local, ShardsDataset(source=url, split="val", modalities=MODALITIES, num_frames=4))
+        with pytest.raises(ShardError, match=r"shards http://127.0.0.1:\d+/nope: shards.json not found"):
+            ShardsDataset(source=url, split="nope", modalities=MODALITIES)
+    with s3_server(packed) as endpoint:
+        remote = ShardsDataset(source="s3://data", split="val", modalities=MODALITIES, num_frames=4,
+                               storage_options={"endpoint_url": endpoint})
+        same_samples(local, remote)
+    with pytest.raises(ShardError, match=r"http://127.0.0.1:9/val: reading shards.json failed 3 times"):
+        ShardsDataset(source="http://127.0.0.1:9", split="val", modalities=MODALITIES)  # nothing listens there
+
+
+def damaged(packed: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(packed / "val", copy / "val")
+    return copy
+
+
+def test_damage_is_named_by_shard_and_sample(packed: Path, tmp_path: Path) -> None:
+    copy = damaged(packed, tmp_path)
+    data = ShardsDataset(source=str(copy), split="val", modalities=MODALITIES)
+    key, sample_id, offset, length, _ = data.index(0)[1]
+    shard = copy / "val" / "00000.tar"
+    raw = bytearray(shard.read_bytes())
+    raw[offset + length - 600] ^= 0xFF  # inside the sample's last member
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ShardError, match=rf"00000.tar: sample {sample_id} fails its sha256"):
+        data[1]
+    with open(shard, "r+b") as handle:
+        handle.truncate(offset + 10)
+    with pytest.raises(ShardError, match=r"00000.tar ends before byte .*a truncated shard"):
+        data[int(data.starts[0]) + len(data.index(0)) - 1]
+    (copy / "val" / "00001.idx.json").write_text("[]")
+    with pytest.raises(ShardError, match=r"00001.idx.json: sha256 differs from shards.json"):
+        data[int(data.starts[1])]
+
+
+def test_a_hostile_or_mismatched_root_is_refused(packed: Path, tmp_path: Path) -> None:
+    copy = damaged(packed, tmp_path)
+    root_file = copy / "val" / "shards.json"
+    root = json.loads(root_file.read_text())
+    with pytest.raises(ShardError, match=r"pinned"):
+        ShardsDataset(source=str(copy), split="val", modalities=MODALITIES, sha256="0" * 64)
+    with pytest.raises(ValueError, match=r"modalities \['image'\] were not packed"):
+        ShardsDataset(source=str(copy), split="val", modalities=["image"])
+    with pytest.raises(ValueError, match=r"label_names \['a', 'b'\] differ from the packed"):
+        ShardsDataset(source=str(copy), split="val", modalities=MODALITIES, label_names=["a", "b"])
+    root["shards"][0]["name"] = "../../outside.tar"
+    root_file.write_text(json.dumps(root))
+    with pytest.raises(ShardError, match=r"shards\[0\]: '../../outside.tar' is not a plain file name"):
+        ShardsDataset(source=str(copy), split="val", modalities=MODALITIES)
+    root_file.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ShardError, match=r"not an mmtrain shards root"):
+        ShardsDataset(source=str(copy), split="val", modalities=MODALITIES)
+    with pytest.raises(ShardError, match=r"no such folder"):
+        ShardsDataset(source=str(tmp_path / "absent"), split="val", modalities=MODALITIES)
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_an_undecodable_sample_goes_to_the_ledger_not_into_a_shard(clip_source: Path, tmp_path: Path) -> None:
+    videos, labels = tmp_path / "videos", tmp_path / "labels"
+    videos.mkdir()
+    labels.mkdir()
+    shutil.copy(clip_source, videos / "good.mp4")
+    (videos / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
+    for name in ("good", "bad"):
+        (labels / f"{name}.json").write_text(json.dumps({"segments": [
+            {"start": 0.0, "end": 1.0, "text": "a", "label": "x"}, {"start": 1.0, "end": 2.0, "text": "b", "label": "y"}]}))
+    source = Mp4LabelJsonDataset(video_dir=str(videos), label_dir=str(labels), label_names=["x", "y"],
+                                 num_frames=3, modalities=["video", "audio"])
+    ledger = Ledger()
+    counts = pack_split(source, tmp_path / "out" / "train", shard_bytes=parse_size("1MB"), num_workers=0,
+                        ledger=ledger, split="train", source={})
+    assert counts["samples"] == 2 and counts["skipped"] == 2 and counts["shards"] == 1
+    assert sorted(json.loads(line)["id"] for line in ledger.lines) == ["bad/0", "bad/1"]
+    shards = ShardsDataset(source=str(tmp_path / "out"), split="train", modalities=["video", "audio"], num_frames=3)
+    assert shards.ids == ["good/0", "good/1"] and [shards[i]["label"] for i in (0, 1)] == [0, 1]
+    assert np.array_equal(shards[1]["video"], source[3]["video"])  # bad.mp4 sorts first: good/1 is its 4th
+    assert not isinstance(shards[0], SkippedSample)
+
+
+@pytest.mark.parametrize("text, size", [("256MB", 256 * 2**20), ("1.5GB", int(1.5 * 2**30)), ("64KiB", 65536),
+                                        ("1000", 1000)])
+def test_shard_sizes_parse(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_a_bad_shard_size_is_named() -> None:
+    with pytest.raises(ValueError, match=r"--shard-size '12 parsecs'"):
+        parse_size("12 parsecs")
+
+
+COMMAND = ["experiment=demo", "data=shards", "data.num_workers=2", "trainer.max_epochs=2", "data.batch_size=4",
+           "callbacks.resume_checkpoint.every_n_train_steps=2", "evaluate_unimodal=false", "callbacks.progress=null"]
+
+
+@pytest.mark.slow
+def test_the_demo_resumes_exactly_from_shards_over_http(packed: Path, tmp_path: Path) -> None:
+    whole = run_mmtrain("train", *COMMAND, f"data.train.source={packed}", f"run_dir={tmp_path / 'whole'}",
+                        cwd=tmp_path, timeout=300)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
+    killed = tmp_path / "killed"
+    with http_server(packed) as url:
+        remote = [*COMMAND, f"data.train.source={url}"]
+        code = killed_ddp_run(*remote, *kill_overrides(5), f"run_dir={killed}", cwd=tmp_path, name="shards_http")
+        assert code == SIGKILLED  # after step 5 of 8: mid epoch 2 (4 steps an epoch), 2 workers prefetching
+        resumed = run_mmtrain("train", *remote, f"resume={killed}", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert compare_runs(tmp_path / "whole", killed) == []  # weights, optimizer state, every step's loss
