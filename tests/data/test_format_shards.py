@@ -1,7 +1,7 @@
-"""Packed shards (``mmtrain data pack`` -> ``data=shards``): the samples of the source format, bit for bit, read
+"""Packed shards (``mmtrain data pack`` -> ``shards.source=``): the samples of the source format, bit for bit, read
 locally, over HTTP and from S3 (servers on 127.0.0.1); WebDataset-readable tars with each mp4 stored once per shard;
 damage named by shard and sample; undecodable samples in the ledger instead of a shard; the demo trained from
-shards over HTTP with 2 workers, killed (-9) and resumed, bit-identical to a run from the local shards."""
+shards over HTTP with 2 workers, killed (-9) and resumed, bit-identical to the run from its files."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = run_mmtrain("data", "pack", "experiment=demo", "data.prepare.size=tiny", "--out", str(work / "shards"),
                        "--shard-size", "64KB", cwd=work, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "train │" in done.stdout and "data=shards data.train.source=" in done.stdout
+    assert "train │" in done.stdout and "shards.source=" in done.stdout
     return work / "shards"
 
 
@@ -166,20 +166,20 @@ def test_a_bad_shard_size_is_named() -> None:
         parse_size("12 parsecs")
 
 
-COMMAND = ["experiment=demo", "data=shards", "data.num_workers=2", "trainer.max_epochs=2", "data.batch_size=4",
+COMMAND = ["experiment=demo", "data.prepare.size=tiny", "data.num_workers=2", "trainer.max_epochs=2", "data.batch_size=4",
            "callbacks.resume_checkpoint.every_n_train_steps=2", "evaluate_unimodal=false", "callbacks.progress=null"]
 
 
 @pytest.mark.slow
-def test_the_demo_resumes_exactly_from_shards_over_http(packed: Path, tmp_path: Path) -> None:
-    whole = run_mmtrain("train", *COMMAND, f"data.train.source={packed}", f"run_dir={tmp_path / 'whole'}",
-                        cwd=tmp_path, timeout=300)
+def test_the_demo_from_shards_over_http_killed_and_resumed_ends_as_from_its_files(packed: Path, tmp_path: Path) -> None:
+    work = packed.parent  # its data/ holds the files the shards were packed from
+    whole = run_mmtrain("train", *COMMAND, f"run_dir={tmp_path / 'whole'}", cwd=work, timeout=300)
     assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
     killed = tmp_path / "killed"
     with http_server(packed) as url:
-        remote = [*COMMAND, f"data.train.source={url}"]
-        code = killed_ddp_run(*remote, *kill_overrides(5), f"run_dir={killed}", cwd=tmp_path, name="shards_http")
+        remote = [*COMMAND, f"shards.source={url}"]
+        code = killed_ddp_run(*remote, *kill_overrides(5), f"run_dir={killed}", cwd=work, name="shards_http")
         assert code == SIGKILLED  # after step 5 of 8: mid epoch 2 (4 steps an epoch), 2 workers prefetching
-        resumed = run_mmtrain("train", *remote, f"resume={killed}", cwd=tmp_path, timeout=300)
+        resumed = run_mmtrain("train", *remote, f"resume={killed}", cwd=work, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert compare_runs(tmp_path / "whole", killed) == []  # weights, optimizer state, every step's loss

@@ -87,7 +87,7 @@ def test_two_nodes_on_localhost_train_as_one_node_with_two_processes(workspace: 
 
 
 @pytest.mark.slow
-@pytest.mark.engines
+@pytest.mark.long
 def test_fsdp2_trains_like_ddp_and_exports_unsharded(workspace: Path, runs: dict[str, Path]) -> None:
     # FSDP2 (ModelParallelStrategy + fully_shard) on 2 gloo processes: parameters sharded over the ranks. Its kill -9
     # and resume: tests/integration/test_sharded_engines.py (sharded checkpoints; full-state ones by hand)

@@ -22,7 +22,7 @@ from mmtrain.engine.callbacks.checkpoint_io import load_verified, read_manifest
 from mmtrain.engine.callbacks.faults import _tensor_tree_diffs, compare_runs, final_checkpoint
 from mmtrain.engine.sharded_checkpoints import _deepspeed_globals
 
-pytestmark = pytest.mark.engines  # the README's second test command (CI runs both)
+pytestmark = pytest.mark.long  # the README's second test command (CI runs both)
 
 ZERO3 = ["trainer=deepspeed_zero3", f"data.batch_size={PER_RANK_BATCH}"]
 ZERO2 = ["trainer=deepspeed_zero2", f"data.batch_size={PER_RANK_BATCH}"]

@@ -18,8 +18,11 @@ from mmtrain.models.processing import MultimodalProcessor, model_inputs
 
 
 def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
-    """Run ``data.prepare`` (e.g. build the demo set on first use), then build the datamodule."""
+    """Run ``data.prepare`` (e.g. build the demo set on first use), then build the datamodule; with
+    ``shards.source`` set, every split is read from those packed shards instead (:func:`from_shards`)."""
     data_cfg = cfg.data.copy()
+    if (cfg.get("shards") or {}).get("source"):
+        data_cfg = from_shards(data_cfg, cfg.shards)
     prepare_node = data_cfg.get("prepare")
     if prepare_node is not None:
         safe_instantiate(prepare_node, prefixes, config_key="data.prepare")
@@ -30,6 +33,29 @@ def build_data(cfg: DictConfig, prefixes: tuple[str, ...]) -> Any:
     if "seed" in inspect.signature(target).parameters and "seed" not in data_cfg:
         extra["seed"] = int(cfg.seed)  # the train order and augmentation derive from the run seed
     return safe_instantiate(data_cfg, prefixes, config_key="data", **extra)
+
+
+def from_shards(data_cfg: DictConfig, shards: DictConfig) -> DictConfig:
+    """``data_cfg`` with its train / val / test datasets replaced by the same splits of the packed shards at
+    ``shards.source`` (what ``mmtrain data pack`` wrote from them); processor, batch size and workers stay, and
+    ``data.prepare`` is dropped (the source files are not needed)."""
+    from omegaconf import OmegaConf
+
+    with open_dict(data_cfg):
+        data_cfg.pop("prepare", None)
+        for split in ("train", "val", "test"):
+            node = data_cfg.get(split)
+            if node is None:
+                continue
+            raw = OmegaConf.to_container(node, resolve=False)
+            if "sources" in raw:
+                raise ValueError(f"shards.source reads data.{split} from one packed folder, but data.{split} is a "
+                                 "mixture: give its sources as ShardsDataset nodes instead")
+            data_cfg[split] = {"_target_": "mmtrain.data.formats.shards.ShardsDataset", "source": shards.source,
+                               "split": split, "storage_options": shards.get("storage_options") or {},
+                               "modalities": raw.get("modalities", "${data.processor.modalities}"),
+                               "num_frames": raw.get("num_frames", 8)}
+    return data_cfg
 
 
 def build_model(

@@ -3,7 +3,7 @@
 Writes ``DIR/<split>/`` (``shards.json``, ``NNNNN.tar``, ``NNNNN.idx.json``; :mod:`mmtrain.data.shards.layout`)
 for every split of the data config (the same overrides as ``mmtrain train``), and ``DIR/skipped.jsonl``: the
 samples left out because their media cannot be decoded, one JSON line each. Train from the result with
-``data=shards data.train.source=DIR`` (a folder, or the same files under an ``https://`` or ``s3://`` URL).
+``shards.source=DIR`` (a folder, or the same files under an ``https://`` or ``s3://`` URL).
 """
 
 from __future__ import annotations
@@ -92,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
                       f"{r['seconds']:.1f}")
     console.print(table)
     console.print(f"skipped samples, one JSON line each: {out / 'skipped.jsonl'}", soft_wrap=True)
-    console.print(f"train from it: mmtrain train ... data=shards data.train.source={out}", soft_wrap=True)
+    console.print(f"train from it: mmtrain train ... shards.source={out}", soft_wrap=True)
     return 0

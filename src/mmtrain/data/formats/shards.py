@@ -1,4 +1,4 @@
-"""Packed shards (``data=shards``): the samples ``mmtrain data pack`` wrote, read from a local folder or a URL.
+"""Packed shards (``shards.source=<folder or URL>``): the samples ``mmtrain data pack`` wrote, read locally or remotely.
 
 Map-style: sample ``i`` is one ranged read of its shard (found through the shard's small index, read once per
 process and shard), checked against its sha256, then its media bytes are decoded by mmtrain's decoders. Nothing is

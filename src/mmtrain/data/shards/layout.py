@@ -1,4 +1,4 @@
-"""The packed-shard layout that ``mmtrain data pack`` writes and ``data=shards`` reads.
+"""The packed-shard layout that ``mmtrain data pack`` writes and ``shards.source=`` reads.
 
 A packed split is a folder (or the same files under a URL: ``https://``, ``s3://``, ``gs://``...)::
 
