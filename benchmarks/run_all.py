@@ -7,7 +7,9 @@ vs matmul-peak FLOP/s), ``cache`` (frozen-encoder feature cache), ``data`` (segm
 throughput, time waiting for data), ``memory`` (peak RSS streaming parquet at 1x vs 10x),
 ``checkpointing`` (activation memory and step time with gradient checkpointing at ~100M parameters,
 FLOP/s against the matmul peak), ``qlora`` (RSS and step time of QLoRA 4/8-bit against float32 LoRA),
-``peer`` (a VLM's LoRA SFT step: mmtrain vs the transformers Trainer + peft, time and peak RSS).
+``peer`` (a VLM's LoRA SFT step: mmtrain vs the transformers Trainer + peft, time and peak RSS), ``shards``
+(packed shards: resume position, throughput against the mp4 files, RSS at 10x the samples; HTTP / S3 and the
+webdataset / HF streaming engines reported).
 Exit code 1 when a goal is missed. ``--quick`` uses fewer steps, repeats and jobs (a few minutes).
 """
 
@@ -25,7 +27,7 @@ from harness import Result, console, print_table, with_malloc_tunables  # noqa: 
 #: name -> module; each has ``run(quick) -> list[Result]``.
 BENCHMARKS = {"startup": "startup", "step": "training_step", "cache": "feature_cache", "data": "decode",
               "wait": "data_wait", "memory": "memory", "checkpointing": "checkpointing", "qlora": "qlora",
-              "peer": "peer_sft"}
+              "peer": "peer_sft", "shards": "shards"}
 
 
 def main() -> int:

@@ -22,12 +22,15 @@ def add_cli(subparsers: argparse._SubParsersAction, composes: Any) -> argparse.A
     parser.add_argument("--out", required=True, help="output folder: <out>/<split>/ per split")
     parser.add_argument("--shard-size", default="256MB", help="bytes per shard, e.g. 64MB, 1GB (default: %(default)s)")
     parser.add_argument("--splits", default=None, help="comma-separated splits (default: all of the config's)")
+    parser.add_argument("--share-media", action="store_true", help=(
+        "store a media file used by several samples of a shard once (the segments of one long video): smaller "
+        "shards that only mmtrain reads whole (other WebDataset readers see those samples without media)"))
     parser.set_defaults(func=run)
     return parser
 
 
 def pack_config(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str] | None = None,
-                progress: Any = None) -> dict[str, dict[str, Any]]:
+                progress: Any = None, share_media: bool = False) -> dict[str, dict[str, Any]]:
     """Pack the composed config's splits under ``out``; returns each split's counts and seconds."""
     from mmtrain.config.targets import allow_prefixes, runtime_prefixes
     from mmtrain.config.validate import validate_config
@@ -53,7 +56,7 @@ def pack_config(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str] | No
             source = {"data": str(cfg.data.get(split, {}).get("_target_", "")), "split": split}
             results[split] = pack_split(datamodule.splits[split], out / split, shard_bytes=shard_bytes,
                                         num_workers=datamodule.num_workers, ledger=ledger, split=split,
-                                        source=source, progress=progress)
+                                        source=source, progress=progress, share_media=share_media)
             results[split]["seconds"] = time.perf_counter() - began
     finally:
         ledger.close()
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                 tasks[split] = bar.add_task(f"packing {split}", total=total)
             bar.update(tasks[split], completed=done)
 
-        results = pack_config(cfg, out=out, shard_bytes=shard_bytes, splits=splits, progress=progress)
+        results = pack_config(cfg, out=out, shard_bytes=shard_bytes, splits=splits, progress=progress,
+                              share_media=args.share_media)
     table = Table(title=f"packed into {out}")
     for column in ("split", "samples", "skipped", "shards", "MB", "seconds"):
         table.add_column(column, justify="left" if column == "split" else "right")

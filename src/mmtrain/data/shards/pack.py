@@ -128,8 +128,9 @@ def _as_is(item: Any) -> Any:
 
 
 def pack_split(dataset: Any, target: Path, *, shard_bytes: int, num_workers: int, ledger: Any, split: str,
-               source: dict[str, Any], progress: Progress | None = None) -> dict[str, int]:
-    """Pack one split into ``target``; skipped samples are written to ``ledger`` (a line writer).
+               source: dict[str, Any], progress: Progress | None = None, share_media: bool = False) -> dict[str, int]:
+    """Pack one split into ``target``; skipped samples are written to ``ledger`` (a line writer). ``share_media``:
+    see :class:`~mmtrain.data.shards.writer.SplitWriter`.
 
     Returns ``{"samples", "skipped", "shards", "bytes"}``.
     """
@@ -140,7 +141,7 @@ def pack_split(dataset: Any, target: Path, *, shard_bytes: int, num_workers: int
     loader = DataLoader(_Packable(dataset), batch_size=None, num_workers=num_workers, collate_fn=_as_is)
     skipped = 0
     with SplitWriter(target, shard_bytes=shard_bytes, label_names=list(getattr(dataset, "label_names", []) or []),
-                     modalities=modalities, source=source) as writer:
+                     modalities=modalities, source=source, share_media=share_media) as writer:
         for done, item in enumerate(loader, start=1):
             if isinstance(item, SkippedSample):
                 skipped += 1

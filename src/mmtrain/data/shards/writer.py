@@ -45,16 +45,24 @@ class PackItem:
 class SplitWriter:
     """Packs :class:`PackItem` s into shards of about ``shard_bytes`` each (a shard holds at least one sample).
 
+    Each sample holds its own media (plain WebDataset: every reader takes the shards, Hugging Face's ``webdataset``
+    loader included, which wants every sample to have the same members); a file used by two modalities of one
+    sample (the video and audio of an mp4) is stored once. ``share_media``: a file used by several samples of a
+    shard (the segments of one long video) is stored once, with the first of them, and the others name that
+    member: smaller shards, a second ranged read for those samples, and readers other than mmtrain see samples
+    without their media.
+
     Use as a context manager; :meth:`close` (or leaving the block without an error) renames the finished split
     to ``target`` (replacing it), an error removes the partial one.
     """
 
     def __init__(self, target: Path, *, shard_bytes: int, label_names: list[str], modalities: list[str],
-                 source: dict[str, Any]) -> None:
+                 source: dict[str, Any], share_media: bool = False) -> None:
         self.target = Path(target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}-packing-", dir=self.target.parent))
         self.shard_bytes = int(shard_bytes)
+        self.share_media = bool(share_media)
         self.meta = {"label_names": label_names, "modalities": modalities, "source": source}
         self.shards: list[dict[str, Any]] = []
         self._tar: tarfile.TarFile | None = None
@@ -79,6 +87,8 @@ class SplitWriter:
             self._tar = tarfile.open(self.staging / shard_names(len(self.shards))[0], "w", format=tarfile.GNU_FORMAT)
             self._rows, self._stored = [], {}
         key = f"{self.samples:09d}"
+        if not self.share_media:
+            self._stored = {}
         start = self._tar.offset
         media: dict[str, Any] = {}
         pending: list[tuple[str, bytes]] = []

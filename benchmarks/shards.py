@@ -1,0 +1,205 @@
+"""Packed shards (``shards.source=``) against reading the media files directly, and against the other engines.
+
+Data: the built-in demo (``spoken_digits`` ``small``: 1200 train segments of 300 mp4 files, video + audio + text)
+under ``$TMPDIR/mmtrain-bench-data``, packed once with ``mmtrain data pack``'s writer (shards of 2 MB).
+
+Rows with goals:
+
+* resume position: time from a resumed loader (``ResumableLoader.set_position``, what ``resume=`` does after the
+  checkpoint loads) to its first batch, 2 workers, batch 8, at 1x (1 batch), 10x and 100x (100 batches, 800
+  samples) into an epoch. Goal: 100x / 1x <= 1.2 (nothing before the position is read).
+* throughput: samples/s decoding video + audio of the same 400 samples in the same shuffled order from the shards
+  and from the mp4 files (``Mp4LabelJsonDataset``), one process. Goal: >= 0.8 of the files' rate.
+* RSS vs size: peak RSS of a fresh process reading 600 random samples from the pack and from a 10x pack (the same
+  shards listed ten times). Goal: 10x / 1x <= 1.2 (per-shard indexes are read on use, 64 kept).
+
+Report-only rows: the same shards over HTTP (aiohttp) and S3 (moto), both on 127.0.0.1; and the engines compared
+on the same tars: the ``webdataset`` library reads them in order (resume = skip samples: its cost grows with the
+position), Hugging Face ``datasets`` streams them (``load_dataset("webdataset", streaming=True)``; resume through
+``state_dict``). litdata is not measured: it requires torchvision, which pip resolves to a CUDA torch build beside
+the CPU torch wheel this stack pins.
+
+Run: ``.venv/bin/python benchmarks/shards.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness import DATA_ROOT, Result, goal_row, run_child, standalone  # noqa: E402
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+MODALITIES = ["video", "audio", "text"]
+
+
+def _direct():
+    from mmtrain.data.demo import ensure_demo
+    from mmtrain.data.formats.mp4_label_json import Mp4LabelJsonDataset
+
+    root = ensure_demo(DATA_ROOT / "spoken_digits", size="small")
+    return Mp4LabelJsonDataset(video_dir=str(root / "videos" / "train"), label_dir=str(root / "labels" / "train"),
+                               label_names=NAMES, num_frames=4, modalities=MODALITIES)
+
+
+def packed() -> Path:
+    """The demo's train split packed (once) under the bench data root; also a 10x root listing its shards 10x."""
+    from mmtrain.data.shards.pack import pack_split
+
+    out = DATA_ROOT / "shards"
+    if not (out / "train" / "shards.json").is_file():
+        class Drop:
+            def write(self, line: str) -> None:
+                raise AssertionError(f"the demo has no undecodable sample: {line}")
+
+        pack_split(_direct(), out / "train", shard_bytes=2 * 2**20, num_workers=2, ledger=Drop(), split="train",
+                   source={"benchmark": "demo small"})
+    big = out / "train10x"
+    if not (big / "shards.json").is_file():
+        big.mkdir(parents=True, exist_ok=True)
+        root = json.loads((out / "train" / "shards.json").read_text())
+        shards = []
+        for copy in range(10):
+            for shard in root["shards"]:
+                name, index = f"c{copy}-{shard['name']}", f"c{copy}-{shard['index']}"
+                for src, dst in ((shard["name"], name), (shard["index"], index)):
+                    if not (big / dst).exists():
+                        os.link(out / "train" / src, big / dst)
+                shards.append({**shard, "name": name, "index": index})
+        (big / "shards.json").write_text(json.dumps({**root, "samples": root["samples"] * 10, "shards": shards}))
+    return out
+
+
+def resume_rows(out: Path, quick: bool) -> list[Result]:
+    from mmtrain.config.compose import compose_config
+    from mmtrain.config.targets import runtime_prefixes
+    from mmtrain.engine.build import build_data
+
+    cfg = compose_config(["experiment=demo", f"shards.source={out}", "data.batch_size=8", "data.num_workers=2",
+                          "data.val=null", "data.test=null"])
+    datamodule = build_data(cfg, runtime_prefixes())
+    times = {}
+    for position in (1, 10, 100):
+        samples = []
+        for _ in range(2 if quick else 5):
+            loader = datamodule.train_dataloader()
+            loader.set_position(0, position)
+            began = time.perf_counter()
+            iterator = iter(loader)
+            next(iterator)
+            samples.append(time.perf_counter() - began)
+            del iterator, loader
+        times[position] = sorted(samples)[len(samples) // 2]
+    return [Result(f"resume at {p} batches: first batch (2 workers)", f"{times[p] * 1e3:.0f} ms",
+                   f"{times[1] * 1e3:.0f} ms at 1", times[p] / times[1]) for p in (10,)] + [
+        goal_row("resume at 100x (800 samples) vs 1x into an epoch: time to the first batch",
+                 f"{times[100] * 1e3:.0f} ms", f"{times[1] * 1e3:.0f} ms", times[100] / times[1], 1.2, at_most=True)]
+
+
+def _rate(dataset, order: list[int]) -> float:
+    began = time.perf_counter()
+    for index in order:
+        dataset[index]
+    return len(order) / (time.perf_counter() - began)
+
+
+def throughput_rows(out: Path, quick: bool) -> list[Result]:
+    import random
+
+    from _servers import http_server, s3_server
+
+    from mmtrain.data.formats.shards import ShardsDataset
+
+    direct = _direct()
+    order = random.Random(0).sample(range(len(direct)), 150 if quick else 400)
+
+    def shards(source: str, **options):
+        return ShardsDataset(source=source, split="train", modalities=MODALITIES, num_frames=4, **options)
+
+    local = shards(str(out))
+    _rate(local, order[:20]), _rate(direct, order[:20])  # warm the page cache and the indexes alike
+    files, packed_rate = _rate(direct, order), _rate(local, order)
+    rows = [goal_row("throughput: shards vs the mp4 files (decode video + audio, 1 process)",
+                     f"{packed_rate:.0f} samples/s", f"{files:.0f} samples/s", packed_rate / files, 0.8, at_most=False)]
+    with http_server(out) as url:
+        rate = _rate(shards(url), order)
+    rows.append(Result("throughput: shards over HTTP (aiohttp, 127.0.0.1)", f"{rate:.0f} samples/s",
+                       f"{files:.0f} samples/s (files)", rate / files))
+    with s3_server(out) as endpoint:
+        rate = _rate(shards("s3://data", storage_options={"endpoint_url": endpoint}), order)
+    rows.append(Result("throughput: shards over S3 (moto, 127.0.0.1)", f"{rate:.0f} samples/s",
+                       f"{files:.0f} samples/s (files)", rate / files))
+    return rows
+
+
+RSS_CHILD = """
+import json, random, sys
+import psutil
+from mmtrain.data.formats.shards import ShardsDataset
+data = ShardsDataset(source=sys.argv[1], split=sys.argv[2], modalities=["video", "audio", "text"], num_frames=4)
+for index in random.Random(0).sample(range(len(data)), int(sys.argv[3])):
+    data[index]
+status = open("/proc/self/status").read()
+peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) * 1024
+print(json.dumps({"peak": peak, "samples": len(data)}))
+"""
+
+
+def rss_rows(out: Path, quick: bool) -> list[Result]:
+    count = "200" if quick else "600"
+    small = run_child(RSS_CHILD, str(out), "train", count)
+    big = run_child(RSS_CHILD, str(out), "train10x", count)
+    return [goal_row(f"peak RSS reading {count} samples: {big['samples']} vs {small['samples']} samples packed",
+                     f"{big['peak'] / 2**20:.0f} MiB", f"{small['peak'] / 2**20:.0f} MiB", big["peak"] / small["peak"],
+                     1.2, at_most=True)]
+
+
+def engine_rows(out: Path, quick: bool) -> list[Result]:
+    """The same tars read by the webdataset library and by Hugging Face streaming (raw bytes, no decoding)."""
+    import datasets
+    import webdataset
+
+    tars = sorted(str(p) for p in (out / "train").glob("*.tar"))
+    rows = []
+    for position in (8, 800):
+        began = time.perf_counter()
+        stream = iter(webdataset.WebDataset(tars, shardshuffle=False))
+        for _ in range(position):  # its resume: skip what was trained (read, then dropped)
+            next(stream)
+        next(stream)
+        rows.append(Result(f"webdataset: resume at {position} samples (skip, raw bytes)",
+                           f"{(time.perf_counter() - began) * 1e3:.0f} ms", "", None))
+    def load():  # bytes, not decoded (its video decoding needs torchcodec)
+        return datasets.load_dataset("webdataset", data_files={"train": tars}, split="train", streaming=True).decode(False)
+
+    stream = load()
+    for position in (8, 800):
+        iterator = iter(stream)
+        for _ in range(position):
+            next(iterator)
+        state = stream.state_dict()
+        began = time.perf_counter()
+        stream.load_state_dict(state)
+        next(iter(stream))
+        rows.append(Result(f"HF datasets streaming: resume at {position} samples (state_dict)",
+                           f"{(time.perf_counter() - began) * 1e3:.0f} ms", "", None))
+        stream = load()
+    return rows
+
+
+def run(quick: bool = False) -> list[Result]:
+    out = packed()
+    return resume_rows(out, quick) + throughput_rows(out, quick) + rss_rows(out, quick) + engine_rows(out, quick)
+
+
+def main() -> int:
+    return standalone("packed shards", run, "fewer samples and repeats")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
