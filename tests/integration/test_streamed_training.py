@@ -29,3 +29,31 @@ def test_trains_on_the_demo_parquet_view_by_changing_paths_only(tmp_path: Path) 
     rows = 16  # tiny: 4 train clips x 4 segments, one parquet row each
     assert metrics["skipped"]["train"] == {"seen": 2 * rows, "skipped": 0}, "each row once per epoch"
     assert metrics["global_steps"] == 2 * rows // 4
+
+
+@pytest.mark.long
+def test_a_killed_parquet_stream_resumes_by_plan_exactly(tmp_path: Path) -> None:
+    """2 workers, killed (-9) after step 5 of 8 (mid epoch 2): the resumed run reads from its position by plan
+    and ends bit-identical to the uninterrupted one."""
+    from _cli import run_mmtrain
+    from _multiproc import SIGKILLED, killed_ddp_run
+
+    from mmtrain.engine.callbacks.faults import compare_runs, kill_overrides
+
+    root = ensure_demo(tmp_path / "spoken_digits", size="tiny")
+    command = [
+        "data=parquet", f"data_root={root}", "data.num_workers=2", "data.batch_size=4",
+        "+data.train.label_column=label", f"+data.train.label_names={DIGITS}",
+        "+data.val.label_column=label", "+data.val.label_names=${data.train.label_names}",
+        "+data.test.label_column=label", "+data.test.label_names=${data.train.label_names}",
+        "model/encoders/image=vit", "~model/encoders/video", "~model/encoders/audio", "trainer.max_epochs=2",
+        "callbacks.progress=null", "evaluate_unimodal=false", "callbacks.resume_checkpoint.every_n_train_steps=2",
+    ]
+    whole = run_mmtrain("train", *command, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path, timeout=300)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
+    killed = tmp_path / "killed"
+    code = killed_ddp_run(*command, *kill_overrides(5), f"run_dir={killed}", cwd=tmp_path, name="parquet_killed")
+    assert code == SIGKILLED
+    resumed = run_mmtrain("train", *command, f"resume={killed}", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert compare_runs(tmp_path / "whole", killed) == []

@@ -263,12 +263,17 @@ class ResumableLoader(DataLoader):
         if isinstance(self.sampler, EpochSampler):
             self.sampler.skip = batches * int(self.batch_size or 1)
             self.sampler.pinned = epoch
+        elif callable(getattr(inner, "resume_at", None)) and getattr(inner, "batch_size", None) == self.batch_size:
+            inner.resume_at(epoch, batches)  # a stream that seeks to its position by plan
         else:
             self.discard = batches
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         iterator = super().__iter__()
+        inner = getattr(self.dataset, "dataset", self.dataset)
+        if self.num_workers > 0 and callable(getattr(inner, "resume_at", None)):
+            inner.resume_at(None)  # the workers took their copies: a later pass (new workers) is whole
         discard, self.discard = self.discard, 0
-        for _ in range(discard):  # a stream has no random access: decode and drop
+        for _ in range(discard):  # a stream that cannot seek: decode and drop
             next(iterator, None)
         return iterator

@@ -30,6 +30,7 @@ so the workers' batches add up to exactly ``ceil(len() / batch_size)`` = ``len(l
 Lightning stops an epoch at; without it the blocks are near-equal in rows, and a worker's partial
 last batch can push the real count above ``len(loader)``, whose extra batches Lightning never reads.
 Either way a rank's rows do not depend on its worker count, which makes ``len()`` exact per rank.
+A resumed pass (:meth:`resume_at`) starts each worker past the rows it already gave, unread.
 
 Construction reads only the footers (schema, row counts) and the label column (to reject an
 unknown label with its file and row; rows are numbered from 0 within each file, in errors, in
@@ -58,6 +59,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mmtrain.data.formats.common import LabelMap, check_modalities
 from mmtrain.data.media import MediaError, read_image
 from mmtrain.data.skips import SkippedSample, load_media
+from mmtrain.data.stream_plan import cut, delivered, worker_block
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,7 @@ class ParquetDataset(IterableDataset):
             raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size}")
         self.batch_size = None if batch_size is None else int(batch_size)
         self._logged_epoch = -1
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done): where the next pass starts
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.units: list[_Unit] = []
         self._layouts = [self._inspect(i, path, image_column, id_column) for i, path in enumerate(self.files)]
@@ -283,24 +286,14 @@ class ParquetDataset(IterableDataset):
             return [(unit, 0, unit.rows) for unit in self._rank_units(epoch)]
         quota = self.rows_per_rank()
         rank = self._rank()[0]
-        return _cut([(unit, 0, unit.rows) for unit in self._epoch_units(epoch)], rank * quota, (rank + 1) * quota)
-
-    def _worker_block(self, rows: int, worker: int, workers: int) -> tuple[int, int]:
-        """Rows ``[start, stop)`` of the rank's share that worker ``worker`` of ``workers`` yields."""
-        if self.batch_size:  # whole batches (the last one partial): no worker adds a batch of its own
-            batches = -(-rows // self.batch_size)
-            first, last = batches * worker // workers, batches * (worker + 1) // workers
-            return min(rows, first * self.batch_size), min(rows, last * self.batch_size)
-        share, extra = divmod(rows, workers)
-        start = worker * share + min(worker, extra)
-        return start, start + share + (1 if worker < extra else 0)
+        return cut([(unit, 0, unit.rows) for unit in self._epoch_units(epoch)], rank * quota, (rank + 1) * quota)
 
     def _plan(self, epoch: int, worker: int = 0, workers: int = 1) -> list[tuple[_Unit, int, int]]:
         """``(unit, start, stop)``: the slices of each row group's (epoch) row order this reader yields."""
         share = self._rank_slices(epoch)
         if workers == 1:
             return share
-        return _cut(share, *self._worker_block(sum(stop - start for _, start, stop in share), worker, workers))
+        return cut(share, *worker_block(sum(stop - start for _, start, stop in share), worker, workers, self.batch_size))
 
     def __len__(self) -> int:
         """Rows this rank yields per epoch (over all its workers), from parquet metadata."""
@@ -309,10 +302,31 @@ class ParquetDataset(IterableDataset):
         return sum(unit.rows for unit in self._rank_units(self.epoch))
 
     # ------------------------------------------------------------------------------ iteration
+    def resume_at(self, epoch: int | None, batches: int = 0) -> None:
+        """Start the next pass (of ``epoch``) after its first ``batches`` batches, by plan: no row before them
+        is read (needs ``batch_size``; set before the loader starts its workers). ``None``: a whole pass."""
+        if epoch is not None and not self.batch_size:
+            raise ValueError(f"{type(self).__name__}: resume_at needs batch_size (the loader's)")
+        self._resume = None if epoch is None else (int(epoch), int(batches))
+
+    def _resumed_plan(self, epoch: int, worker: int, workers: int) -> list[tuple[_Unit, int, int]]:
+        """This worker's rows of the pass: all of its block, or, on a resumed pass, the rest of the block of the
+        worker whose turn it takes (:mod:`mmtrain.data.stream_plan`)."""
+        resume, self._resume = self._resume, None  # one pass only (persistent workers keep this copy)
+        if resume is None or resume[0] != epoch:
+            return self._plan(epoch, worker, workers)
+        rows = sum(stop - start for _, start, stop in self._rank_slices(epoch))
+        blocks = [worker_block(rows, w, workers, self.batch_size) for w in range(workers)]
+        size = int(self.batch_size or 1)
+        given, first = delivered([-(-(stop - start) // size) for start, stop in blocks], resume[1])
+        role = (first + worker) % workers
+        plan = self._plan(epoch, role, workers)
+        return cut(plan, given[role] * size, sum(stop - start for _, start, stop in plan))
+
     def __iter__(self) -> Iterator[dict[str, Any] | SkippedSample]:
         epoch = self.epoch
         worker = get_worker_info()
-        plan = self._plan(epoch, *((worker.id, worker.num_workers) if worker is not None else (0, 1)))
+        plan = self._resumed_plan(epoch, *((worker.id, worker.num_workers) if worker is not None else (0, 1)))
         self._announce(epoch, worker.id if worker is not None else 0)
         handle: pq.ParquetFile | None = None
         current = -1
@@ -373,19 +387,6 @@ class ParquetDataset(IterableDataset):
         cell = columns[layout.image][offset]
         data = cell.get("bytes") if layout.kind == "struct" and cell is not None else cell
         return load_media(sample, {"image": lambda: _decode(data, f"{path} row {row} column {layout.image}")})
-
-
-def _cut(slices: list[tuple[_Unit, int, int]], start: int, stop: int) -> list[tuple[_Unit, int, int]]:
-    """Rows ``[start, stop)`` of the stream that ``slices`` make, as slices again."""
-    out, offset = [], 0
-    for unit, low, high in slices:
-        first, last = max(start, offset), min(stop, offset + high - low)
-        if first < last:
-            out.append((unit, low + first - offset, low + last - offset))
-        offset += high - low
-        if offset >= stop:
-            break
-    return out
 
 
 def _decode(data: bytes | None, where: str) -> Any:
