@@ -1,9 +1,11 @@
 """A weighted mixture of train sources (mmtrain.data.mixture): draws by weight, a pure function of (seed, epoch),
 every sample of an under-drawn source seen over the epochs, ids naming their source, named errors; and the demo
-trained from a 2-source mixture with 2 data workers, killed (-9) mid-epoch and resumed, bit-identical."""
+trained from a 2-source mixture with 2 data workers and validated on 2 named sources (metrics per source and
+their mean), killed (-9) mid-epoch and resumed, bit-identical."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -81,14 +83,14 @@ def mixture_config() -> str:
         return {"weight": weight, "dataset": {
             "_target_": "mmtrain.data.formats.mp4_label_json.Mp4LabelJsonDataset",
             "video_dir": f"${{data.prepare.root}}/videos/{split}", "label_dir": f"${{data.prepare.root}}/labels/{split}",
-            "label_names": "${data.val.label_names}", "num_frames": "${data.processor.num_frames}",
+            "label_names": "${data.test.label_names}", "num_frames": "${data.processor.num_frames}",
             "modalities": "${data.processor.modalities}"}}
 
     data = yaml.safe_load((Path(configs).parent / "data" / "spoken_digits.yaml").read_text())
     data["train"] = {"_target_": "mmtrain.data.mixture.MixtureDataset", "seed": "${seed}", "size": 24,
                      "sources": {"digits": source("train", 3), "held_out": source("val", 1)}}
-    data["val"]["label_names"] = data["test"]["label_names"] = ["zero", "one", "two", "three", "four", "five", "six",
-                                                                "seven", "eight", "nine"]
+    data["test"]["label_names"] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    data["val"] = {"digits": source("val", 1)["dataset"], "held_out": source("test", 1)["dataset"]}  # named sources
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -105,6 +107,12 @@ def test_the_demo_trains_from_a_mixture_and_resumes_it_exactly(tmp_path: Path) -
     flag = ["--config-dir", str(tmp_path / "configs")]
     done = run_mmtrain("train", *flag, *COMMAND, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    sources = metrics["val_sources"]  # the two val sources' metrics, and their mean as val (what checkpoints follow)
+    assert sorted(sources) == ["digits", "held_out"]
+    assert [sum(map(sum, s["confusion"])) for s in sources.values()] == [8, 8]  # each source's own 8 samples
+    assert metrics["val"]["macro_f1"] == pytest.approx((sources["digits"]["macro_f1"] + sources["held_out"]["macro_f1"]) / 2)
+    assert "val (digits)" in done.stdout and "val (mean of sources)" in done.stdout
     killed = tmp_path / "killed"
     code = killed_ddp_run(*flag, *COMMAND, *kill_overrides(9), f"run_dir={killed}", cwd=tmp_path, name="mixture")
     assert code == SIGKILLED  # after step 9 of 12: mid epoch 2, 2 workers prefetching

@@ -15,6 +15,9 @@ def scalars(result: dict) -> dict[str, float]:
 def metrics_table(metrics: dict) -> Table:
     """The scalar metrics of val and test (and of each one-modality test) as one table."""
     columns = {split: scalars(metrics[split]) for split in ("val", "test") if isinstance(metrics.get(split), dict)}
+    if metrics.get("val_sources") and "val" in columns:  # named val sources: "val" is their mean
+        named = {f"val ({name})": scalars(result) for name, result in metrics["val_sources"].items()}
+        columns = {**named, "val (mean of sources)": columns.pop("val"), **columns}
     for modality, result in metrics.get("test_only_one_modality", {}).items():
         columns[f"test ({modality} only)"] = scalars(result)
     table = Table(title="metrics")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
@@ -17,6 +18,7 @@ from mmtrain.data.resumable import (
     SeededCollate,
     dataset_fingerprint,
 )
+from mmtrain.data.sources import NamedSources
 from mmtrain.data.transport import WorkerPacked
 
 
@@ -48,7 +50,8 @@ class MultimodalDataModule(CpuBatchDataModule):
     """Wraps built datasets (raw samples) into DataLoaders collated by ``processor``.
 
     Args:
-        train, val, test: datasets returning raw-sample dicts; ``val``/``test`` optional.
+        train, val, test: datasets returning raw-sample dicts; ``val``/``test`` optional. ``val`` may map
+            source names to datasets: metrics per source (:mod:`mmtrain.data.sources`).
         processor: turns a list of raw samples into a batch.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
@@ -65,7 +68,7 @@ class MultimodalDataModule(CpuBatchDataModule):
         *,
         train: Dataset,
         processor: BatchProcessor,
-        val: Dataset | None = None,
+        val: Dataset | Mapping[str, Dataset] | None = None,
         test: Dataset | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -73,6 +76,11 @@ class MultimodalDataModule(CpuBatchDataModule):
     ) -> None:
         super().__init__()
         self.splits: dict[str, Dataset] = {"train": train}
+        #: names of the val sources when ``val`` is a mapping of datasets (one loader and metrics each)
+        self.val_sources: list[str] = []
+        if isinstance(val, Mapping) and not isinstance(val, Dataset):
+            val = NamedSources(val, "val")
+            self.val_sources = val.names
         if val is not None:
             self.splits["val"] = val
         if test is not None:
@@ -118,12 +126,13 @@ class MultimodalDataModule(CpuBatchDataModule):
         plan = cache.plan(split, self.trainer, dataset)
         return CachedFeatureDataset(dataset, plan) if plan is not None else dataset
 
-    def _loader(self, split: str) -> DataLoader[Any]:
-        """Val/test batches in dataset order (Lightning shards them over ranks under DDP)."""
+    def _loader(self, split: str, dataset: Dataset | None = None) -> DataLoader[Any]:
+        """Val/test batches in dataset order (Lightning shards them over ranks under DDP); ``dataset``: one named
+        source of the split instead of all of it."""
         if split not in self.splits:
             raise ValueError(f"no '{split}' dataset configured (data.{split}).")
         return DataLoader(
-            self._served(split),
+            dataset if dataset is not None else self._served(split),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -170,7 +179,10 @@ class MultimodalDataModule(CpuBatchDataModule):
             fingerprint=dataset_fingerprint(dataset),  # of the unwrapped dataset: the same with the cache on
         )
 
-    def val_dataloader(self) -> DataLoader[Any]:
+    def val_dataloader(self) -> DataLoader[Any] | list[DataLoader[Any]]:
+        """The val batches; with named val sources one loader per source, in ``val_sources`` order."""
+        if self.val_sources:
+            return [self._loader("val", source) for source in self.splits["val"].sources]  # type: ignore[attr-defined]
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader[Any]:

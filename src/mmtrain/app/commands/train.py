@@ -313,6 +313,9 @@ def _train(cfg: DictConfig, perf: PerfSettings) -> dict[str, Any]:
         raise
     (run_dir / STOPPED_NAME).unlink(missing_ok=True)  # a resumed run that finished: no stale reason
     metrics.update({split: task.results[split] for split in ("val", "test") if split in task.results})
+    if task.val_splits:  # named val sources: each one's results (metrics["val"] is their mean)
+        metrics["val_sources"] = {split.split("/", 1)[1]: task.results[split] for split in task.val_splits
+                                  if split in task.results}
     if budget:
         metrics["token_budget"] = budget
     skips = getattr(task, "nonfinite_skips", None)

@@ -294,7 +294,7 @@ class PairAlignment:
         groups = torch.unique(data["group"], return_inverse=True)[1]
         raw = retrieval_metrics(embeddings, self.ks, self.eval_dims, prefix=split, pairs=self.eval_pairs,
                                 groups=groups, present=present, chance=True)
-        result = {key.split("/", 1)[1]: value for key, value in raw.items()}
+        result = {key[len(split) + 1:]: value for key, value in raw.items()}  # keys are "<split>/<name>"
         full_r1 = [result[f"r@1_{q}_{g}"] for a, b in self.eval_pairs for q, g in ((a, b), (b, a))]
         result["r@1_mean"] = float(sum(full_r1) / len(full_r1))
         for k in self.ks:

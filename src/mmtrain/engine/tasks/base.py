@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from mmtrain.config.validate import injects
 from mmtrain.engine.nonfinite import NonFiniteGuard, StepPlace
 from mmtrain.engine.quantized import load_trained_state, without_quantized_base
+from mmtrain.engine.tasks.sources import ValSources
 from mmtrain.models.processing import model_inputs
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ SchedulerFactory = Callable[..., Any]
 
 
 @injects(own=["model", "label_names", "prompt"])  # mmtrain.engine.build.build_task passes them
-class TaskBase(pl.LightningModule):
+class TaskBase(ValSources, pl.LightningModule):
     """Holds the model and builds the optimizer (``_partial_`` factory) over trainable parameters.
 
     Args:
@@ -284,7 +285,9 @@ class TaskBase(pl.LightningModule):
             metrics[f"{split}_metrics"].compute()
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        if self.val_splits:  # named val sources: per source, then their mean
+            self.finish_sources(self.trainer.sanity_checking)
+        elif self.trainer.sanity_checking:
             self._discard("val")
         else:
             self._finish("val")
@@ -292,8 +295,13 @@ class TaskBase(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish("test")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self.step(batch, "val") if batch["ids"] else None
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor | None:
+        return self.step(batch, self.split_of(dataloader_idx)) if batch["ids"] else None
+
+    def log(self, *args: Any, add_dataloader_idx: bool = False, **kwargs: Any) -> None:
+        """``LightningModule.log``; names are never suffixed with a DataLoader index (each named val source logs
+        under its own ``val/<source>/`` names)."""
+        super().log(*args, add_dataloader_idx=add_dataloader_idx, **kwargs)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self.step(batch, "test") if batch["ids"] else None

@@ -98,7 +98,7 @@ class GenerationTask(TaskBase):
     def _evaluate(self, batch: dict[str, Any], out: Any, split: str) -> None:
         metrics = self.metrics[f"{split}_metrics"]
         metrics.update_nll(out.lm_nll_sum.detach(), out.lm_token_count)
-        if split == "val" and (not self.generate_on_val or self.trainer.sanity_checking):
+        if split.startswith("val") and (not self.generate_on_val or self.trainer.sanity_checking):
             return
         inputs = {k: v for k, v in model_inputs(batch).items() if k not in ("labels", "lm_labels")}
         answers = self.model.generate_answers(
