@@ -185,7 +185,7 @@ COMMAND = ["experiment=demo", "data.prepare.size=tiny", "data.num_workers=2", "t
            "callbacks.resume_checkpoint.every_n_train_steps=2", "evaluate_unimodal=false", "callbacks.progress=null"]
 
 
-@pytest.mark.slow
+@pytest.mark.long  # the README's second test command: the first stays under 15 minutes
 def test_the_demo_from_shards_over_http_killed_and_resumed_ends_as_from_its_files(packed: Path, tmp_path: Path) -> None:
     work = packed.parent  # its data/ holds the files the shards were packed from
     whole = run_mmtrain("train", *COMMAND, f"run_dir={tmp_path / 'whole'}", cwd=work, timeout=300)

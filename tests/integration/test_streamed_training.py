@@ -15,16 +15,18 @@ pytestmark = pytest.mark.slow
 DIGITS = "[zero,one,two,three,four,five,six,seven,eight,nine]"
 
 
+def parquet_demo(root: Path) -> list[str]:
+    """The demo's parquet view (under ``root``) as image + text classification, 2 workers, 2 epochs of batch 4."""
+    return ["data=parquet", f"data_root={root}", "data.num_workers=2", "data.batch_size=4",
+            "+data.train.label_column=label", f"+data.train.label_names={DIGITS}",
+            "+data.val.label_column=label", "+data.val.label_names=${data.train.label_names}",
+            "+data.test.label_column=label", "+data.test.label_names=${data.train.label_names}",
+            "model/encoders/image=vit", "~model/encoders/video", "~model/encoders/audio", "trainer.max_epochs=2"]
+
+
 def test_trains_on_the_demo_parquet_view_by_changing_paths_only(tmp_path: Path) -> None:
     root = ensure_demo(tmp_path / "spoken_digits", size="tiny")
-    overrides = [
-        "data=parquet", f"data_root={root}", "data.num_workers=2", "data.batch_size=4",
-        "+data.train.label_column=label", f"+data.train.label_names={DIGITS}",
-        "+data.val.label_column=label", "+data.val.label_names=${data.train.label_names}",
-        "+data.test.label_column=label", "+data.test.label_names=${data.train.label_names}",
-        "model/encoders/image=vit", "~model/encoders/video", "~model/encoders/audio",
-        "trainer.max_epochs=2", "callbacks.progress=null", f"run_dir={tmp_path / 'run'}",
-    ]
+    overrides = [*parquet_demo(root), "callbacks.progress=null", f"run_dir={tmp_path / 'run'}"]
     metrics = train(compose_config(overrides))
     rows = 16  # tiny: 4 train clips x 4 segments, one parquet row each
     assert metrics["skipped"]["train"] == {"seen": 2 * rows, "skipped": 0}, "each row once per epoch"
@@ -41,14 +43,8 @@ def test_a_killed_parquet_stream_resumes_by_plan_exactly(tmp_path: Path) -> None
     from mmtrain.engine.callbacks.faults import compare_runs, kill_overrides
 
     root = ensure_demo(tmp_path / "spoken_digits", size="tiny")
-    command = [
-        "data=parquet", f"data_root={root}", "data.num_workers=2", "data.batch_size=4",
-        "+data.train.label_column=label", f"+data.train.label_names={DIGITS}",
-        "+data.val.label_column=label", "+data.val.label_names=${data.train.label_names}",
-        "+data.test.label_column=label", "+data.test.label_names=${data.train.label_names}",
-        "model/encoders/image=vit", "~model/encoders/video", "~model/encoders/audio", "trainer.max_epochs=2",
-        "callbacks.progress=null", "evaluate_unimodal=false", "callbacks.resume_checkpoint.every_n_train_steps=2",
-    ]
+    command = [*parquet_demo(root), "callbacks.progress=null", "evaluate_unimodal=false",
+               "callbacks.resume_checkpoint.every_n_train_steps=2"]
     whole = run_mmtrain("train", *command, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path, timeout=300)
     assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
     killed = tmp_path / "killed"

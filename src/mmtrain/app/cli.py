@@ -189,22 +189,13 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from mmtrain.config.compose import compose_config
     from mmtrain.app.commands.data_check import check_data, default_ledger
+    from mmtrain.core.progress import split_bars
 
     cfg = compose_config(args.overrides, config_dir=args.config_dir)
     out = Path(args.out) if args.out else default_ledger(cfg)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(split: str, done: int, total: int | None) -> None:
-            if split not in tasks:
-                tasks[split] = bar.add_task(f"decoding {split}", total=total)
-            bar.update(tasks[split], completed=done)
-
+    with split_bars(console, lambda split: f"decoding {split}") as progress:
         result = check_data(cfg, out=out, progress=progress)
     table = Table(title=f"data check (budget: max_skip_fraction={result['max_skip_fraction']})")
     for column in ("split", "samples", "skipped", "fraction", "within budget"):

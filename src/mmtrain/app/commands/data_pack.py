@@ -66,10 +66,10 @@ def pack_config(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str] | No
 def run(args: argparse.Namespace) -> int:
     """Pack, print a table per split; returns the exit code."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from mmtrain.config.compose import compose_config
+    from mmtrain.core.progress import split_bars
     from mmtrain.data.shards.pack import parse_size
 
     console = Console()
@@ -77,15 +77,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.overrides, config_dir=args.config_dir)
     out = Path(args.out)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(split: str, done: int, total: int) -> None:
-            if split not in tasks:
-                tasks[split] = bar.add_task(f"packing {split}", total=total)
-            bar.update(tasks[split], completed=done)
-
+    with split_bars(console, lambda split: f"packing {split}") as progress:
         results = pack_config(cfg, out=out, shard_bytes=shard_bytes, splits=splits, progress=progress,
                               share_media=args.share_media)
     table = Table(title=f"packed into {out}")

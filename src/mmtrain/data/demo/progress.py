@@ -17,7 +17,7 @@ def clip_progress(console: object | None = None) -> Iterator[ClipProgress]:
     """A progress callback for :func:`~mmtrain.data.demo.build.build_demo`: rich bars (transient) on a
     terminal (``console``, default: a stderr console), else one log line as each split completes."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from mmtrain.core.progress import split_bars
 
     console = console or Console(stderr=True)
     if not getattr(console, "is_terminal", False):
@@ -27,13 +27,5 @@ def clip_progress(console: object | None = None) -> Iterator[ClipProgress]:
 
         yield logged
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        tasks: dict[str, int] = {}
-
-        def shown(split: str, done: int, total: int) -> None:
-            if split not in tasks:
-                tasks[split] = bar.add_task(f"{split} clips", total=total)
-            bar.update(tasks[split], completed=done)
-
+    with split_bars(console, lambda split: f"{split} clips") as shown:
         yield shown
