@@ -73,8 +73,8 @@ def test_shared_media_store_a_file_once_per_shard_and_read_the_same(packed: Path
     sizes = {}
     for share in (False, True):
         out = tmp_path / f"share_{share}"
-        pack_split(source, out / "val", shard_bytes=parse_size("1MB"), num_workers=0, ledger=Ledger(), split="val",
-                   source={}, share_media=share)
+        pack_split(source, out / "val", shard_bytes=parse_size("1MB"), num_workers=0, ledger=tmp_path / "skipped.jsonl",
+                   split="val", source={}, share_media=share)
         sizes[share] = sum(p.stat().st_size for p in (out / "val").glob("*.tar"))
         same_samples(source, ShardsDataset(source=str(out), split="val", modalities=MODALITIES, num_frames=4))
     assert sizes[True] < sizes[False] / 2  # 2 segments of each tiny-demo mp4
@@ -140,14 +140,6 @@ def test_a_hostile_or_mismatched_root_is_refused(packed: Path, tmp_path: Path) -
         ShardsDataset(source=str(tmp_path / "absent"), split="val", modalities=MODALITIES)
 
 
-class Ledger:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, line: str) -> None:
-        self.lines.append(line)
-
-
 def test_an_undecodable_sample_goes_to_the_ledger_not_into_a_shard(clip_source: Path, tmp_path: Path) -> None:
     videos, labels = tmp_path / "videos", tmp_path / "labels"
     videos.mkdir()
@@ -159,15 +151,46 @@ def test_an_undecodable_sample_goes_to_the_ledger_not_into_a_shard(clip_source: 
             {"start": 0.0, "end": 1.0, "text": "a", "label": "x"}, {"start": 1.0, "end": 2.0, "text": "b", "label": "y"}]}))
     source = Mp4LabelJsonDataset(video_dir=str(videos), label_dir=str(labels), label_names=["x", "y"],
                                  num_frames=3, modalities=["video", "audio"])
-    ledger = Ledger()
+    ledger = tmp_path / "out" / "skipped.jsonl"
     counts = pack_split(source, tmp_path / "out" / "train", shard_bytes=parse_size("1MB"), num_workers=0,
                         ledger=ledger, split="train", source={})
     assert counts["samples"] == 2 and counts["skipped"] == 2 and counts["shards"] == 1
-    assert sorted(json.loads(line)["id"] for line in ledger.lines) == ["bad/0", "bad/1"]
+    assert sorted(json.loads(line)["id"] for line in ledger.read_text().splitlines()) == ["bad/0", "bad/1"]
     shards = ShardsDataset(source=str(tmp_path / "out"), split="train", modalities=["video", "audio"], num_frames=3)
     assert shards.ids == ["good/0", "good/1"] and [shards[i]["label"] for i in (0, 1)] == [0, 1]
     assert np.array_equal(shards[1]["video"], source[3]["video"])  # bad.mp4 sorts first: good/1 is its 4th
     assert not isinstance(shards[0], SkippedSample)
+
+
+class Interrupted(Mp4LabelJsonDataset):
+    """A copy of a source whose sample ``stop`` fails (a crash mid-pack) until ``stop`` is cleared."""
+
+    def __init__(self, source: Mp4LabelJsonDataset, stop: int | None) -> None:
+        self.__dict__.update(vars(source))
+        self.stop = stop
+
+    def __getitem__(self, index: int) -> object:
+        if index == self.stop:
+            raise RuntimeError("the machine went away")
+        return super().__getitem__(index)
+
+
+def test_an_interrupted_pack_goes_on_from_its_last_finished_shard(packed: Path, tmp_path: Path) -> None:
+    source = direct(packed, "val")
+    options = {"shard_bytes": parse_size("40KB"), "num_workers": 0, "split": "val", "source": {}}
+    pack_split(source, tmp_path / "clean" / "val", ledger=tmp_path / "clean.jsonl", **options)
+    crashing = Interrupted(source, stop=6)
+    with pytest.raises(RuntimeError, match="went away"):
+        pack_split(crashing, tmp_path / "out" / "val", ledger=tmp_path / "out.jsonl", **options)
+    staging = tmp_path / "out" / ".val.packing"
+    assert not (tmp_path / "out" / "val").exists() and json.loads((staging / "progress.json").read_text())["shards"]
+    crashing.stop = None
+    again = pack_split(crashing, tmp_path / "out" / "val", ledger=tmp_path / "out.jsonl", **options)
+    assert 0 < again["continued_from"] <= 6 and not staging.exists()
+    for name in sorted(p.name for p in (tmp_path / "clean" / "val").iterdir()):
+        assert (tmp_path / "out" / "val" / name).read_bytes() == (tmp_path / "clean" / "val" / name).read_bytes(), name
+    kept = pack_split(crashing, tmp_path / "out" / "val", ledger=tmp_path / "out.jsonl", **options)
+    assert kept["continued_from"] is None and kept["samples"] == len(source)  # packed before: kept as it is
 
 
 @pytest.mark.parametrize("text, size", [("256MB", 256 * 2**20), ("1.5GB", int(1.5 * 2**30)), ("64KiB", 65536),

@@ -2,7 +2,9 @@
 
 Writes ``DIR/<split>/`` (``shards.json``, ``NNNNN.tar``, ``NNNNN.idx.json``; :mod:`mmtrain.data.shards.layout`)
 for every split of the data config (the same overrides as ``mmtrain train``), and ``DIR/skipped.jsonl``: the
-samples left out because their media cannot be decoded, one JSON line each. Train from the result with
+samples left out because their media cannot be decoded, one JSON line each. Interrupted (an error, Ctrl-C, a
+kill), the same command goes on from each split's last finished shard and keeps the splits it finished. Train
+from the result with
 ``shards.source=DIR`` (a folder, or the same files under an ``https://`` or ``s3://`` URL).
 """
 
@@ -34,7 +36,6 @@ def pack_config(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str] | No
     """Pack the composed config's splits under ``out``; returns each split's counts and seconds."""
     from mmtrain.config.targets import allow_prefixes, runtime_prefixes
     from mmtrain.config.validate import validate_config
-    from mmtrain.core.fileio import LineAppender
     from mmtrain.data.shards.pack import pack_split
     from mmtrain.engine.build import build_data
 
@@ -47,19 +48,14 @@ def pack_config(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str] | No
     if unknown:
         raise ValueError(f"--splits {unknown}: the config has splits {list(datamodule.splits)}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "skipped.jsonl").write_text("")
-    ledger = LineAppender(out / "skipped.jsonl")
     results: dict[str, dict[str, Any]] = {}
-    try:
-        for split in chosen:
-            began = time.perf_counter()
-            source = {"data": str(cfg.data.get(split, {}).get("_target_", "")), "split": split}
-            results[split] = pack_split(datamodule.splits[split], out / split, shard_bytes=shard_bytes,
-                                        num_workers=datamodule.num_workers, ledger=ledger, split=split,
-                                        source=source, progress=progress, share_media=share_media)
-            results[split]["seconds"] = time.perf_counter() - began
-    finally:
-        ledger.close()
+    for split in chosen:
+        began = time.perf_counter()
+        source = {"data": str(cfg.data.get(split, {}).get("_target_", "")), "split": split}
+        results[split] = pack_split(datamodule.splits[split], out / split, shard_bytes=shard_bytes,
+                                    num_workers=datamodule.num_workers, ledger=out / "skipped.jsonl", split=split,
+                                    source=source, progress=progress, share_media=share_media)
+        results[split]["seconds"] = time.perf_counter() - began
     return results
 
 
@@ -84,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     for column in ("split", "samples", "skipped", "shards", "MB", "seconds"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, r in results.items():
-        table.add_row(split, str(r["samples"]), str(r["skipped"]), str(r["shards"]), f"{r['bytes'] / 1e6:.1f}",
+        note = " (kept: packed before)" if r["continued_from"] is None else (
+            f" (continued at sample {r['continued_from']})" if r["continued_from"] else "")
+        table.add_row(split + note, str(r["samples"]), str(r["skipped"]), str(r["shards"]), f"{r['bytes'] / 1e6:.1f}",
                       f"{r['seconds']:.1f}")
     console.print(table)
     console.print(f"skipped samples, one JSON line each: {out / 'skipped.jsonl'}", soft_wrap=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from mmtrain.core.fileio import atomic_write_bytes
 from mmtrain.data.shards.writer import MediaPart, PackItem, SplitWriter
 from mmtrain.data.skips import SkippedSample
 
@@ -127,28 +129,54 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def pack_split(dataset: Any, target: Path, *, shard_bytes: int, num_workers: int, ledger: Any, split: str,
-               source: dict[str, Any], progress: Progress | None = None, share_media: bool = False) -> dict[str, int]:
-    """Pack one split into ``target``; skipped samples are written to ``ledger`` (a line writer). ``share_media``:
-    see :class:`~mmtrain.data.shards.writer.SplitWriter`.
+def pack_split(dataset: Any, target: Path, *, shard_bytes: int, num_workers: int, ledger: Path, split: str,
+               source: dict[str, Any], progress: Progress | None = None, share_media: bool = False) -> dict[str, Any]:
+    """Pack one split into ``target``; skipped samples are appended to the JSON-lines file ``ledger`` (with
+    ``"split"``). An interrupted pack of the same settings goes on from its last finished shard; a split already
+    packed with them is kept as it is. ``share_media``: see :class:`~mmtrain.data.shards.writer.SplitWriter`.
 
-    Returns ``{"samples", "skipped", "shards", "bytes"}``.
+    Returns ``{"samples", "skipped", "shards", "bytes", "continued_from"}`` (``continued_from``: the source
+    index a continued pack started at, ``None`` for a kept split, else 0).
     """
     if not len(dataset):
         raise ValueError(f"split {split} has no samples to pack")
     first = pack_item(dataset, 0)  # an unpackable format fails here, before any decoding
     modalities = list(dict.fromkeys([*getattr(dataset, "modalities", []), *(["text"] if "text" in first.fields else [])]))
-    loader = DataLoader(_Packable(dataset), batch_size=None, num_workers=num_workers, collate_fn=_as_is)
-    skipped = 0
-    with SplitWriter(target, shard_bytes=shard_bytes, label_names=list(getattr(dataset, "label_names", []) or []),
-                     modalities=modalities, source=source, share_media=share_media) as writer:
-        for done, item in enumerate(loader, start=1):
+    writer = SplitWriter(target, shard_bytes=shard_bytes, label_names=list(getattr(dataset, "label_names", []) or []),
+                         modalities=modalities, source=source, share_media=share_media, source_samples=len(dataset))
+    kept = writer.packed_before()
+    if kept is not None:
+        shutil.rmtree(writer.staging, ignore_errors=True)
+        return {"samples": kept["samples"], "skipped": _ledger_lines(ledger, split, None), "shards": len(kept["shards"]),
+                "bytes": sum(s["bytes"] for s in kept["shards"]), "continued_from": None}
+    start, lines = writer.position, writer.ledger_lines
+    _ledger_lines(ledger, split, lines)  # this split's lines past the finished shards go (they come again)
+    loader = DataLoader(Subset(_Packable(dataset), range(start, len(dataset))), batch_size=None,
+                        num_workers=num_workers, collate_fn=_as_is)
+    with writer, open(ledger, "a") as out:
+        for index, item in enumerate(loader, start=start):
             if isinstance(item, SkippedSample):
-                skipped += 1
-                ledger.write(json.dumps({**item.to_record(), "split": split}) + "\n")
+                lines += 1
+                out.write(json.dumps({**item.to_record(), "split": split}) + "\n")
+                out.flush()
             else:
-                writer.add(item)
+                writer.add(item, index, lines)
             if progress is not None:
-                progress(split, done, len(dataset))
-    return {"samples": writer.samples, "skipped": skipped, "shards": len(writer.shards),
-            "bytes": sum(s["bytes"] for s in writer.shards)}
+                progress(split, index + 1, len(dataset))
+        writer.close(lines)
+    return {"samples": writer.samples, "skipped": lines, "shards": len(writer.shards),
+            "bytes": sum(s["bytes"] for s in writer.shards), "continued_from": start}
+
+
+def _ledger_lines(ledger: Path, split: str, keep: int | None) -> int:
+    """Count ``split``'s lines in ``ledger``; with ``keep``, drop those past the first ``keep`` of them."""
+    try:
+        lines = ledger.read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        lines = []
+    mine = [i for i, line in enumerate(lines) if json.loads(line).get("split") == split]
+    if keep is not None and len(mine) > keep:
+        drop = set(mine[keep:])
+        atomic_write_bytes(ledger, "".join(l for i, l in enumerate(lines) if i not in drop).encode())
+        return keep
+    return len(mine)

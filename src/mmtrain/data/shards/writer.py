@@ -1,8 +1,9 @@
 """Writes one packed split: WebDataset tar shards, their indexes and ``shards.json`` (layout:
 :mod:`mmtrain.data.shards.layout`).
 
-The split is written into a temporary folder beside its target and renamed into place when complete, so a reader
-never sees half a split and an interrupted pack leaves the target as it was. Tar members are written with fixed
+The split is written into a staging folder beside its target and renamed into place when complete, so a reader
+never sees half a split and an interrupted pack leaves the target as it was; run again, it goes on from its last
+finished shard. Tar members are written with fixed
 metadata (mtime 0, owner 0, mode 0444): the same samples give the same bytes.
 """
 
@@ -13,13 +14,15 @@ import io
 import json
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmtrain.core.fileio import replace_path
+from mmtrain.core.fileio import atomic_write_bytes, replace_path
 from mmtrain.data.shards.layout import FORMAT, ROOT, VERSION, shard_names
+
+#: The staging folder's record of the finished shards (what an interrupted pack continues from).
+PROGRESS = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -53,36 +56,67 @@ class SplitWriter:
     without their media.
 
     Use as a context manager; :meth:`close` (or leaving the block without an error) renames the finished split
-    to ``target`` (replacing it), an error removes the partial one.
+    to ``target`` (replacing it). The split is written in ``.<target>.packing`` beside it, with ``progress.json``
+    updated at every finished shard: after an error or a kill, a writer with the same settings continues from the
+    last finished shard (:attr:`position`: the source index to go on from; :attr:`ledger_lines`: the skip-ledger
+    lines of this split written by then), so nothing packed is packed again.
     """
 
     def __init__(self, target: Path, *, shard_bytes: int, label_names: list[str], modalities: list[str],
-                 source: dict[str, Any], share_media: bool = False) -> None:
+                 source: dict[str, Any], share_media: bool = False, source_samples: int = 0) -> None:
         self.target = Path(target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}-packing-", dir=self.target.parent))
+        self.staging = self.target.parent / f".{self.target.name}.packing"
         self.shard_bytes = int(shard_bytes)
         self.share_media = bool(share_media)
         self.meta = {"label_names": label_names, "modalities": modalities, "source": source}
+        self.settings = {**self.meta, "shard_bytes": self.shard_bytes, "share_media": self.share_media,
+                         "source_samples": int(source_samples)}
         self.shards: list[dict[str, Any]] = []
         self._tar: tarfile.TarFile | None = None
         self._rows: list[list[Any]] = []
         self._stored: dict[str, str] = {}  # source file (or bytes digest) -> member already in this shard
-        self.samples = 0
+        self.samples = self.position = self.ledger_lines = 0
+        self._continue()
+
+    def _continue(self) -> None:
+        """Take up an interrupted pack of the same settings, or start a clean staging folder."""
+        try:
+            progress = json.loads((self.staging / PROGRESS).read_text())
+        except (OSError, ValueError):
+            progress = None
+        if not isinstance(progress, dict) or progress.get("settings") != self.settings:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging.mkdir(parents=True)
+            return
+        self.shards, self.samples = progress["shards"], int(progress["samples"])
+        self.position, self.ledger_lines = int(progress["position"]), int(progress["ledger_lines"])
+        kept = {PROGRESS, *(s["name"] for s in self.shards), *(s["index"] for s in self.shards)}
+        for path in self.staging.iterdir():
+            if path.name not in kept:  # the shard being written when it stopped
+                path.unlink()
 
     def __enter__(self) -> SplitWriter:
         return self
 
     def __exit__(self, kind: type | None, *exc: object) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
+        if self._tar is not None and kind is not None:  # the finished shards stay for the next run
+            self._tar.close()
 
-    def add(self, item: PackItem) -> None:
-        """Append one sample (its media files are read here)."""
+    def packed_before(self) -> dict[str, Any] | None:
+        """The root of ``target`` when a pack with these settings finished it already, else ``None``."""
+        try:
+            root = json.loads((self.target / ROOT).read_text())
+        except (OSError, ValueError):
+            return None
+        same = root.get("pack") == {k: v for k, v in self.settings.items() if k not in self.meta}
+        return root if same and all(root.get(k) == v for k, v in self.meta.items()) else None
+
+    def add(self, item: PackItem, index: int, ledger_lines: int) -> None:
+        """Append sample ``index`` of the source (its media files are read here); ``ledger_lines``: this split's
+        skip-ledger lines written so far."""
         if self._tar is not None and self._tar.offset >= self.shard_bytes:
-            self._finish_shard()
+            self._finish_shard(position=index, ledger_lines=ledger_lines)
         if self._tar is None:
             self._tar = tarfile.open(self.staging / shard_names(len(self.shards))[0], "w", format=tarfile.GNU_FORMAT)
             self._rows, self._stored = [], {}
@@ -129,7 +163,7 @@ class SplitWriter:
         assert self._tar is not None
         self._tar.addfile(info, io.BytesIO(data))
 
-    def _finish_shard(self) -> None:
+    def _finish_shard(self, *, position: int, ledger_lines: int) -> None:
         assert self._tar is not None
         self._tar.close()
         name, index_name = shard_names(len(self.shards))
@@ -143,20 +177,21 @@ class SplitWriter:
         self.shards.append({"name": name, "index": index_name, "samples": len(self._rows),
                             "bytes": path.stat().st_size, "index_sha256": hashlib.sha256(index).hexdigest()})
         self._tar = None
+        self.position, self.ledger_lines = position, ledger_lines
+        progress = {"settings": self.settings, "shards": self.shards, "samples": self.samples,
+                    "position": position, "ledger_lines": ledger_lines}
+        atomic_write_bytes(self.staging / PROGRESS, json.dumps(progress).encode(), durable=True)
 
-    def close(self) -> Path:
+    def close(self, ledger_lines: int = 0) -> Path:
         """Finish the last shard, write ``shards.json`` and move the split into place."""
         if self._tar is not None:
-            self._finish_shard()
+            self._finish_shard(position=self.settings["source_samples"], ledger_lines=ledger_lines)
         if not self.samples:
-            self.abort()
+            shutil.rmtree(self.staging, ignore_errors=True)
             raise ValueError(f"nothing to pack into {self.target}: every sample was skipped (see the ledger)")
-        root = {"format": FORMAT, "version": VERSION, "samples": self.samples, **self.meta, "shards": self.shards}
+        root = {"format": FORMAT, "version": VERSION, "samples": self.samples, **self.meta, "shards": self.shards,
+                "pack": {k: v for k, v in self.settings.items() if k not in self.meta}}
         (self.staging / ROOT).write_text(json.dumps(root, indent=1) + "\n")
+        (self.staging / PROGRESS).unlink()
         replace_path(self.staging, self.target)
         return self.target
-
-    def abort(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-        shutil.rmtree(self.staging, ignore_errors=True)
