@@ -155,6 +155,16 @@ class HFDataset(Dataset):
         loaders = {m: self._loader(m, row[self.columns[m]], start, end) for m in wanted}
         return load_media(sample, loaders)
 
+    def undecoded(self, index: int) -> tuple[str, dict[str, Any], dict[str, bytes | Path]]:
+        """Sample ``index`` before decoding: its id, plain fields (``label`` as an index) and each media value as
+        encoded bytes or its file (under ``media_root``); what ``mmtrain data pack`` stores."""
+        row = self.table[int(index)]
+        sample_id = str(row[self.columns["id"]]) if "id" in self.columns else str(index)
+        fields = {k: row[c] for k, c in self.columns.items() if k in ("text", "target_text", "start", "end")}
+        if "label" in self.columns and self._label_index is not None:
+            fields["label"] = self._label_index(row[self.columns["label"]], sample_id)
+        return sample_id, fields, {m: self._bytes_or_path(m, row[self.columns[m]]) for m in self.modalities}
+
     def _loader(self, modality: str, value: Any, start: float | None, end: float | None) -> Any:
         def load() -> Any:
             media = self._bytes_or_path(modality, value)

@@ -61,18 +61,10 @@ def pack_item(dataset: Any, index: int) -> PackItem:
                  for m, refs in record.media.items() if m in dataset.modalities}
         sample_id = str(record.fields["id"])
     elif isinstance(dataset, HFDataset):
-        row = dataset.table[int(index)]
-        sample = {"id": str(row[dataset.columns["id"]]) if "id" in dataset.columns else str(index)}
-        fields = {k: row[c] for k, c in dataset.columns.items() if k in ("text", "target_text", "start", "end")}
-        if "label" in dataset.columns and dataset._label_index is not None:
-            fields["label"] = dataset._label_index(row[dataset.columns["label"]], sample["id"])
+        sample_id, fields, values = dataset.undecoded(index)
         start, end = fields.get("start"), fields.get("end")
-        media = {}
-        for modality in dataset.modalities:
-            value = dataset._bytes_or_path(modality, row[dataset.columns[modality]])
-            ext = value.suffix if isinstance(value, Path) else _sniff(value, modality)
-            media[modality] = MediaPart(data=value, ext=ext, start=start, end=end)
-        sample_id = sample["id"]
+        media = {m: MediaPart(data=value, ext=value.suffix if isinstance(value, Path) else _sniff(value, m),
+                              start=start, end=end) for m, value in values.items()}
     else:
         raise TypeError(f"{type(dataset).__name__} cannot be packed: `mmtrain data pack` reads the record formats "
                         "(mp4_label_json, meld, chsims, metadata, instruction, image_pairs) and hf_datasets")
