@@ -221,3 +221,14 @@ def test_the_demo_from_shards_over_http_killed_and_resumed_ends_as_from_its_file
         resumed = run_mmtrain("train", *remote, f"resume={killed}", cwd=work, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert compare_runs(tmp_path / "whole", killed) == []  # weights, optimizer state, every step's loss
+
+
+def test_fields_of_a_packed_sample_cannot_pose_as_media_or_its_id(tmp_path: Path) -> None:
+    from mmtrain.data.shards.writer import PackItem, SplitWriter
+
+    with SplitWriter(tmp_path / "odd" / "train", shard_bytes=2**20, label_names=[], modalities=["text"],
+                     source={}, source_samples=1) as writer:
+        writer.add(PackItem(id="real", fields={"text": "hi", "video": "/etc/passwd", "id": "forged"}), 0, 0)
+        writer.close()
+    sample = ShardsDataset(source=str(tmp_path / "odd"), split="train", modalities=["text"])[0]
+    assert sample == {"id": "real", "text": "hi"}

@@ -148,11 +148,18 @@ class ShardsDataset(Dataset):
             record = json.loads(members[f"{key}.json"])
         except (KeyError, ValueError) as err:
             raise ShardError(f"{where}: no readable {key}.json ({err})") from err
-        sample: dict[str, Any] = {"id": str(record.get("id", key)), **record.get("fields", {})}
+        fields = record.get("fields", {}) if isinstance(record, dict) else None
+        if not isinstance(fields, dict):
+            raise ShardError(f"{where}: {key}.json is not {{id, fields, media}}")
+        # media come only from the sample's members, and its id only from "id"
+        sample: dict[str, Any] = {**{k: v for k, v in fields.items() if k not in (*MEDIA, "id")},
+                                  "id": str(record.get("id", key))}
         if "label" in sample and self.label_names:
             sample["label"] = self._label(sample["label"], where)
         wanted = [m for m in self.modalities if m in MEDIA and (modalities is None or m in modalities)]
-        media = record.get("media", {})
+        media = record.get("media") or {}
+        if not isinstance(media, dict):
+            raise ShardError(f"{where}: its media entry is not an object")
         # The video and the audio of one packed mp4 share one opened container, as they do read from the file.
         streams = Counter(media[m].get("member") for m in wanted if m in STREAMS and isinstance(media.get(m), dict))
         files = {member: MediaFile(self._member(member, shard, members, where))
