@@ -131,9 +131,25 @@ def compare_runs(reference: Path, other: Path) -> list[str]:
     diffs += [f"metrics.json:{key}" for key in sorted(set(summaries[0]) | set(summaries[1]))
               if summaries[0].get(key) != summaries[1].get(key)]
     exports = [r / "export" / "model.safetensors" for r in (reference, other)]
-    if all(p.exists() for p in exports) and exports[0].read_bytes() != exports[1].read_bytes():
+    if all(p.exists() for p in exports) and not _same_safetensors(*exports):
         diffs.append("export/model.safetensors")
     return diffs
+
+
+def _same_safetensors(first: Path, second: Path) -> bool:
+    """The same tensors (names, dtypes, bits) and metadata; not the bytes: safetensors writes the metadata from a
+    hash map, whose key order changes from one process to the next."""
+    from safetensors import safe_open
+
+    with safe_open(str(first), "pt") as a, safe_open(str(second), "pt") as b:
+        if a.metadata() != b.metadata() or sorted(a.keys()) != sorted(b.keys()):
+            return False
+        return all(_bits_equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
+def _bits_equal(a: Any, b: Any) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bool((a.contiguous().view(-1).view(torch.uint8)
+                                                                == b.contiguous().view(-1).view(torch.uint8)).all())
 
 
 def kill_overrides(step: int, hook: str = "train_batch_end", signal_name: str = "KILL", times: int = 1) -> list[str]:
