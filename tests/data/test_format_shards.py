@@ -232,3 +232,14 @@ def test_fields_of_a_packed_sample_cannot_pose_as_media_or_its_id(tmp_path: Path
         writer.close()
     sample = ShardsDataset(source=str(tmp_path / "odd"), split="train", modalities=["text"])[0]
     assert sample == {"id": "real", "text": "hi"}
+
+
+def test_a_stream_is_refused_with_the_way_to_pack_its_files(tmp_path: Path) -> None:
+    from mmtrain.data.formats.parquet import ParquetDataset
+
+    from .test_format_parquet import _write
+
+    stream = ParquetDataset(files=str(_write(tmp_path / "rows.parquet", 3)))
+    with pytest.raises(ValueError, match=r"ParquetDataset cannot be packed: .*data.train.builder=parquet"):
+        pack_split(stream, tmp_path / "out" / "train", shard_bytes=2**20, num_workers=0,
+                   ledger=tmp_path / "skipped.jsonl", split="train", source={})

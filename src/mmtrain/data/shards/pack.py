@@ -66,8 +66,10 @@ def pack_item(dataset: Any, index: int) -> PackItem:
         media = {m: MediaPart(data=value, ext=value.suffix if isinstance(value, Path) else _sniff(value, m),
                               start=start, end=end) for m, value in values.items()}
     else:
-        raise TypeError(f"{type(dataset).__name__} cannot be packed: `mmtrain data pack` reads the record formats "
-                        "(mp4_label_json, meld, chsims, metadata, instruction, image_pairs) and hf_datasets")
+        raise ValueError(f"{type(dataset).__name__} cannot be packed: `mmtrain data pack` reads the record formats "
+                         "(mp4_label_json, meld, chsims, metadata, instruction, image_pairs) and hf_datasets (parquet "
+                         "files: data=hf_datasets data.train.builder=parquet data.train.data_files=...; a mixture: "
+                         "pack each source)")
     if "label" in fields and isinstance(fields["label"], int) and names:
         fields["label"] = names[fields["label"]]  # by name: a repack with reordered classes stays right
     return PackItem(id=sample_id, fields=_json_ready(fields), media=media)
