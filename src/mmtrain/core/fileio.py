@@ -56,15 +56,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def temporary_beside(target: Path) -> tuple[int, str]:
     """A temporary file beside ``target`` (named after host + pid), with the mode ``open`` would give."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{OWNER.format(pid=os.getpid())}.", suffix=".tmp",
                                dir=target.parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
     with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_umask())
     return fd, tmp
+
+
+def temporary_folder_beside(target: Path) -> Path:
+    """A new folder beside ``target`` named like the temporary files (cleared once its writer is gone), with the
+    mode ``mkdir`` would give (``mkdtemp``'s 0700 would hide it from the user's group)."""
+    folder = tempfile.mkdtemp(prefix=f".{target.name}.{OWNER.format(pid=os.getpid())}.", suffix=".tmp",
+                              dir=target.parent)
+    os.chmod(folder, 0o777 & ~_umask())
+    return Path(folder)
 
 
 def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = False) -> None:

@@ -17,8 +17,6 @@ share of the files, and commit the folder to the manifest on rank 0 once all of 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies.ddp import DDPStrategy
 
-from mmtrain.core.fileio import OWNER
+from mmtrain.core.fileio import temporary_folder_beside
 
 
 class FolderCheckpoints:
@@ -53,7 +51,7 @@ class FolderCheckpoints:
 
         path = Path(self.broadcast(str(Path(filepath).absolute())))
         path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(self.broadcast(_temporary_folder(path) if self.is_global_zero else None))
+        folder = Path(self.broadcast(str(temporary_folder_beside(path)) if self.is_global_zero else None))
         write(folder)
         self.barrier("mmtrain checkpoint folder written")
         names = folder_files(folder)
@@ -270,10 +268,3 @@ def _all_gather_objects(value: Any) -> list[Any]:
     return out
 
 
-def _temporary_folder(path: Path) -> str:
-    """A new folder beside ``path`` named like mmtrain's temporary files (cleared once its writer is gone)."""
-    folder = tempfile.mkdtemp(prefix=f".{path.name}.{OWNER.format(pid=os.getpid())}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)  # what mkdir would give (mkdtemp's 0700 would hide it from the user's group)
-    return folder
