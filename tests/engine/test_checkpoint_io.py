@@ -173,6 +173,28 @@ def test_newest_is_chosen_by_global_step_then_write_time(io: AtomicCheckpointIO,
     assert find_resume_checkpoint(ckdir).name == "a-same-step-newer.ckpt"
 
 
+def _bytes_read() -> int:
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines() if line.startswith("rchar"))
+               .split()[1])
+
+
+def test_a_resume_reads_its_checkpoint_to_hash_it_once(io: AtomicCheckpointIO, ckdir: Path) -> None:
+    io.save_checkpoint(state(4, size=2_000_000), ckdir / "last.ckpt")  # 16 MB of tensors
+    size = (ckdir / "last.ckpt").stat().st_size
+    before = _bytes_read()
+    chosen = find_resume_checkpoint(ckdir)
+    loaded = io.load_checkpoint(chosen)
+    assert loaded["global_step"] == 4
+    assert _bytes_read() - before < 2.5 * size  # chosen by its hash, then loaded: 2 reads, not 3 (hash, hash, load)
+    find_resume_checkpoint(ckdir)
+    raw = bytearray((ckdir / "last.ckpt").read_bytes())
+    raw[-100] ^= 0xFF
+    (ckdir / "last.ckpt.new").write_bytes(bytes(raw))
+    os.replace(ckdir / "last.ckpt.new", ckdir / "last.ckpt")  # another file where the chosen one was: hashed again
+    with pytest.raises(CheckpointCorrupt, match="checksum mismatch"):
+        io.load_checkpoint(ckdir / "last.ckpt")
+
+
 # -- removal -----------------------------------------------------------------------------------
 
 

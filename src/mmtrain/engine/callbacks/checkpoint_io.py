@@ -105,21 +105,34 @@ def _records(entry: dict[str, Any]) -> list[dict[str, Any]]:  # committed + pend
     return [r for r in (entry if "sha256" in entry else None, entry.get("pending")) if r]
 
 
-def _verify_handle(path: Path, entry: dict[str, Any] | None, handle: BinaryIO | None) -> dict[str, Any]:
-    """The manifest record ``handle``'s content matches, else :class:`CheckpointCorrupt`."""
+#: The checkpoint a resume chose, by file identity (device, inode, size, mtime), with the sha256 it verified: its
+#: load uses that once instead of hashing the file again (one read of a 14 GB checkpoint, not two). Checkpoints are
+#: written by rename (a new inode), so a rewritten file never matches.
+_CHOSEN: dict[tuple[int, int, int, int], str] = {}
+
+
+def _verify_handle(path: Path, entry: dict[str, Any] | None, handle: BinaryIO | None,
+                   remember: bool = False) -> dict[str, Any]:
+    """The manifest record ``handle``'s content matches, else :class:`CheckpointCorrupt`. ``remember``: the next
+    verification of this same file takes its hash from this one (see ``_CHOSEN``)."""
     if entry is None:
         raise CheckpointCorrupt(path, f"missing from {path.parent / MANIFEST_NAME}")
     if entry.get("deleting"):
         raise CheckpointCorrupt(path, "marked for deletion by an interrupted removal")
     if handle is None:
         raise CheckpointCorrupt(path, "file missing" + ("" if "sha256" in entry else ": its save never completed"))
-    records, size = _records(entry), os.fstat(handle.fileno()).st_size
+    stat = os.fstat(handle.fileno())
+    records, size = _records(entry), stat.st_size
     sized = [r for r in records if r["bytes"] == size]
     if not sized:
         expected = records[0]["bytes"]
         raise CheckpointCorrupt(path, f"{'truncated' if size < expected else 'wrong size'}: "
                                       f"expected {expected} bytes got {size}")
-    digest = _sha256_handle(handle)
+    identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    digest = _CHOSEN.pop(identity, None) or _sha256_handle(handle)
+    if remember:
+        _CHOSEN.clear()
+        _CHOSEN[identity] = digest
     for record in sized:
         if record["sha256"] == digest:
             return record
@@ -133,9 +146,10 @@ def _open(path: Path) -> BinaryIO | None:  # one open file (one inode) for verif
         return None
 
 
-def verify_checkpoint(path: str | Path) -> None:
+def verify_checkpoint(path: str | Path, *, remember: bool = False) -> None:
     """Check ``path`` against its folder's manifest (size, then sha256); nothing is unpickled.
-    Raises CheckpointCorrupt (not listed, missing, truncated, checksum) or FileNotFoundError (no manifest)."""
+    Raises CheckpointCorrupt (not listed, missing, truncated, checksum) or FileNotFoundError (no manifest).
+    ``remember``: the load that follows need not hash the file again (:func:`find_resume_checkpoint`)."""
     path = Path(path)
     entry = read_manifest(path.parent)["checkpoints"].get(path.name)
     if path.is_dir():
@@ -145,7 +159,7 @@ def verify_checkpoint(path: str | Path) -> None:
         return
     handle = _open(path)
     with handle or contextlib.nullcontext():
-        _verify_handle(path, entry, handle)
+        _verify_handle(path, entry, handle, remember)
 
 
 def find_resume_checkpoint(checkpoint_dir: str | Path, accept: Callable[[str], bool] | None = None) -> Path:
@@ -161,7 +175,7 @@ def find_resume_checkpoint(checkpoint_dir: str | Path, accept: Callable[[str], b
     for name in sorted((n for n, e in entries.items() if not e.get("deleting") and _records(e)),
                        key=lambda n: newest(entries[n]), reverse=True):
         try:
-            verify_checkpoint(directory / name)
+            verify_checkpoint(directory / name, remember=True)
         except CheckpointCorrupt as err:
             damaged.append((name, err.reason))
             continue
