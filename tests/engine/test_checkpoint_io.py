@@ -34,10 +34,9 @@ from mmtrain.engine.callbacks.checkpoint_io import (
     CheckpointCorrupt,
     CheckpointWriteError,
     UnsafeCheckpoint,
-    find_resume_checkpoint,
     read_manifest,
-    verify_checkpoint,
 )
+from mmtrain.engine.callbacks.checkpoint_manifest import find_resume_checkpoint, verify_checkpoint
 from mmtrain.engine.callbacks.signals import EXIT_SIGTERM, SigtermCheckpoint, TrainingTerminated, exit_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmtrain.config.compose import compose_config
-from mmtrain.engine.callbacks.checkpoint_io import verify_checkpoint
+from mmtrain.engine.callbacks.checkpoint_manifest import verify_checkpoint
 from mmtrain.app.commands.train import train
 
 pytestmark = pytest.mark.slow

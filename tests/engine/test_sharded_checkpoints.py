@@ -14,7 +14,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from mmtrain.engine.callbacks.checkpoint_io import (AtomicCheckpointIO, CheckpointCorrupt, UnsafeCheckpoint,
-                                                    find_resume_checkpoint, load_verified, read_manifest)
+                                                    load_verified, read_manifest)
+from mmtrain.engine.callbacks.checkpoint_manifest import find_resume_checkpoint
 from mmtrain.engine.sharded_checkpoints import META_NAME, hash_files
 
 

@@ -67,7 +67,7 @@ class FolderCheckpoints:
 
     def verified(self, checkpoint_path: Any) -> Path:
         """``checkpoint_path`` (rank 0's) once it verifies against its manifest, file or folder."""
-        from mmtrain.engine.callbacks.checkpoint_io import verify_checkpoint
+        from mmtrain.engine.callbacks.checkpoint_manifest import verify_checkpoint
 
         path = Path(self.broadcast(str(checkpoint_path)))
         verify_checkpoint(path)
@@ -197,7 +197,8 @@ class BlockWrapFSDPStrategy(FSDPStrategy):
 def load_best_weights(trainer: Any, pl_module: Any, best: str | Path) -> None:
     """Load the weights of the verified checkpoint ``best`` (file or folder) into the training module, however the
     strategy holds them: DeepSpeed's engine (module only), FSDP2 shards (each rank its part), or whole (every rank)."""
-    from mmtrain.engine.callbacks.checkpoint_io import load_verified, verify_checkpoint
+    from mmtrain.engine.callbacks.checkpoint_io import load_verified
+    from mmtrain.engine.callbacks.checkpoint_manifest import verify_checkpoint
     from mmtrain.engine.sharded_checkpoints import is_sharded_checkpoint, load_sharded_weights
     from mmtrain.engine.sharding import is_sharded, load_full_state
 

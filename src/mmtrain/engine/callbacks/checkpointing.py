@@ -218,7 +218,7 @@ def resume_point(run_dir: Path) -> Path | None:
     Raises:
         FileNotFoundError: checkpoints exist but none is intact.
     """
-    from mmtrain.engine.callbacks.checkpoint_io import find_resume_checkpoint, read_manifest
+    from mmtrain.engine.callbacks.checkpoint_manifest import find_resume_checkpoint, read_manifest
 
     checkpoint_dir = run_dir / "checkpoints"
     try:

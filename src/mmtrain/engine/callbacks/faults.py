@@ -86,7 +86,7 @@ class KillSwitch(pl.Callback):
 
 def final_checkpoint(run_dir: Path) -> Path:
     """The run's newest intact resume checkpoint (its final state once the run has finished)."""
-    from mmtrain.engine.callbacks.checkpoint_io import find_resume_checkpoint
+    from mmtrain.engine.callbacks.checkpoint_manifest import find_resume_checkpoint
     from mmtrain.engine.callbacks.checkpointing import is_resume_name
 
     return find_resume_checkpoint(Path(run_dir) / "checkpoints", accept=is_resume_name)
