@@ -243,3 +243,12 @@ def test_a_stream_is_refused_with_the_way_to_pack_its_files(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"ParquetDataset cannot be packed: .*data.train.builder=parquet"):
         pack_split(stream, tmp_path / "out" / "train", shard_bytes=2**20, num_workers=0,
                    ledger=tmp_path / "skipped.jsonl", split="train", source={})
+
+
+def test_opening_shards_for_a_run_reads_no_shard_index(packed: Path) -> None:
+    from mmtrain.data.resumable import dataset_fingerprint
+
+    data = ShardsDataset(source=str(packed), split="train", modalities=MODALITIES)
+    first = dataset_fingerprint(data)
+    assert not data._indexes  # the resume fingerprint is the root's sha256, not every index read at start-up
+    assert first == dataset_fingerprint(ShardsDataset(source=str(packed), split="train", modalities=["video"]))

@@ -71,10 +71,11 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def dataset_fingerprint(dataset: Any) -> str:
-    """A short hash of what a dataset holds: its sample ids when it lists them, else its size and kind."""
-    ids = getattr(dataset, "ids", None)
-    if callable(ids):
-        text = "\n".join(ids())
+    """A short hash of what a dataset holds: its sample ids when it lists them (an ``ids()`` method), else its size
+    and kind. An ``ids`` property is not read: listing ids can mean reading every shard index of a remote dataset."""
+    listed = getattr(type(dataset), "ids", None)
+    if callable(listed) and not isinstance(listed, property):
+        text = "\n".join(dataset.ids())
     else:
         size = len(dataset) if hasattr(dataset, "__len__") else None
         text = repr((type(dataset).__name__, size, getattr(dataset, "split", None), getattr(dataset, "seed", None),
