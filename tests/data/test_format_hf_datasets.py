@@ -172,3 +172,17 @@ def test_a_jsonl_annotation_file_is_read_through_the_json_builder_row_by_row(tmp
     assert (first["id"], first["text"], first["image"].getpixel((0, 0))) == ("a", "red", (255, 0, 0))
     assert second["image"].getpixel((0, 0)) == (0, 255, 0)
     assert isinstance(third, SkippedSample) and "outside media_root" in third.error  # relative paths stay inside
+
+
+def test_a_packed_dataset_gives_the_samples_it_gives(saved: Path, tmp_path: Path) -> None:
+    from mmtrain.data.formats.shards import ShardsDataset
+    from mmtrain.data.shards.pack import pack_split
+
+    mine = HFDataset(source=str(saved), split="validation", modalities=MODALITIES, columns=COLUMNS, num_frames=4)
+    pack_split(mine, tmp_path / "packed" / "val", shard_bytes=2**20, num_workers=0, ledger=tmp_path / "skipped.jsonl",
+               split="val", source={})
+    packed = ShardsDataset(source=str(tmp_path / "packed"), split="val", modalities=MODALITIES, num_frames=4)
+    for index in range(len(mine)):
+        a, b = mine[index], packed[index]
+        assert sorted(a) == sorted(b) and (a["id"], a["label"], a["text"]) == (b["id"], b["label"], b["text"])
+        assert np.array_equal(a["video"], b["video"]) and np.array_equal(a["audio"], b["audio"])

@@ -143,6 +143,18 @@ class HFDataset(Dataset):
 
     def load(self, index: int, modalities: Sequence[str] | None = None) -> dict[str, Any] | SkippedSample:
         """Sample ``index`` with its media decoded (only those of ``modalities`` when given)."""
+        sample, row, segment = self._row(index)
+        wanted = [m for m in self.modalities if modalities is None or m in modalities]
+        return load_media(sample, {m: self._loader(m, row[self.columns[m]], *segment) for m in wanted})
+
+    def undecoded(self, index: int) -> tuple[dict[str, Any], dict[str, bytes | Path], tuple[Any, Any]]:
+        """Sample ``index`` before decoding: its plain fields (``id``, ``label`` as an index...), each media value as
+        encoded bytes or its file (under ``media_root``) and the segment ``(start, end)``: what ``data pack`` stores."""
+        sample, row, segment = self._row(index)
+        return sample, {m: self._bytes_or_path(m, row[self.columns[m]]) for m in self.modalities}, segment
+
+    def _row(self, index: int) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
+        """Row ``index``'s sample fields, the row itself and its media segment ``(start, end)``."""
         row = self.table[int(index)]
         sample: dict[str, Any] = {"id": str(row[self.columns["id"]]) if "id" in self.columns else str(index)}
         for key in ("text", "target_text"):
@@ -150,20 +162,7 @@ class HFDataset(Dataset):
                 sample[key] = str(row[self.columns[key]])
         if "label" in self.columns and self._label_index is not None:
             sample["label"] = self._label_index(row[self.columns["label"]], sample["id"])
-        start, end = (row.get(self.columns[k]) if k in self.columns else None for k in ("start", "end"))
-        wanted = [m for m in self.modalities if modalities is None or m in modalities]
-        loaders = {m: self._loader(m, row[self.columns[m]], start, end) for m in wanted}
-        return load_media(sample, loaders)
-
-    def undecoded(self, index: int) -> tuple[str, dict[str, Any], dict[str, bytes | Path]]:
-        """Sample ``index`` before decoding: its id, plain fields (``label`` as an index) and each media value as
-        encoded bytes or its file (under ``media_root``); what ``mmtrain data pack`` stores."""
-        row = self.table[int(index)]
-        sample_id = str(row[self.columns["id"]]) if "id" in self.columns else str(index)
-        fields = {k: row[c] for k, c in self.columns.items() if k in ("text", "target_text", "start", "end")}
-        if "label" in self.columns and self._label_index is not None:
-            fields["label"] = self._label_index(row[self.columns["label"]], sample_id)
-        return sample_id, fields, {m: self._bytes_or_path(m, row[self.columns[m]]) for m in self.modalities}
+        return sample, row, tuple(row.get(self.columns[k]) if k in self.columns else None for k in ("start", "end"))
 
     def _loader(self, modality: str, value: Any, start: float | None, end: float | None) -> Any:
         def load() -> Any:

@@ -61,8 +61,8 @@ def pack_item(dataset: Any, index: int) -> PackItem:
                  for m, refs in record.media.items() if m in dataset.modalities}
         sample_id = str(record.fields["id"])
     elif isinstance(dataset, HFDataset):
-        sample_id, fields, values = dataset.undecoded(index)
-        start, end = fields.get("start"), fields.get("end")
+        fields, values, (start, end) = dataset.undecoded(index)
+        sample_id = str(fields.pop("id"))
         media = {m: MediaPart(data=value, ext=value.suffix if isinstance(value, Path) else _sniff(value, m),
                               start=start, end=end) for m, value in values.items()}
     else:
