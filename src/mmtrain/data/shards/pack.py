@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mmtrain.core.fileio import atomic_write_bytes
+from mmtrain.core.progress import SplitProgress
 from mmtrain.data.shards.writer import MediaPart, PackItem, SplitWriter
 from mmtrain.data.skips import SkippedSample
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-#: ``progress(split, done, total)``.
-Progress = Callable[[str, int, int], None]
 
 
 def parse_size(text: str | int) -> int:
@@ -124,7 +121,7 @@ def _as_is(item: Any) -> Any:
 
 
 def pack_split(dataset: Any, target: Path, *, shard_bytes: int, num_workers: int, ledger: Path, split: str,
-               source: dict[str, Any], progress: Progress | None = None, share_media: bool = False) -> dict[str, Any]:
+               source: dict[str, Any], progress: SplitProgress | None = None, share_media: bool = False) -> dict[str, Any]:
     """Pack one split into ``target``; skipped samples are appended to the JSON-lines file ``ledger`` (with
     ``"split"``). An interrupted pack of the same settings goes on from its last finished shard; a split already
     packed with them is kept as it is. ``share_media``: see :class:`~mmtrain.data.shards.writer.SplitWriter`.
@@ -138,9 +135,8 @@ def pack_split(dataset: Any, target: Path, *, shard_bytes: int, num_workers: int
     modalities = list(dict.fromkeys([*getattr(dataset, "modalities", []), *(["text"] if "text" in first.fields else [])]))
     writer = SplitWriter(target, shard_bytes=shard_bytes, label_names=list(getattr(dataset, "label_names", []) or []),
                          modalities=modalities, source=source, share_media=share_media, source_samples=len(dataset))
-    kept = writer.packed_before()
+    kept = writer.kept
     if kept is not None:
-        shutil.rmtree(writer.staging, ignore_errors=True)
         return {"samples": kept["samples"], "skipped": _ledger_lines(ledger, split, None), "shards": len(kept["shards"]),
                 "bytes": sum(s["bytes"] for s in kept["shards"]), "continued_from": None}
     start, lines = writer.position, writer.ledger_lines

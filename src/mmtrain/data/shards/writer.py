@@ -27,8 +27,9 @@ PROGRESS = "progress.json"
 
 @dataclass(frozen=True)
 class MediaPart:
-    """One media item of a sample to pack: its encoded bytes (or the file holding them), a file extension for
-    the member name, and the segment ``[start, end)`` in seconds (``None``: all of it)."""
+    """One media item of a sample to pack: its encoded bytes (the file holding them until a loader worker reads it;
+    the writer takes bytes only), a file extension for the member name, and the segment ``[start, end)`` in seconds
+    (``None``: all of it)."""
 
     data: bytes | Path
     ext: str
@@ -77,7 +78,9 @@ class SplitWriter:
         self._rows: list[list[Any]] = []
         self._stored: dict[str, str] = {}  # source file (or bytes digest) -> member already in this shard
         self.samples = self.position = self.ledger_lines = 0
-        self._continue()
+        self.kept = self.packed_before()  # a split finished before with these settings: nothing to write
+        if self.kept is None:
+            self._continue()
 
     def _continue(self) -> None:
         """Take up an interrupted pack of the same settings, or start a clean staging folder."""
@@ -103,13 +106,17 @@ class SplitWriter:
         if self._tar is not None and kind is not None:  # the finished shards stay for the next run
             self._tar.close()
 
+    def _pack_settings(self) -> dict[str, Any]:
+        """The settings a finished split records beside its metadata (``shard_bytes``, ``share_media``...)."""
+        return {k: v for k, v in self.settings.items() if k not in self.meta}
+
     def packed_before(self) -> dict[str, Any] | None:
         """The root of ``target`` when a pack with these settings finished it already, else ``None``."""
         try:
             root = json.loads((self.target / ROOT).read_text())
         except (OSError, ValueError):
             return None
-        same = root.get("pack") == {k: v for k, v in self.settings.items() if k not in self.meta}
+        same = root.get("pack") == self._pack_settings()
         return root if same and all(root.get(k) == v for k, v in self.meta.items()) else None
 
     def add(self, item: PackItem, index: int, ledger_lines: int) -> None:
@@ -139,16 +146,14 @@ class SplitWriter:
 
     def _entry(self, key: str, modality: str, part: MediaPart, number: int | None,
                pending: list[tuple[str, bytes]]) -> dict[str, Any]:
-        source = f"file:{Path(part.data).resolve()}" if isinstance(part.data, Path) else None
-        data = None
-        if source is None:
-            data = bytes(part.data)  # type: ignore[arg-type]
-            source = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        if not isinstance(part.data, (bytes, bytearray)):
+            raise TypeError(f"sample {key} {modality}: the writer takes media bytes (read them in the loader's workers)")
+        source = hashlib.sha256(part.data).hexdigest()  # the same bytes are stored once per sample (or shard)
         member = self._stored.get(source)
         if member is None:
             suffix = f"{modality}{number if number is not None else ''}"
             member = f"{key}.{suffix}.{part.ext.lstrip('.').lower() or 'bin'}"
-            pending.append((member, data if data is not None else Path(part.data).read_bytes()))
+            pending.append((member, bytes(part.data)))
             self._stored[source] = member
         entry: dict[str, Any] = {"member": member}
         if part.start is not None:
@@ -190,7 +195,7 @@ class SplitWriter:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise ValueError(f"nothing to pack into {self.target}: every sample was skipped (see the ledger)")
         root = {"format": FORMAT, "version": VERSION, "samples": self.samples, **self.meta, "shards": self.shards,
-                "pack": {k: v for k, v in self.settings.items() if k not in self.meta}}
+                "pack": self._pack_settings()}
         (self.staging / ROOT).write_text(json.dumps(root, indent=1) + "\n")
         (self.staging / PROGRESS).unlink()
         replace_path(self.staging, self.target)
