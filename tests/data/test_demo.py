@@ -17,7 +17,8 @@ from mmtrain.data.demo.spec import MEDIA, MODALITIES, SPLITS, WORDS
 from mmtrain.data.demo.views import ANSWERS, QUESTIONS, QUESTIONS_PER_ITEM
 from mmtrain.data.demo.voices import RECORDINGS, SOUNDS_DIR
 from mmtrain.data.formats.instruction import InstructionDataset
-from mmtrain.data.media import read_audio, read_audio_segment, read_image, read_video_segment, video_duration
+from mmtrain.data.media import read_audio, read_audio_segment, read_video_segment, video_duration
+from mmtrain.data.images import read_image
 
 SEGMENT_KEYS = {"id", "start", "end", "text", "label", "speaker", "image_source", "corrupted"}
 

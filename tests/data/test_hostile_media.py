@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mmtrain.data.formats.mp4_label_json import Mp4LabelJsonDataset
-from mmtrain.data.media import MediaError, read_audio_segment, read_image, read_video_segment
+from mmtrain.data.media import MediaError, read_audio_segment, read_video_segment
+from mmtrain.data.images import read_image
 from mmtrain.data.media_limits import MAX_FRAME_PIXELS, MAX_IMAGE_PIXELS
 from mmtrain.data.skips import SkippedSample
 

@@ -16,12 +16,12 @@ from mmtrain.data.media import (
     MediaError,
     read_audio,
     read_audio_segment,
-    read_image,
     read_video,
     read_video_segment,
     segment_times,
     video_duration,
 )
+from mmtrain.data.images import read_image
 
 FPS = 10
 

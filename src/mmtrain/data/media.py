@@ -1,4 +1,4 @@
-"""Media decoding with PyAV (video frames, 16 kHz mono audio) and PIL (images).
+"""Media decoding with PyAV (video frames, 16 kHz mono audio); images: :mod:`mmtrain.data.images`.
 
 Segment reads seek first and stop at the segment's end, so their cost follows the segment, not
 the file: two seconds from the middle of a ten-minute video decode about as fast as from a
@@ -28,9 +28,8 @@ from typing import Any
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-from PIL import Image
 
-from mmtrain.data.media_limits import MAX_IMAGE_PIXELS, fit_pixels, segment_problem
+from mmtrain.data.media_limits import fit_pixels, segment_problem
 
 SAMPLING_RATE = 16000
 
@@ -384,27 +383,3 @@ def read_video(path: str | Path, num_frames: int | None = None) -> np.ndarray:
 def read_audio(path: str | Path) -> np.ndarray:
     """Whole first audio stream as ``float32 [L]``, mono, 16 kHz."""
     return read_audio_segment(path)
-
-
-def read_image(source: str | Path | bytes) -> Image.Image:
-    """An RGB PIL image from a file or encoded bytes, fully decoded (truncated files fail here)."""
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-    if not isinstance(source, (bytes, bytearray)):
-        file = Path(source)
-        if not file.is_file():
-            raise MediaError(file, "image", "file does not exist")
-        source = file.read_bytes()
-    if not source:
-        raise MediaError(name, "image", "empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(source)) as image:  # reads the header only
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise MediaError(name, "image", f"declares {image.width}x{image.height} pixels "
-                                 f"({image.width * image.height / 1e6:.0f} Mpx), over the {MAX_IMAGE_PIXELS / 1e6:.0f} "
-                                 "Mpx cap (mmtrain.data.media_limits.MAX_IMAGE_PIXELS); not decoded")
-            image.load()
-            return image.convert("RGB")
-    except MediaError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise MediaError(name, "image", f"cannot decode: {err}") from err

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 
-from mmtrain.data.media import MediaError, read_audio_segment, read_image, read_video_segment
+from mmtrain.data.media import MediaError, read_audio_segment, read_video_segment
+from mmtrain.data.images import read_image
 from mmtrain.models.processing import model_inputs
 from mmtrain.engine.export import find_export
 

@@ -28,7 +28,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmtrain.data.media import MediaFile, read_audio_segment, read_image, read_video_segment
+from mmtrain.data.media import MediaFile, read_audio_segment, read_video_segment
+from mmtrain.data.images import read_image
 from mmtrain.data.skips import SkippedSample, load_media
 
 MEDIA_MODALITIES = ("video", "audio", "image")

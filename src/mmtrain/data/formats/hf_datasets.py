@@ -23,7 +23,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmtrain.data.media import MediaError, read_audio_segment, read_image, read_video_segment
+from mmtrain.data.media import MediaError, read_audio_segment, read_video_segment
+from mmtrain.data.images import read_image
 from mmtrain.data.skips import SkippedSample, load_media
 
 FIELDS = ("id", "text", "label", "target_text", "start", "end")

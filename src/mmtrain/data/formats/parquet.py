@@ -57,7 +57,8 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmtrain.data.formats.common import LabelMap, check_modalities
-from mmtrain.data.media import MediaError, read_image
+from mmtrain.data.media import MediaError
+from mmtrain.data.images import read_image
 from mmtrain.data.skips import SkippedSample, load_media
 from mmtrain.data.stream_plan import cut, delivered, worker_block
 

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from mmtrain.data.media import MediaFile, read_audio_segment, read_image, read_video_segment
+from mmtrain.data.media import MediaFile, read_audio_segment, read_video_segment
+from mmtrain.data.images import read_image
 from mmtrain.data.shards.layout import ROOT, ShardError, check_index, check_member, check_root
 from mmtrain.data.shards.store import Store
 from mmtrain.data.skips import SkippedSample, load_media
