@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", help="ledger file (default: <output_root>/data_check/<name>_<time>.jsonl)")
     check.set_defaults(func=_data_check)
 
+    from mmtrain.app.commands.features import add_cli as add_features
+
+    add_features(sub, _composes)
+
     listing = sub.add_parser("list", help="list components and experiments")
     listing.set_defaults(func=_list)
     return parser

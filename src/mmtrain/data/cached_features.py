@@ -28,7 +28,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmtrain.data.feature_entries import Entry, entry_name, pack, read_entry
+from mmtrain.data.feature_entries import Entry, pack
+from mmtrain.data.feature_shards import FeatureShards, lookup_entry
 
 #: Sample and batch key of the cached features (sample: ``{"keys", "entries"}``; batch: :class:`CachedBatch`).
 CACHED_KEY = "cached_features"
@@ -53,6 +54,7 @@ class CachePlan:
         served: media modality -> its slots, for modalities whose every slot is cached.
         skip_decoding: the dataset decodes modalities separately (else decoded, then dropped).
         used: the modalities the processor reads (``None``: all); others are not decoded either.
+        shards: cached slot -> its precomputed shards (``mmtrain features``), read before the entry folder.
     """
 
     split: str
@@ -60,6 +62,7 @@ class CachePlan:
     served: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skip_decoding: bool = False
     used: tuple[str, ...] | None = None
+    shards: dict[str, FeatureShards] = field(default_factory=dict)
 
 
 def can_skip_decoding(dataset: Any) -> bool:
@@ -102,8 +105,8 @@ class CachedFeatureDataset(Dataset):
 
     def entries(self, sample_id: str) -> dict[str, Entry]:
         """The sample's entries of the cached slots that have one."""
-        name = entry_name(sample_id)
-        found = {slot: read_entry(folder / name, sample_id) for slot, folder in self._folders.items()}
+        found = {slot: lookup_entry(sample_id, folder, self.plan.shards.get(slot))
+                 for slot, folder in self._folders.items()}
         return {slot: entry for slot, entry in found.items() if entry is not None}
 
     def _served(self, entries: Mapping[str, Entry]) -> list[str]:

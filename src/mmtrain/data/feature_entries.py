@@ -61,7 +61,7 @@ def read_entry(path: Path, sample_id: str) -> Entry | None:
             return None
         tensors = load(data)
         entry: Entry = {name: tensors[name] for name in TENSORS}
-        if meta.get("checksum") != _checksum(entry):  # a flipped bit in the tensors: recompute, never use
+        if meta.get("checksum") != entry_checksum(entry):  # a flipped bit in the tensors: recompute, never use
             raise ValueError("checksum mismatch")
         entry["length"] = int(meta["length"])
         entry["input_length"] = int(meta["input_length"]) if meta.get("input_length") else None
@@ -76,11 +76,11 @@ def write_entry(path: Path, sample_id: str, slot: str, key: str, version: int, e
     tensors = {k: entry[k].contiguous() for k in TENSORS}
     meta = {"id": sample_id, "slot": slot, "key": key, "version": str(version),
             "length": str(entry["length"]), "input_length": str(entry["input_length"] or ""),
-            "checksum": _checksum(tensors)}
+            "checksum": entry_checksum(tensors)}
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def _checksum(tensors: Mapping[str, Any]) -> str:
+def entry_checksum(tensors: Mapping[str, Any]) -> str:
     """blake2b over the raw bytes of an entry's tensors (in :data:`TENSORS` order)."""
     digest = hashlib.blake2b(digest_size=16)
     for name in TENSORS:

@@ -275,6 +275,10 @@ class MultimodalPreTrainedModel(PreTrainedModel):
         """Batch keys the encoders take (e.g. ``input_features`` for log-mel audio)."""
         return {key for keys in self._accepts.values() for key in keys}
 
+    def slot_inputs(self, name: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``batch`` encoder ``name`` takes (those present)."""
+        return {k: batch[k] for k in self._accepts[name] if batch.get(k) is not None}
+
     def encode_one(self, name: str, **batch: Any) -> EncoderOutput:
         """Encoder ``name`` on its keys of ``batch``; samples without the modality are masked out.
 
@@ -283,7 +287,7 @@ class MultimodalPreTrainedModel(PreTrainedModel):
         rows: with the cache attached (:attr:`feature_cache`), rows that have one are read instead of
         encoded, and the others encoded and stored (:meth:`FeatureCache.encode`).
         """
-        kwargs = {k: batch[k] for k in self._accepts[name] if batch.get(k) is not None}
+        kwargs = self.slot_inputs(name, batch)
         cached = batch.get(CACHED_KEY)
         cache = getattr(self, "feature_cache", None) if cached is not None else None
         if cached is not None and cache is None and any(cached.served.get(modality_of(name), ())):

@@ -73,8 +73,9 @@ from mmtrain.data.cached_features import (
     can_skip_decoding,
 )
 from mmtrain.components.encoders.base import EncoderOutput
-from mmtrain.data.feature_entries import entry_name, read_entry, unpack, write_entry
-from mmtrain.models.feature_rows import assemble, finish, split_rows
+from mmtrain.data.feature_entries import entry_name, unpack, write_entry
+from mmtrain.data.feature_shards import FeatureShards, lookup_entry
+from mmtrain.models.feature_rows import assemble, finish, row_ids, split_rows
 from mmtrain.models.feature_keys import (
     digest,
     preprocessing_settings,
@@ -130,13 +131,17 @@ class FeatureCache:
         processor: the data processor (its settings are part of the keys).
         data_specs: per split, the data config that produced its samples (hashed into the keys;
             e.g. the resolved ``data.<split>`` node).
+        shards: a folder ``mmtrain features`` wrote (:mod:`mmtrain.data.feature_shards`): entries are read
+            from its shards first, at the same keys.
     """
 
     def __init__(self, root: str | Path, model: Any, processor: Any,
-                 data_specs: Mapping[str, Any] | None = None) -> None:
+                 data_specs: Mapping[str, Any] | None = None, shards: str | Path | None = None) -> None:
         from mmtrain.models.base import modality_of
 
         self.root = Path(root)
+        self.shards_root = Path(shards) if shards else None
+        self._stores: dict[tuple[str, str, str], FeatureShards | None] = {}
         self.model = model
         self.processor = processor
         self.data_specs = {str(k): v for k, v in (data_specs or {}).items()}
@@ -192,8 +197,29 @@ class FeatureCache:
             log.info("feature cache %s: media of %s served before decoding for samples with entries (%s)",
                      split, ", ".join(served) or "no modality", how)
         used = tuple(getattr(self.processor, "modalities", ()) or ()) or None
+        stores = {slot: store for slot, key in keys.items() if (store := self.store(slot, split, key)) is not None}
         return CachePlan(split, {slot: (str(self.entry_dir(slot, split, key)), key) for slot, key in keys.items()},
-                         served, skip, used)
+                         served, skip, used, stores)
+
+    def store(self, slot: str, split: str, key: str) -> FeatureShards | None:
+        """The precomputed shards of ``slot``'s entries for ``split`` at ``key`` (``None``: none given, or none
+        at this key: logged once, with the keys that are there)."""
+        if self.shards_root is None:
+            return None
+        if (slot, split, key) not in self._stores:
+            folder = self.shards_root / slot / key / split
+            store = FeatureShards(folder) if folder.is_dir() else None
+            if store is not None:
+                log.info("feature shards: %s %s reads %d precomputed entries from %s", split, slot, len(store), folder)
+            else:
+                others = sorted(p.parent.name for p in self.shards_root.glob(f"{slot}/*/{split}"))
+                log.warning("feature shards: %s holds no %s features of slot '%s' at this run's key %s%s; they are "
+                            "encoded instead. The key covers the slot's weights, preprocessing, the split's data "
+                            "config, device type, precision and torch version: compute them with the run's own "
+                            "overrides (mmtrain features ...)", self.shards_root, split, slot, key,
+                            f" (it has keys {others})" if others else "")
+            self._stores[(slot, split, key)] = store
+        return self._stores[(slot, split, key)]
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -239,19 +265,17 @@ class FeatureCache:
         ``run()`` runs the encoder on the batch's ``inputs``; it runs only when a row has no entry.
         ``cached``: the batch's ``cached_features`` (its split, sample ids and the entries read with it).
         """
-        split, ids = cached.split, list(cached.ids)
+        split = cached.split
         if (split, slot) in self.reasons or slot not in self.model.frozen:
             self._check_not_served(slot, "the slot is not cached for this batch", cached)
             return run()
+        ids, input_length = row_ids(inputs, cached.ids)
+        if ids is None:
+            return run()
+        rows = len(ids)
+        # entries shipped in the batch are per sample: with items flattened into rows (pairs) they are read here
+        provided: CachedBatch | None = cached if rows == len(cached.ids) else None
         first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
-        rows = int(first.shape[0]) if first is not None else len(ids)
-        provided: CachedBatch | None = cached
-        if rows != len(ids):
-            if not ids or rows % len(ids):
-                return run()
-            k = rows // len(ids)  # item axis flattened (pairs): row b*K + j is item j of sample b
-            ids, provided = [f"{i}#{j}" for i in ids for j in range(k)], None
-        input_length = int(first.shape[1]) if first is not None and first.dim() > 1 else None
         device = first.device if first is not None else self.model.device
         key = self.slot_key(slot, split, device)
         packed = provided.packed.get(slot) if provided is not None else None
@@ -264,7 +288,8 @@ class FeatureCache:
             return finish(packed, input_length, device)
         folder = self.entry_dir(slot, split, key)
         entries = unpack(packed) if packed is not None else [None] * rows
-        entries = [e if e is not None else read_entry(folder / entry_name(i), i) for e, i in zip(entries, ids)]
+        store = self.store(slot, split, key)
+        entries = [e if e is not None else lookup_entry(i, folder, store) for e, i in zip(entries, ids)]
         missing = [b for b, e in enumerate(entries) if e is None]
         self.stats.add(self.stats.hits, split, slot, rows - len(missing))
         if missing:
@@ -307,14 +332,15 @@ def setup_feature_cache(settings: Mapping[str, Any] | None, model: Any, datamodu
     """From the ``feature_cache`` config node: the cache, attached to ``model``, or ``None`` when off.
 
     Also hands the cache to ``datamodule`` (its ``feature_cache``), whose loaders then serve cached
-    slots before decoding and put the entries in each batch. ``settings``: ``{enabled: bool, dir: path}``.
+    slots before decoding and put the entries in each batch. ``settings``: ``{enabled: bool, dir: path,
+    shards: path | None}``; a ``shards`` folder (written by ``mmtrain features``) turns the cache on by itself.
     """
-    if not settings or not settings.get("enabled"):
+    if not settings or not (settings.get("enabled") or settings.get("shards")):
         return None
     if not getattr(model, "frozen", None):
         log.info("feature_cache.enabled, but no encoder is frozen (model.trainable.<slot>=false): nothing to cache")
         return None
-    cache = FeatureCache(settings["dir"], model, datamodule.processor, data_specs).attach()
+    cache = FeatureCache(settings["dir"], model, datamodule.processor, data_specs, settings.get("shards")).attach()
     if hasattr(datamodule, "feature_cache"):
         datamodule.feature_cache = cache
     return cache

@@ -64,7 +64,10 @@ def tokenizer_hash(tokenizer: Any) -> str:
 def _serialised_tokenizer_hash(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        body = backend.to_str()
+        # Without the backend's truncation and padding: the wrapper sets them from each call's arguments
+        # (the processor's max_text_length, hashed beside this), so they tell which call came last.
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        body = json.dumps(state, sort_keys=True)
     else:
         body = json.dumps(sorted(tokenizer.get_vocab().items()))
     return digest(type(tokenizer).__name__, hashlib.blake2b(body.encode(), digest_size=16).hexdigest(),

@@ -17,6 +17,24 @@ from mmtrain.components.encoders.base import EncoderOutput
 from mmtrain.data.feature_entries import Entry, pack
 
 
+def row_ids(inputs: Mapping[str, Any], ids: Sequence[str]) -> tuple[list[str] | None, int | None]:
+    """``(the entry id of each row of an encoder's inputs, the padded input length)``.
+
+    A row is a sample (its id), or with items flattened into rows (pairs: ``B*K`` rows) item ``j`` of
+    sample ``b`` at row ``b*K + j`` (id ``"<id>#<j>"``). The ids are ``None`` when the rows do not fit
+    the samples; the length ``None`` for inputs without a sequence axis.
+    """
+    first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
+    length = int(first.shape[1]) if first is not None and first.dim() > 1 else None
+    rows = int(first.shape[0]) if first is not None else len(ids)
+    if rows == len(ids):
+        return [str(i) for i in ids], length
+    if not ids or rows % len(ids):
+        return None, length
+    k = rows // len(ids)
+    return [f"{i}#{j}" for i in ids for j in range(k)], length
+
+
 def split_rows(output: EncoderOutput, input_length: int | None) -> list[Entry]:
     """Per-sample unpadded entries: tokens/mask up to the last real token, pooled."""
     tokens = output.tokens.detach().to("cpu")

@@ -144,6 +144,11 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, tuple[str, ...]]:
     return cfg, prefixes
 
 
+def data_specs(cfg: DictConfig, splits: Any) -> dict[str, Any]:
+    """Per split, the resolved ``data.<split>`` node: what the feature cache's keys hash of the data."""
+    return {s: OmegaConf.to_container(cfg.data[s], resolve=True) for s in splits}
+
+
 def check_strategy(trainer: DictConfig) -> None:
     """Refuse, before anything is built, a strategy this machine cannot run, naming what to install or pick."""
     import importlib.util
@@ -301,8 +306,7 @@ def _train(cfg: DictConfig, perf: PerfSettings) -> dict[str, Any]:
             raise RunWriteError(run_dir, err) from err
     log.info("run directory: %s", run_dir)
     trainer = build_trainer(cfg, prefixes, run_dir, perf.callbacks(), task.monitored())
-    cache = setup_feature_cache(cfg.get("feature_cache"), model, datamodule,
-                                {s: OmegaConf.to_container(cfg.data[s], resolve=True) for s in datamodule.splits})
+    cache = setup_feature_cache(cfg.get("feature_cache"), model, datamodule, data_specs(cfg, datamodule.splits))
 
     try:
         with exit_on_sigterm(trainer), quiet_lightning():

@@ -92,6 +92,16 @@ class ShardsDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         return self.load(index)
 
+    @property
+    def media_modalities(self) -> list[str]:
+        """The media this dataset decodes (the feature cache leaves those it holds features of undecoded)."""
+        return [m for m in self.modalities if m in MEDIA]
+
+    def sample_id(self, index: int) -> str:
+        """Sample ``index``'s id, from its shard's index (no sample read)."""
+        shard, row = self.locate(int(index))
+        return self.index(shard)[row][1]
+
     def locate(self, index: int) -> tuple[int, int]:
         """``(shard, row)`` of sample ``index``."""
         if not 0 <= index < len(self):
