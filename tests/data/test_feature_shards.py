@@ -98,3 +98,19 @@ def test_interrupted_write_goes_on_after_its_last_finished_shard(tmp_path: Path)
         assert all((whole[slot] / n).read_bytes() == (cut[slot] / n).read_bytes() for n in names)
     with pytest.raises(ValueError, match="batch_size"):  # other settings: their features would differ
         FeatureShardWriter(cut, part=0, parts=1, shard_bytes=200, facts={"batch_size": 4}).resume()
+
+
+def test_parts_written_apart_are_read_together(tmp_path: Path) -> None:
+    """``--part 0/2`` and ``--part 1/2`` (two processes, e.g. two GPUs) write into the same folder."""
+    folder = tmp_path / "audio"
+    for part, (lo, hi) in enumerate(((0, 5), (5, 9))):
+        writer = FeatureShardWriter({"audio": folder}, part=part, parts=2, shard_bytes=10_000,
+                                    facts={"batch_size": 2, "first": lo, "end": hi})
+        assert writer.resume() is None
+        writer.add({"audio": [(f"clip/{i}", entry(i)) for i in range(lo, hi)]}, start=lo, end=hi)
+        writer.flush(hi)
+    assert sorted(p.name for p in folder.glob("*.json")) == ["part000of002-00000.json", "part001of002-00000.json"]
+    store = FeatureShards(folder)
+    assert len(store) == 9 and all(same(store.get(f"clip/{i}"), entry(i)) for i in range(9))
+    with pytest.raises(ValueError, match="--part 0/2"):  # the same folder, split another way
+        FeatureShardWriter({"audio": folder}, part=0, parts=3, shard_bytes=10_000, facts={"batch_size": 2}).resume()

@@ -92,7 +92,7 @@ class FeatureShardWriter:
                 shard = folder / sidecar["file"]
                 if int(match[2]) != self.parts or sidecar.get("facts") != self.facts:
                     raise ValueError(
-                        f"{path}: written with {sidecar.get('facts')} (--part {self.part}/{match[2]}), this run has "
+                        f"{path}: written with {sidecar.get('facts')} (--part {self.part}/{int(match[2])}), this run has "
                         f"{self.facts} (--part {self.part}/{self.parts}); use the same settings or delete {folder}")
                 if shard.is_file() and shard.stat().st_size == sidecar["bytes"]:
                     numbers[int(match[3])] = sidecar

@@ -48,6 +48,11 @@ an uncached run re-pads text to the new batch's longest sample, which can move t
 of an attention encoder's outputs (~1e-7), so metrics of a cached and an uncached run agree to
 ~1e-5 relative (val logits within 1e-4), while two cached runs are identical.
 
+Precomputed: ``mmtrain features`` (:mod:`mmtrain.app.commands.features`) encodes whole splits offline into
+shards at the same paths and keys (:mod:`mmtrain.data.feature_shards`); with ``feature_cache.shards`` set,
+entries are looked up there first, then in the per-sample files, and a key with no shards is logged with
+the keys that are there.
+
 The cache draws no random numbers and needs no state in checkpoints, so resumable training
 (:mod:`mmtrain.data.resumable`) is unaffected, and the train dataset's fingerprint is that of the
 unwrapped dataset. A batch without ``cached_features`` (pre-flight checks, export, inference, a split
