@@ -255,7 +255,16 @@ class ResumableLoader(DataLoader):
         self.set_position(epoch, batches)
 
     def set_position(self, epoch: int, batches: int) -> None:
-        """Make the next pass epoch ``epoch``, starting after its first ``batches`` batches."""
+        """Make the next pass epoch ``epoch``, starting after its first ``batches`` batches.
+
+        Persistent workers started before (Lightning starts the train iterator before it restores a resumed
+        loader's state) are let go: each holds its own copy of a streamed dataset, which would not see the
+        position; the next pass starts workers that do.
+        """
+        stale = getattr(self, "_iterator", None)
+        if stale is not None and self.num_workers > 0:
+            self._iterator = None
+            stale._shutdown_workers()
         if callable(getattr(self.sampler, "set_epoch", None)):
             self.sampler.set_epoch(epoch)
         inner = getattr(self.dataset, "dataset", self.dataset)

@@ -33,9 +33,11 @@ BUILDERS = ("parquet", "json", "csv", "arrow", "imagefolder", "audiofolder", "vi
 
 
 def open_table(*, source: str | None, builder: str | None, data_dir: str | None, data_files: Any, split: str,
-               revision: str | None = None, cache_dir: str | None = None) -> tuple[Any, Path | None]:
-    """The ``datasets.Dataset`` of ``split`` and the folder its media files may lie in. ``source``: a ``save_to_disk``
-    folder, a folder of data files (parquet...: what a hub dataset's snapshot holds), or a hub name."""
+               revision: str | None = None, cache_dir: str | None = None, streaming: bool = False,
+               num_shards: int = 64) -> tuple[Any, Path | None]:
+    """The ``datasets.Dataset`` of ``split`` (with ``streaming``: a ``datasets.IterableDataset``, a ``save_to_disk``
+    folder's table cut into ``num_shards`` shards) and the folder its media files may lie in. ``source``: a
+    ``save_to_disk`` folder, a folder of data files (parquet...: what a hub dataset's snapshot holds), or a hub name."""
     import datasets
 
     if builder is not None:
@@ -44,7 +46,8 @@ def open_table(*, source: str | None, builder: str | None, data_dir: str | None,
                              "save_to_disk folder or a hub name)")
         if data_dir is None and data_files is None:
             raise ValueError(f"data.builder={builder} needs data_dir (a folder) or data_files")
-        table = datasets.load_dataset(builder, data_dir=data_dir, data_files=data_files, split=split)
+        table = datasets.load_dataset(builder, data_dir=data_dir, data_files=data_files, split=split,
+                                      streaming=streaming)
         root = data_dir or (str(Path(data_files).parent) if isinstance(data_files, str) else None)
         return table, Path(root).resolve() if root else None  # media paths are relative to (and stay under) it
     if source is None:
@@ -52,17 +55,22 @@ def open_table(*, source: str | None, builder: str | None, data_dir: str | None,
     folder = Path(source).expanduser()
     if folder.is_dir():
         if not any((folder / name).is_file() for name in ("dataset_dict.json", "state.json")):  # files, not Arrow
-            return datasets.load_dataset(str(folder), split=split), folder.resolve()
+            return datasets.load_dataset(str(folder), split=split, streaming=streaming), folder.resolve()
         loaded = datasets.load_from_disk(str(folder))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise ValueError(f"{folder} holds splits {sorted(loaded)}, not {split!r} (data.<split>.split)")
             loaded = loaded[split]
+        if streaming:  # the table's size stays known (as the split info a hub card states)
+            rows = len(loaded)
+            loaded = loaded.to_iterable_dataset(num_shards=max(1, min(int(num_shards), rows)))
+            loaded.info.splits = datasets.SplitDict({split: datasets.SplitInfo(name=split, num_examples=rows)})
         return loaded, folder.resolve()
     if folder.exists() or source.startswith((".", "/", "~")):
         raise FileNotFoundError(f"hf_datasets source {source}: no such folder (a save_to_disk folder or a hub name)")
     snapshot = hub_snapshot(source, revision=revision, cache_dir=cache_dir)
-    return open_table(source=str(snapshot), builder=None, data_dir=None, data_files=None, split=split)[0], \
+    return open_table(source=str(snapshot), builder=None, data_dir=None, data_files=None, split=split,
+                      streaming=streaming, num_shards=num_shards)[0], \
         snapshot.parent.parent  # the repo's cache folder: its snapshot's links point into blobs/ beside it
 
 
@@ -81,89 +89,71 @@ def hub_snapshot(repo_id: str, *, revision: str | None, cache_dir: str | None) -
         raise FileNotFoundError(f"hf_datasets source {repo_id}: the hub refused it ({err})") from err
 
 
-class HFDataset(Dataset):
-    """One split of a Hugging Face dataset as mmtrain samples (see the module).
+class HFRows:
+    """How the rows of a ``datasets`` table or stream become mmtrain samples: the column mapping (checked), the
+    media columns cast undecoded, the label map and the folder path-only media must lie under.
 
     Args:
-        source: a ``save_to_disk`` folder or a hub dataset name (or ``None`` with ``builder``).
-        builder: a ``datasets`` builder over local files (``imagefolder``...), with ``data_dir`` / ``data_files``.
-        split: the split to read.
-        modalities: the media this run reads (each needs its column).
-        columns: mmtrain key -> column name, for the keys whose column has another name.
-        label_names: class names in index order; taken from a ClassLabel column when not given.
-        num_frames: video frames per sample.
-        media_root: the folder a path-only media value must lie under (default: the source's folder).
-        revision, cache_dir: a hub dataset's revision and Hugging Face cache folder (default: ``HF_HUB_CACHE``).
+        table: a ``datasets.Dataset`` or ``datasets.IterableDataset``; :attr:`table` is it with media undecoded.
+        folder: the source's folder (the default ``media_root``).
+        name, split: for messages.
+        modalities, columns, label_names, num_frames, media_root: as :class:`HFDataset` takes them.
     """
 
-    def __init__(self, *, modalities: Sequence[str], source: str | None = None, builder: str | None = None,
-                 data_dir: str | None = None, data_files: Any = None, split: str = "train",
+    def __init__(self, table: Any, folder: Path | None, *, name: str, split: str, modalities: Sequence[str],
                  columns: Mapping[str, str] | None = None, label_names: Sequence[str] | None = None,
-                 num_frames: int = 8, media_root: str | None = None, revision: str | None = None,
-                 cache_dir: str | None = None) -> None:
+                 num_frames: int = 8, media_root: str | None = None) -> None:
         import datasets
 
-        table, folder = open_table(source=source, builder=builder, data_dir=data_dir, data_files=data_files,
-                                   split=split, revision=revision, cache_dir=cache_dir)
-        self.name = source or f"{builder}:{data_dir or data_files}"
+        self.name = name
         unknown = sorted(set(columns or {}) - set(FIELDS) - set(MEDIA))
         if unknown:
             raise ValueError(f"columns: {unknown} are not sample keys ({', '.join(FIELDS + MEDIA)})")
+        names = list(table.column_names or [])
+        if not names:
+            raise ValueError(f"{name} [{split}]: its columns are unknown before reading (a stream without features); "
+                             "give the builder's features or use map-style (streaming=false)")
         mapping = {key: (columns or {}).get(key, key) for key in FIELDS + MEDIA}
-        missing = {k: c for k, c in mapping.items() if c != k and c not in table.column_names}  # renamed, absent
+        missing = {k: c for k, c in mapping.items() if c != k and c not in names}  # renamed, absent
         if missing:
-            raise ValueError(f"{self.name} [{split}]: columns {missing} name columns it does not have "
-                             f"(it has {table.column_names})")
-        self.columns = {k: c for k, c in mapping.items() if c in table.column_names}
+            raise ValueError(f"{name} [{split}]: columns {missing} name columns it does not have (it has {names})")
+        self.columns = {k: c for k, c in mapping.items() if c in names}
         absent = [m for m in modalities if m not in self.columns]  # a media column, or the text one
         if absent:
-            raise ValueError(f"{self.name} [{split}]: no column for modalities {absent}; map them with "
-                             f"columns.<modality>=<column> (columns: {table.column_names})")
+            raise ValueError(f"{name} [{split}]: no column for modalities {absent}; map them with "
+                             f"columns.<modality>=<column> (columns: {names})")
         self.modalities = [m for m in modalities if m in MEDIA]
         for modality in self.modalities:
             column = self.columns[modality]
-            table = table.cast_column(column, _undecoded(datasets, table.features[column], f"{self.name} column {column}"))
+            table = table.cast_column(column, _undecoded(datasets, table.features[column], f"{name} column {column}"))
         self.table = table
         self.num_frames = int(num_frames)
         self.media_root = Path(media_root).resolve() if media_root else folder
         self.label_names, self._label_index = _labels(table.features.get(self.columns.get("label", "")), label_names,
-                                                      f"{self.name} [{split}]")
+                                                      f"{name} [{split}]")
 
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
-        return self.load(index)
-
-    @property
-    def ids(self) -> list[str]:
-        """Sample ids in index order (the id column, else ``<index>``)."""
-        if "id" in self.columns:
-            return [str(v) for v in self.table[self.columns["id"]]]
-        return [str(i) for i in range(len(self))]
-
-    def load(self, index: int, modalities: Sequence[str] | None = None) -> dict[str, Any] | SkippedSample:
-        """Sample ``index`` with its media decoded (only those of ``modalities`` when given)."""
-        sample, row, segment = self._row(index)
+    def load(self, row: Mapping[str, Any], index: int | str, modalities: Sequence[str] | None = None
+             ) -> dict[str, Any] | SkippedSample:
+        """Row ``row`` (``index``: its id when the table has no id column) as a sample with its media decoded (only those of ``modalities`` when given)."""
+        sample, segment = self.fields(row, index)
         wanted = [m for m in self.modalities if modalities is None or m in modalities]
         return load_media(sample, {m: self._loader(m, row[self.columns[m]], *segment) for m in wanted})
 
-    def undecoded(self, index: int) -> tuple[dict[str, Any], dict[str, bytes | Path], tuple[Any, Any]]:
-        """Sample ``index`` before decoding: its plain fields (``id``, ``label`` as an index...), each media value as
-        encoded bytes or its file (under ``media_root``) and the segment ``(start, end)``: what ``data pack`` stores."""
-        sample, row, segment = self._row(index)
+    def undecoded(self, row: Mapping[str, Any], index: int | str) -> tuple[dict[str, Any], dict[str, bytes | Path],
+                                                                      tuple[Any, Any]]:
+        """The row before decoding: its sample fields, each media value as encoded bytes or its file, the segment."""
+        sample, segment = self.fields(row, index)
         return sample, {m: self._bytes_or_path(m, row[self.columns[m]]) for m in self.modalities}, segment
 
-    def _row(self, index: int) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
-        """Row ``index``'s sample fields, the row itself and its media segment ``(start, end)``."""
-        row = self.table[int(index)]
+    def fields(self, row: Mapping[str, Any], index: int | str) -> tuple[dict[str, Any], tuple[Any, Any]]:
+        """The row's sample fields (``id``: its column, else ``index``) and its media segment ``(start, end)``."""
         sample: dict[str, Any] = {"id": str(row[self.columns["id"]]) if "id" in self.columns else str(index)}
         for key in ("text", "target_text"):
             if key in self.columns and row[self.columns[key]] is not None:
                 sample[key] = str(row[self.columns[key]])
         if "label" in self.columns and self._label_index is not None:
             sample["label"] = self._label_index(row[self.columns["label"]], sample["id"])
-        return sample, row, tuple(row.get(self.columns[k]) if k in self.columns else None for k in ("start", "end"))
+        return sample, tuple(row.get(self.columns[k]) if k in self.columns else None for k in ("start", "end"))
 
     def _loader(self, modality: str, value: Any, start: float | None, end: float | None) -> Any:
         def load() -> Any:
@@ -190,6 +180,57 @@ class HFDataset(Dataset):
         if self.media_root is None or not path.is_relative_to(self.media_root):
             raise MediaError(path, modality, f"outside media_root {self.media_root} (set data.<split>.media_root)")
         return path
+
+
+class HFDataset(Dataset):
+    """One split of a Hugging Face dataset as mmtrain samples (see the module).
+
+    Args:
+        source: a ``save_to_disk`` folder or a hub dataset name (or ``None`` with ``builder``).
+        builder: a ``datasets`` builder over local files (``imagefolder``...), with ``data_dir`` / ``data_files``.
+        split: the split to read.
+        modalities: the media this run reads (each needs its column).
+        columns: mmtrain key -> column name, for the keys whose column has another name.
+        label_names: class names in index order; taken from a ClassLabel column when not given.
+        num_frames: video frames per sample.
+        media_root: the folder a path-only media value must lie under (default: the source's folder).
+        revision, cache_dir: a hub dataset's revision and Hugging Face cache folder (default: ``HF_HUB_CACHE``).
+    """
+
+    def __init__(self, *, modalities: Sequence[str], source: str | None = None, builder: str | None = None,
+                 data_dir: str | None = None, data_files: Any = None, split: str = "train",
+                 columns: Mapping[str, str] | None = None, label_names: Sequence[str] | None = None,
+                 num_frames: int = 8, media_root: str | None = None, revision: str | None = None,
+                 cache_dir: str | None = None) -> None:
+        table, folder = open_table(source=source, builder=builder, data_dir=data_dir, data_files=data_files,
+                                   split=split, revision=revision, cache_dir=cache_dir)
+        self.name = source or f"{builder}:{data_dir or data_files}"
+        self.rows = HFRows(table, folder, name=self.name, split=split, modalities=modalities, columns=columns,
+                           label_names=label_names, num_frames=num_frames, media_root=media_root)
+        self.table, self.columns, self.modalities = self.rows.table, self.rows.columns, self.rows.modalities
+        self.label_names = self.rows.label_names
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
+        return self.load(index)
+
+    @property
+    def ids(self) -> list[str]:
+        """Sample ids in index order (the id column, else ``<index>``)."""
+        if "id" in self.columns:
+            return [str(v) for v in self.table[self.columns["id"]]]
+        return [str(i) for i in range(len(self))]
+
+    def load(self, index: int, modalities: Sequence[str] | None = None) -> dict[str, Any] | SkippedSample:
+        """Sample ``index`` with its media decoded (only those of ``modalities`` when given)."""
+        return self.rows.load(self.table[int(index)], int(index), modalities)
+
+    def undecoded(self, index: int) -> tuple[dict[str, Any], dict[str, bytes | Path], tuple[Any, Any]]:
+        """Sample ``index`` before decoding: its plain fields (``id``, ``label`` as an index...), each media value as
+        encoded bytes or its file (under ``media_root``) and the segment ``(start, end)``: what ``data pack`` stores."""
+        return self.rows.undecoded(self.table[int(index)], int(index))
 
 
 def _undecoded(datasets: Any, feature: Any, where: str) -> Any:
