@@ -16,7 +16,8 @@ Rows with goals:
 * RSS vs size: peak RSS of a fresh process reading 600 random samples from the pack and from a 10x pack (the same
   shards listed ten times). Goal: 10x / 1x <= 1.2 (per-shard indexes are read on use, 64 kept).
 
-Report-only rows: the same shards over HTTP (aiohttp) and S3 (moto), both on 127.0.0.1; and the engines compared
+Report-only rows: ``data=hf_datasets`` streaming (``streaming=true``) of the parquet view resumed 100 vs 1 batch
+in (its readers skip the rows before the position undecoded, so its cost grows with the position); the same shards over HTTP (aiohttp) and S3 (moto), both on 127.0.0.1; and the engines compared
 on the same tars: the ``webdataset`` library reads them in order (resume = skip samples: its cost grows with the
 position), Hugging Face ``datasets`` streams them (``load_dataset("webdataset", streaming=True)``; resume through
 ``state_dict``). litdata is not measured: it requires torchvision, which pip resolves to a CUDA torch build beside
@@ -134,6 +135,34 @@ def parquet_rows(quick: bool) -> list[Result]:
                    times["drop", 100] / times["drop", 1])]
 
 
+def hf_stream_rows(quick: bool) -> list[Result]:
+    """The same parquet view through Hugging Face streaming (``data.train.streaming=true``, 2 workers, batch 8):
+    time to the first batch resumed 1 and 100 batches in (each reader skips the rows it delivered, undecoded)."""
+    from mmtrain.data.demo import ensure_demo
+    from mmtrain.data.formats.hf_stream import HFStreamDataset
+    from mmtrain.data.resumable import KeyedIterable, ResumableLoader
+
+    root = ensure_demo(DATA_ROOT / "spoken_digits", size="small")
+    times: dict[int, float] = {}
+    for position in (1, 100):
+        tries = []
+        for _ in range(2 if quick else 5):
+            data = HFStreamDataset(builder="parquet", data_files=str(root / "parquet" / "train.parquet"),
+                                   modalities=["image", "text"], columns={"id": "sample_id", "image": "image_bytes",
+                                                                          "text": "caption"},
+                                   label_names=NAMES, samples_per_epoch=1200, batch_size=8, shuffle_buffer=64)
+            loader = ResumableLoader(KeyedIterable(data), batch_size=8, num_workers=2, collate_fn=_ids)
+            loader.set_position(0, position)
+            began = time.perf_counter()
+            iterator = iter(loader)
+            next(iterator)
+            tries.append(time.perf_counter() - began)
+            del iterator, loader
+        times[position] = sorted(tries)[len(tries) // 2]
+    return [Result("HF streaming (parquet view) resume at 100x vs 1x: time to the first batch (rows read, not decoded)",
+                   f"{times[100] * 1e3:.0f} ms", f"{times[1] * 1e3:.0f} ms", times[100] / times[1])]
+
+
 def _ids(items: list) -> list[str]:
     return [sample["id"] for _, sample in items]
 
@@ -231,8 +260,8 @@ def engine_rows(out: Path, quick: bool) -> list[Result]:
 
 def run(quick: bool = False) -> list[Result]:
     out = packed()
-    return (resume_rows(out, quick) + parquet_rows(quick) + throughput_rows(out, quick) + rss_rows(out, quick)
-            + engine_rows(out, quick))
+    return (resume_rows(out, quick) + parquet_rows(quick) + hf_stream_rows(quick) + throughput_rows(out, quick)
+            + rss_rows(out, quick) + engine_rows(out, quick))
 
 
 def main() -> int:
