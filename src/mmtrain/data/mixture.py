@@ -5,7 +5,8 @@ Each epoch draws ``size`` samples (default: all sources' samples together): ``si
 drawn less often than its size shows the next part of its permutation every epoch (all its samples over the
 epochs), one drawn more often repeats, reshuffled. The draw is a pure function of ``(seed, epoch)``: every worker
 and rank computes the same one, and a resumed run draws the same samples at the same positions (the loader's
-``(epoch, index)`` keys reach :meth:`at_epoch`). Sample ids are prefixed with the source's name.
+``(epoch, index)`` keys reach :meth:`at_epoch`). Sample ids are prefixed with the source's name, and each sample's
+``source`` names it (an LLM prompt can have a template per source: ``data.processor.prompt.source_templates``).
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ class MixtureDataset(Dataset):
         return source, int(torch.randperm(length, generator=generator)[offset])
 
     def at_epoch(self, epoch: int, index: int) -> Any:
-        """Mixture position ``index`` of ``epoch``: a source's sample, its id prefixed with the source's name."""
+        """Mixture position ``index`` of ``epoch``: a source's sample, its id prefixed with the source's name and
+        its ``source`` set to it (an LLM prompt's ``source_templates`` follow it)."""
         source, inner = self.source_of(epoch, index)
         sample = self.datasets[source][inner]
         if isinstance(sample, dict):
-            return {**sample, "id": f"{self.names[source]}/{sample['id']}"}
+            return {**sample, "id": f"{self.names[source]}/{sample['id']}", "source": self.names[source]}
         return dataclasses.replace(sample, id=f"{self.names[source]}/{sample.id}")  # skipped: the ledger names it
 
 

@@ -97,6 +97,9 @@ class PromptBuilder:
         max_length: token budget of a prompt.
         overflow: ``error`` or ``truncate_text`` (see the module docstring).
         label_answers: class names, for classification at the answer token (see the module docstring).
+        source_templates: per train source of a mixture (a sample's ``source``, which
+            :class:`~mmtrain.data.mixture.MixtureDataset` sets), the template its samples use instead of
+            ``template``; each is checked as ``template`` is.
     """
 
     def __init__(
@@ -111,13 +114,20 @@ class PromptBuilder:
         overflow: str = "error",
         answer_prefix: str = " ",
         label_answers: Sequence[str] | None = None,
+        source_templates: Mapping[str, str] | None = None,
     ) -> None:
-        self.slots = template_slots(template)
-        missing = sorted(m for m in media_tokens if m not in self.slots)
-        if missing:
-            raise ValueError(f"prompt template has no {{{missing[0]}}} field for the model's {missing} features.")
-        if class_token is not None and class_token not in template:
-            raise ValueError(f"prompt template does not contain the class token {class_token!r}.")
+        #: source name (``None``: the default) -> (template, its slots)
+        self.templates: dict[str | None, tuple[str, dict[str, int]]] = {}
+        for source, text in [(None, template), *dict(source_templates or {}).items()]:
+            where = "prompt template" if source is None else f"prompt source_templates.{source}"
+            slots = template_slots(text)
+            missing = sorted(m for m in media_tokens if m not in slots)
+            if missing:
+                raise ValueError(f"{where} has no {{{missing[0]}}} field for the model's {missing} features.")
+            if class_token is not None and class_token not in text:
+                raise ValueError(f"{where} does not contain the class token {class_token!r}.")
+            self.templates[source] = (str(text), slots)
+        self.slots = self.templates[None][1]
         if overflow not in OVERFLOW:
             raise ValueError(f"prompt overflow must be one of {list(OVERFLOW)}, got {overflow!r}")
         self.tokenizer = tokenizer
@@ -127,7 +137,7 @@ class PromptBuilder:
         self.max_length = int(max_length)
         self.overflow = overflow
         self.answer_prefix = str(answer_prefix)
-        written = re.findall(r"</?[A-Z]+>", template)
+        written = [m for text, _ in self.templates.values() for m in re.findall(r"</?[A-Z]+>", text)]
         extra = list(dict.fromkeys([*(markers or []), *written, *(placeholder(m) for m in self.media_tokens),
                                     *([class_token] if class_token else [])]))
         tokenizer.add_special_tokens({"additional_special_tokens": extra}, replace_extra_special_tokens=False)
@@ -158,10 +168,12 @@ class PromptBuilder:
         return None if self.class_token is None else int(self.tokenizer.convert_tokens_to_ids(self.class_token))
 
     def render(self, sample: Mapping[str, Any], text: str | None = None) -> str:
-        """The prompt of one sample (``text`` replaces the sample's own text, e.g. shortened)."""
+        """The prompt of one sample (``text`` replaces the sample's own text, e.g. shortened), from its source's
+        template when it has one."""
+        template, slots = self.templates.get(sample.get("source"), self.templates[None])
         values = {m: placeholder(m) * self.media_tokens[m] if sample.get(m) is not None else ""
                   for m in self.media_tokens}
-        for m, count in self.slots.items():
+        for m, count in slots.items():
             given = sample.get(m)
             if count and m in self.media_tokens and given is not None:
                 items = len(given) if isinstance(given, (list, tuple)) else 1
@@ -176,7 +188,7 @@ class PromptBuilder:
                                  f"template (data.processor.prompt.template) has one {{{m}}} field; number them "
                                  f"{{{m}_1}}..{{{m}_{len(given)}}}.")
         values["text"] = str(sample.get("text") or "") if text is None else text
-        return FIELD.sub(lambda match: values.get(match.group(0)[1:-1], ""), self.template)
+        return FIELD.sub(lambda match: values.get(match.group(0)[1:-1], ""), template)
 
     def _tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
