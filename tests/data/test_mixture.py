@@ -100,6 +100,7 @@ COMMAND = ["experiment=demo", "data=digits_mixture", "data.prepare.size=tiny", "
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_demo_trains_from_a_mixture_and_resumes_it_exactly(tmp_path: Path) -> None:
     configs = tmp_path / "configs" / "data"
     configs.mkdir(parents=True)

@@ -19,7 +19,7 @@ from mmtrain.app.commands.train import train
 from mmtrain.components.paths import resolve_pretrained_path
 from mmtrain.config.compose import compose_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # minutes of CPU: in the long run (README, Tests)
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 

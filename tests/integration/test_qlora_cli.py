@@ -13,7 +13,7 @@ from _cli import run_mmtrain
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # minutes of CPU: in the long run (README, Tests)
 
 
 def test_qlora_4bit_trains_exports_and_predicts(tmp_path: Path) -> None:

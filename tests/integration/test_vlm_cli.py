@@ -19,7 +19,7 @@ from mmtrain.components.paths import resolve_pretrained_path
 from tests.integration.test_pairwise_kfold import write_items
 from mmtrain.data.formats.image_pairs import make_pair_folds, write_pair_csv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # minutes of CPU: in the long run (README, Tests)
 
 FAST = ["trainer.max_epochs=1", "callbacks.progress=null", "logger.tensorboard=null", "data.batch_size=4",
         "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "data.num_workers=0"]

@@ -15,6 +15,7 @@ RUN = ["data=synthetic", "data.train.num_samples=16", "data.val.num_samples=8", 
 
 
 @pytest.mark.slow  # a tiny run stopped by SIGTERM, then resumed (~20 s)
+@pytest.mark.long
 def test_a_stopped_run_has_a_report_saying_why_and_a_finished_resume_drops_it(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     kill = "+callbacks.kill={_target_: mmtrain.engine.callbacks.faults.KillSwitch, at_step: 5, signal: TERM}"

@@ -104,6 +104,7 @@ def encode_split(split: str, datamodule: Any, model: Any, cache: Any, trainer: A
                  shard_bytes: int, part: int, parts: int, progress: Any = None) -> dict[str, Any]:
     """One split's shards (each slot's entries, batch by batch as a training run's val pass makes them)."""
     import torch
+    import torch.utils.data
     from lightning.fabric.utilities.apply_func import move_data_to_device
     from torch.utils.data import DataLoader, Subset
 
@@ -115,6 +116,11 @@ def encode_split(split: str, datamodule: Any, model: Any, cache: Any, trainer: A
     with trainer.precision_plugin.forward_context():
         keys = {slot: cache.slot_key(slot, split, device) for slot in slots}  # as the training steps compute them
     dataset = datamodule.splits[split]
+    if isinstance(dataset, torch.utils.data.IterableDataset) or hasattr(dataset, "at_epoch"):
+        kind = "a mixture" if hasattr(dataset, "at_epoch") else "a stream"
+        raise ValueError(f"features of {split}: data.{split} is {kind} (its samples are not at fixed positions); "
+                         "compute features of map-style sources: the files, a datasets folder with streaming=false, "
+                         "or packed shards (mmtrain data pack)")
     total = len(dataset)
     lo, hi = total * part // parts, total * (part + 1) // parts
     writer = FeatureShardWriter({slot: cache.entry_dir(slot, split, key) for slot, key in keys.items()},
