@@ -76,6 +76,25 @@ def packed() -> Path:
     return out
 
 
+def first_batch_seconds(positioned, repeats: int) -> float:
+    """Median seconds from ``iter(loader)`` to its first batch, over ``repeats`` fresh loaders from ``positioned()``
+    (each already set to its resume position)."""
+    tries = []
+    for _ in range(repeats):
+        loader = positioned()
+        began = time.perf_counter()
+        iterator = iter(loader)
+        next(iterator)
+        tries.append(time.perf_counter() - began)
+        del iterator, loader
+    return sorted(tries)[len(tries) // 2]
+
+
+def _at(loader, position: int):
+    loader.set_position(0, position)
+    return loader
+
+
 def resume_rows(out: Path, quick: bool) -> list[Result]:
     from mmtrain.config.compose import compose_config
     from mmtrain.config.targets import runtime_prefixes
@@ -84,18 +103,8 @@ def resume_rows(out: Path, quick: bool) -> list[Result]:
     cfg = compose_config(["experiment=demo", f"shards.source={out}", "data.batch_size=8", "data.num_workers=2",
                           "data.val=null", "data.test=null"])
     datamodule = build_data(cfg, runtime_prefixes())
-    times = {}
-    for position in (1, 10, 100):
-        samples = []
-        for _ in range(2 if quick else 5):
-            loader = datamodule.train_dataloader()
-            loader.set_position(0, position)
-            began = time.perf_counter()
-            iterator = iter(loader)
-            next(iterator)
-            samples.append(time.perf_counter() - began)
-            del iterator, loader
-        times[position] = sorted(samples)[len(samples) // 2]
+    times = {position: first_batch_seconds(lambda: _at(datamodule.train_dataloader(), position), 2 if quick else 5)
+             for position in (1, 10, 100)}
     return [Result(f"resume at {p} batches: first batch (2 workers)", f"{times[p] * 1e3:.0f} ms",
                    f"{times[1] * 1e3:.0f} ms at 1", times[p] / times[1]) for p in (10,)] + [
         goal_row("resume at 100x (800 samples) vs 1x into an epoch: time to the first batch",
@@ -110,23 +119,16 @@ def parquet_rows(quick: bool) -> list[Result]:
     from mmtrain.data.resumable import KeyedIterable, ResumableLoader
 
     root = ensure_demo(DATA_ROOT / "spoken_digits", size="small")
-    times: dict[tuple[str, int], float] = {}
-    for how in ("plan", "drop"):
-        for position in (1, 100):
-            tries = []
-            for _ in range(2 if quick else 5):
-                data = ParquetDataset(files=str(root / "parquet" / "train.parquet"), shuffle=True, batch_size=8)
-                loader = ResumableLoader(KeyedIterable(data), batch_size=8, num_workers=2, collate_fn=_ids)
-                if how == "plan":
-                    loader.set_position(0, position)
-                else:
-                    loader.discard = position
-                began = time.perf_counter()
-                iterator = iter(loader)
-                next(iterator)
-                tries.append(time.perf_counter() - began)
-                del iterator, loader
-            times[how, position] = sorted(tries)[len(tries) // 2]
+    def positioned(how: str, position: int):
+        data = ParquetDataset(files=str(root / "parquet" / "train.parquet"), shuffle=True, batch_size=8)
+        loader = ResumableLoader(KeyedIterable(data), batch_size=8, num_workers=2, collate_fn=_ids)
+        if how == "plan":
+            return _at(loader, position)
+        loader.discard = position
+        return loader
+
+    times = {(how, position): first_batch_seconds(lambda: positioned(how, position), 2 if quick else 5)
+             for how in ("plan", "drop") for position in (1, 100)}
     return [goal_row("parquet stream resume at 100x vs 1x: time to the first batch (by plan)",
                      f"{times['plan', 100] * 1e3:.0f} ms", f"{times['plan', 1] * 1e3:.0f} ms",
                      times["plan", 100] / times["plan", 1], 1.2, at_most=True),
@@ -143,22 +145,14 @@ def hf_stream_rows(quick: bool) -> list[Result]:
     from mmtrain.data.resumable import KeyedIterable, ResumableLoader
 
     root = ensure_demo(DATA_ROOT / "spoken_digits", size="small")
-    times: dict[int, float] = {}
-    for position in (1, 100):
-        tries = []
-        for _ in range(2 if quick else 5):
-            data = HFStreamDataset(builder="parquet", data_files=str(root / "parquet" / "train.parquet"),
-                                   modalities=["image", "text"], columns={"id": "sample_id", "image": "image_bytes",
-                                                                          "text": "caption"},
-                                   label_names=NAMES, samples_per_epoch=1200, batch_size=8, shuffle_buffer=64)
-            loader = ResumableLoader(KeyedIterable(data), batch_size=8, num_workers=2, collate_fn=_ids)
-            loader.set_position(0, position)
-            began = time.perf_counter()
-            iterator = iter(loader)
-            next(iterator)
-            tries.append(time.perf_counter() - began)
-            del iterator, loader
-        times[position] = sorted(tries)[len(tries) // 2]
+    def positioned(position: int):
+        data = HFStreamDataset(builder="parquet", data_files=str(root / "parquet" / "train.parquet"),
+                               modalities=["image", "text"], columns={"id": "sample_id", "image": "image_bytes",
+                                                                      "text": "caption"},
+                               label_names=NAMES, samples_per_epoch=1200, batch_size=8, shuffle_buffer=64)
+        return _at(ResumableLoader(KeyedIterable(data), batch_size=8, num_workers=2, collate_fn=_ids), position)
+
+    times = {position: first_batch_seconds(lambda: positioned(position), 2 if quick else 5) for position in (1, 100)}
     return [Result("HF streaming (parquet view) resume at 100x vs 1x: time to the first batch (rows read, not decoded)",
                    f"{times[100] * 1e3:.0f} ms", f"{times[1] * 1e3:.0f} ms", times[100] / times[1])]
 

@@ -97,3 +97,19 @@ def trained(workspace: Path, command: list[str], strategies: dict[str, list[str]
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
         out[name] = done.stdout + done.stderr
     return out
+
+
+def assert_killed_run_resumes_exactly(command: list[str], *, cwd: Path, kill_at: int, resumed_from: str,
+                                      name: str) -> None:
+    """``mmtrain train`` run whole; the same command killed (-9) at step ``kill_at`` and resumed (from the
+    checkpoint ``resumed_from``): both runs end bit-identical (weights, optimizer state, every step's loss)."""
+    from mmtrain.engine.callbacks.faults import compare_runs
+
+    whole = run_mmtrain("train", *command, f"run_dir={cwd / 'whole'}", cwd=cwd, timeout=300)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
+    killed = cwd / "killed"
+    assert killed_ddp_run(*command, *kill_overrides(kill_at), f"run_dir={killed}", cwd=cwd, name=name) == SIGKILLED
+    resumed = run_mmtrain("train", *command, f"resume={killed}", cwd=cwd, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert json.loads((killed / "metrics.json").read_text())["resumed_from"] == resumed_from
+    assert compare_runs(cwd / "whole", killed) == []

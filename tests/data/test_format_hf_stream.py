@@ -4,13 +4,11 @@ resume at any position (rows before it read, not decoded), stable ids without an
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import datasets
 import pytest
-from _cli import run_mmtrain
 
 from mmtrain.data.formats import hf_datasets
 from mmtrain.data.formats.hf_stream import HFStreamDataset, hf_source
@@ -100,20 +98,11 @@ def test_parquet_files_stream_with_a_given_size_and_errors_are_named(folder: Pat
 def test_the_demo_streams_and_a_killed_run_resumes_exactly(saved: Path, tmp_path: Path) -> None:  # noqa: F811
     """2 workers, killed (-9) at step 6 of 8: resumed from step 5, after batch 1 of epoch 2 (the other worker next in turn),
     the stream ends bit-identical."""
-    from _multiproc import SIGKILLED, killed_ddp_run
-
-    from mmtrain.engine.callbacks.faults import compare_runs, kill_overrides
+    from _multiproc import assert_killed_run_resumes_exactly
 
     command = ["experiment=demo", "data=hf_datasets", f"data.train.source={saved}", "data.train.streaming=true",
                *(f"data.train.columns.{k}={v}" for k, v in COLUMNS.items()), "data.num_workers=2", "data.batch_size=4",
                "data.processor.num_frames=4", "trainer.max_epochs=2", "callbacks.progress=null",
                "evaluate_unimodal=false", "callbacks.resume_checkpoint.every_n_train_steps=1"]
-    whole = run_mmtrain("train", *command, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path, timeout=300)
-    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
-    killed = tmp_path / "killed"
-    code = killed_ddp_run(*command, *kill_overrides(6), f"run_dir={killed}", cwd=tmp_path, name="hf_stream_killed")
-    assert code == SIGKILLED
-    resumed = run_mmtrain("train", *command, f"resume={killed}", cwd=tmp_path, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert json.loads((killed / "metrics.json").read_text())["resumed_from"] == "last-step0000005.ckpt"
-    assert compare_runs(tmp_path / "whole", killed) == []
+    assert_killed_run_resumes_exactly(command, cwd=tmp_path, kill_at=6, resumed_from="last-step0000005.ckpt",
+                                      name="hf_stream_killed")

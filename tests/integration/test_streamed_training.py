@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -38,20 +37,10 @@ def test_trains_on_the_demo_parquet_view_by_changing_paths_only(tmp_path: Path) 
 def test_a_killed_parquet_stream_resumes_by_plan_exactly(tmp_path: Path) -> None:
     """2 workers, killed (-9) at step 6 of 8: resumed from step 5 (after batch 1 of epoch 2, the other worker next
     in turn), the run reads from its position by plan and ends bit-identical to the uninterrupted one."""
-    from _cli import run_mmtrain
-    from _multiproc import SIGKILLED, killed_ddp_run
-
-    from mmtrain.engine.callbacks.faults import compare_runs, kill_overrides
+    from _multiproc import assert_killed_run_resumes_exactly
 
     root = ensure_demo(tmp_path / "spoken_digits", size="tiny")
     command = [*parquet_demo(root), "callbacks.progress=null", "evaluate_unimodal=false",
                "callbacks.resume_checkpoint.every_n_train_steps=1"]
-    whole = run_mmtrain("train", *command, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path, timeout=300)
-    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
-    killed = tmp_path / "killed"
-    code = killed_ddp_run(*command, *kill_overrides(6), f"run_dir={killed}", cwd=tmp_path, name="parquet_killed")
-    assert code == SIGKILLED
-    resumed = run_mmtrain("train", *command, f"resume={killed}", cwd=tmp_path, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert json.loads((killed / "metrics.json").read_text())["resumed_from"] == "last-step0000005.ckpt"
-    assert compare_runs(tmp_path / "whole", killed) == []
+    assert_killed_run_resumes_exactly(command, cwd=tmp_path, kill_at=6, resumed_from="last-step0000005.ckpt",
+                                      name="parquet_killed")

@@ -11,6 +11,51 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+
+class StreamState:
+    """The state a streamed dataset keeps for its passes: the epoch (in shared memory, so persistent workers see
+    :meth:`set_epoch`), its rank and world size (``world_size``/``rank`` attributes, else ``torch.distributed``'s)
+    and where its next pass starts (:meth:`resume_at`). A subclass sets ``world_size``, ``rank`` and ``batch_size``
+    and calls :meth:`init_stream_state` in its ``__init__``."""
+
+    world_size: int | None
+    rank: int | None
+    batch_size: int | None
+
+    def init_stream_state(self) -> None:
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done): where the next pass starts
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next pass uses."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def _rank(self) -> tuple[int, int]:
+        if self.world_size is not None:
+            return int(self.rank or 0), int(self.world_size)
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def resume_at(self, epoch: int | None, batches: int = 0) -> None:
+        """Start the next pass (of ``epoch``) after its first ``batches`` batches, by plan (needs ``batch_size``; set
+        before the loader starts its workers). ``None``: a whole pass."""
+        if epoch is not None and not self.batch_size:
+            raise ValueError(f"{type(self).__name__}: resume_at needs batch_size (the loader's)")
+        self._resume = None if epoch is None else (int(epoch), int(batches))
+
+    def take_resume(self) -> tuple[int, int] | None:
+        """The resume point for this pass, cleared: one pass only (persistent workers keep this copy)."""
+        resume, self._resume = self._resume, None
+        return resume
+
 
 def cut(slices: list[tuple[Any, int, int]], start: int, stop: int) -> list[tuple[Any, int, int]]:
     """Rows ``[start, stop)`` of the stream that ``(unit, low, high)`` slices make, as slices again."""

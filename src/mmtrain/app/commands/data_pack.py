@@ -21,14 +21,19 @@ def add_cli(subparsers: argparse._SubParsersAction, composes: Any) -> argparse.A
     parser = subparsers.add_parser("pack", help="write the config's splits as packed shards (local, HTTP, S3)",
                                    description=__doc__.splitlines()[0])
     composes(parser)
-    parser.add_argument("--out", required=True, help="output folder: <out>/<split>/ per split")
-    parser.add_argument("--shard-size", default="256MB", help="bytes per shard, e.g. 64MB, 1GB (default: %(default)s)")
-    parser.add_argument("--splits", default=None, help="comma-separated splits (default: all of the config's)")
+    add_shard_arguments(parser, "output folder: <out>/<split>/ per split")
     parser.add_argument("--share-media", action="store_true", help=(
         "store a media file used by several samples of a shard once (the segments of one long video): smaller "
         "shards that only mmtrain reads whole (other WebDataset readers see those samples without media)"))
     parser.set_defaults(func=run)
     return parser
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """``--out``, ``--shard-size`` and ``--splits``: what the commands that write shards of a config's splits take."""
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--shard-size", default="256MB", help="bytes per shard, e.g. 64MB, 1GB (default: %(default)s)")
+    parser.add_argument("--splits", default=None, help="comma-separated splits (default: all of the config's)")
 
 
 def pack_config(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str] | None = None,

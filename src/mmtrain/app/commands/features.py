@@ -26,10 +26,10 @@ def add_cli(subparsers: argparse._SubParsersAction, composes: Any) -> argparse.A
     """Register ``features``; ``composes`` adds the config arguments (overrides, ``--config-dir``)."""
     parser = subparsers.add_parser("features", help="encode frozen slots over whole splits into feature shards",
                                    description=__doc__.splitlines()[0])
+    from mmtrain.app.commands.data_pack import add_shard_arguments
+
     composes(parser)
-    parser.add_argument("--out", required=True, help="output folder (train with feature_cache.shards=<out>)")
-    parser.add_argument("--shard-size", default="256MB", help="bytes per shard, e.g. 64MB, 1GB (default: %(default)s)")
-    parser.add_argument("--splits", default=None, help="comma-separated splits (default: all of the config's)")
+    add_shard_arguments(parser, "output folder (train with feature_cache.shards=<out>)")
     parser.add_argument("--slots", default=None, help="comma-separated encoder slots (default: every cacheable one)")
     parser.add_argument("--part", default="0/1", help="K/N: encode the K-th of N blocks of each split (default: all)")
     parser.set_defaults(func=run)

@@ -32,18 +32,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from itertools import count, islice
 from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmtrain.data.formats.hf_datasets import HFDataset, HFRows, open_table
 from mmtrain.data.skips import SkippedSample
-from mmtrain.data.stream_plan import delivered, worker_block
+from mmtrain.data.stream_plan import StreamState, delivered, worker_block
 
 log = logging.getLogger(__name__)
 
 
-class HFStreamDataset(IterableDataset):
+class HFStreamDataset(StreamState, IterableDataset):
     """One split of a Hugging Face dataset, streamed (see the module).
 
     Args:
@@ -87,25 +85,9 @@ class HFStreamDataset(IterableDataset):
         self.world_size, self.rank, self.batch_size = world_size, rank, batch_size
         #: what a resume's fingerprint compares (the data, its size and order settings)
         self.files = [self.name, split, self.samples, self.shuffle, self.shuffle_buffer, int(num_shards)]
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
-        self._resume: tuple[int, int] | None = None
+        self.init_stream_state()
 
-    # -- epochs and shares --------------------------------------------------------------------
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next pass uses."""
-        self._epoch.fill_(int(epoch))
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
-
-    def _rank(self) -> tuple[int, int]:
-        if self.world_size is not None:
-            return int(self.rank or 0), int(self.world_size)
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+    # -- shares ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         """Rows this rank yields per epoch (over all its workers)."""
@@ -115,17 +97,11 @@ class HFStreamDataset(IterableDataset):
                              f"{self._rank()[1]} processes; use fewer devices or more data")
         return rank_rows
 
-    def resume_at(self, epoch: int | None, batches: int = 0) -> None:
-        """Start the next pass (of ``epoch``) after its first ``batches`` batches (``None``: a whole pass)."""
-        if epoch is not None and not self.batch_size:
-            raise ValueError(f"{type(self).__name__}: resume_at needs batch_size (the loader's)")
-        self._resume = None if epoch is None else (int(epoch), int(batches))
-
     def _role(self, epoch: int, worker: int, workers: int) -> tuple[int, int, int]:
         """``(role, rows to skip, rows to yield)`` of this worker in the pass: its own block, or on a resumed pass
         the rest of the block of the worker whose turn it takes (:mod:`mmtrain.data.stream_plan`)."""
         blocks = [worker_block(len(self), w, workers, self.batch_size) for w in range(workers)]
-        resume, self._resume = self._resume, None  # one pass only (persistent workers keep this copy)
+        resume = self.take_resume()
         if resume is None or resume[0] != epoch:
             return worker, 0, blocks[worker][1] - blocks[worker][0]
         size = int(self.batch_size or 1)

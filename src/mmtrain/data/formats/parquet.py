@@ -52,15 +52,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmtrain.data.formats.common import LabelMap, check_modalities
 from mmtrain.data.media import MediaError
 from mmtrain.data.images import read_image
 from mmtrain.data.skips import SkippedSample, load_media
-from mmtrain.data.stream_plan import cut, delivered, worker_block
+from mmtrain.data.stream_plan import StreamState, cut, delivered, worker_block
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +108,7 @@ def _uniform(*keys: int) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-class ParquetDataset(IterableDataset):
+class ParquetDataset(StreamState, IterableDataset):
     """Image + text (+ label) rows streamed from parquet, row group by row group.
 
     Args:
@@ -183,8 +181,7 @@ class ParquetDataset(IterableDataset):
             raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size}")
         self.batch_size = None if batch_size is None else int(batch_size)
         self._logged_epoch = -1
-        self._resume: tuple[int, int] | None = None  # (epoch, batches done): where the next pass starts
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.init_stream_state()
         self.units: list[_Unit] = []
         self._layouts = [self._inspect(i, path, image_column, id_column) for i, path in enumerate(self.files)]
 
@@ -231,21 +228,6 @@ class ParquetDataset(IterableDataset):
         raise ValueError(f"{path}: image column {column!r} is {kind}, not binary or a struct with 'bytes'")
 
     # ------------------------------------------------------------------------------ epochs, shards
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose shuffle and text dropout the next pass uses."""
-        self._epoch.fill_(int(epoch))
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
-
-    def _rank(self) -> tuple[int, int]:
-        if self.world_size is not None:
-            return int(self.rank), int(self.world_size)  # type: ignore[arg-type]
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
     @property
     def total_rows(self) -> int:
         """Rows in all files (from the parquet footers)."""
@@ -303,17 +285,10 @@ class ParquetDataset(IterableDataset):
         return sum(unit.rows for unit in self._rank_units(self.epoch))
 
     # ------------------------------------------------------------------------------ iteration
-    def resume_at(self, epoch: int | None, batches: int = 0) -> None:
-        """Start the next pass (of ``epoch``) after its first ``batches`` batches, by plan: no row before them
-        is read (needs ``batch_size``; set before the loader starts its workers). ``None``: a whole pass."""
-        if epoch is not None and not self.batch_size:
-            raise ValueError(f"{type(self).__name__}: resume_at needs batch_size (the loader's)")
-        self._resume = None if epoch is None else (int(epoch), int(batches))
-
     def _resumed_plan(self, epoch: int, worker: int, workers: int) -> list[tuple[_Unit, int, int]]:
         """This worker's rows of the pass: all of its block, or, on a resumed pass, the rest of the block of the
         worker whose turn it takes (:mod:`mmtrain.data.stream_plan`)."""
-        resume, self._resume = self._resume, None  # one pass only (persistent workers keep this copy)
+        resume = self.take_resume()
         if resume is None or resume[0] != epoch:
             return self._plan(epoch, worker, workers)
         rows = sum(stop - start for _, start, stop in self._rank_slices(epoch))
