@@ -157,3 +157,19 @@ def test_a_trainable_slot_is_refused_with_its_reason(demo: Path, tmp_path: Path)
     overrides = [o for o in base(demo) if o != "+model.trainable.audio=false"]
     with pytest.raises(ValueError, match=r"audio: trainable \(model.trainable\)"):
         compute_features(compose_config(overrides), out=tmp_path / "out", shard_bytes=10_000, slots=["audio"])
+
+
+def test_parts_written_apart_hold_the_entries_of_one_process(demo: Path, features: Path, tmp_path: Path) -> None:
+    """``--part 0/2`` and ``--part 1/2`` (two processes, two GPUs) cut at whole batches: together, the same entries."""
+    for part in (0, 1):
+        compute_features(compose_config(base(demo)), out=tmp_path / "parts", shard_bytes=30_000, splits=["val"],
+                         part=part, parts=2)
+    whole, parts = stored(features), stored(tmp_path / "parts")
+    for slot in SLOTS:
+        assert parts[slot].folder.parent.name == whole[slot].folder.parent.name  # the same key
+        assert {p.name.split("-")[0] for p in parts[slot].folder.glob("*.json")} == {"part000of002", "part001of002"}
+        ids = [i for p in whole[slot].folder.glob("*.json") for i in json.loads(p.read_text())["ids"]]
+        assert len(parts[slot]) == len(ids) == 8
+        for sample_id in ids:
+            a, b = whole[slot].get(sample_id), parts[slot].get(sample_id)
+            assert all(torch.equal(a[k], b[k]) for k in ("tokens", "mask", "pooled")), (slot, sample_id)

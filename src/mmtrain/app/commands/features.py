@@ -121,8 +121,9 @@ def encode_split(split: str, datamodule: Any, model: Any, cache: Any, trainer: A
         raise ValueError(f"features of {split}: data.{split} is {kind} (its samples are not at fixed positions); "
                          "compute features of map-style sources: the files, a datasets folder with streaming=false, "
                          "or packed shards (mmtrain data pack)")
-    total = len(dataset)
-    lo, hi = total * part // parts, total * (part + 1) // parts
+    total, size = len(dataset), datamodule.batch_size
+    batches = -(-total // size)  # parts of whole batches: each batch is the one a single-process val pass makes
+    lo, hi = (min(total, batches * k // parts * size) for k in (part, part + 1))
     writer = FeatureShardWriter({slot: cache.entry_dir(slot, split, key) for slot, key in keys.items()},
                                 part=part, parts=parts, shard_bytes=shard_bytes,
                                 facts={"batch_size": datamodule.batch_size, "first": lo, "end": hi})
