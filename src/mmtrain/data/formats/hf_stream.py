@@ -119,8 +119,12 @@ class HFStreamDataset(StreamState, IterableDataset):
         role, skip, rows = self._role(epoch, worker, workers)
         node, nodes = rank * workers + role, world * workers
         hashed = "id" not in self.rows.columns
-        for row in islice(self._reader(epoch, node, nodes), skip, rows):  # skipped rows: read, not decoded
-            yield self.rows.load(row, content_id(row) if hashed else "")
+        reader = self._reader(epoch, node, nodes)
+        try:
+            for row in islice(reader, skip, rows):  # skipped rows: read, not decoded
+                yield self.rows.load(row, content_id(row) if hashed else "")
+        finally:  # a part read only partly: its file readers end now, not while the interpreter shuts down
+            reader.close()
 
     def _reader(self, epoch: int, node: int, nodes: int) -> Iterator[dict[str, Any]]:
         """Reader ``node``'s rows of the epoch, its part started again whenever it ends (never empty)."""
