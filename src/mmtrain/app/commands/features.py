@@ -86,7 +86,8 @@ def compute_features(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str]
         refused = {s: cache.reasons[(split, s)] for s in slots or () if (split, s) in cache.reasons}
         if refused:
             raise ValueError(f"features of {split}: slot(s) not cacheable: "
-                             + "; ".join(f"{s}: {why}" for s, why in refused.items()))
+                             + "; ".join(f"{s}: {why}" for s, why in refused.items())
+                             + f"; leave {split} out (--splits) or make the slot frozen and its batches fixed")
         if not wanted:
             results["splits"][split] = {"slots": {}, "note": "; ".join(
                 f"{s}: {cache.reasons[(split, s)]}" for s in model.encoders)}
