@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from itertools import count, islice
+from itertools import islice
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -132,7 +132,7 @@ class HFStreamDataset(StreamState, IterableDataset):
 
         part = split_dataset_by_node(self.stream, rank=node, world_size=nodes)
         part.set_epoch(epoch)
-        for lap in count():
+        while True:
             seen = 0
             for batch in part.iter(batch_size=1):  # not iter(part): in a worker that would split it again
                 seen += 1
