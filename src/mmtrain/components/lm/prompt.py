@@ -127,11 +127,9 @@ class PromptBuilder:
             if class_token is not None and class_token not in text:
                 raise ValueError(f"{where} does not contain the class token {class_token!r}.")
             self.templates[source] = (str(text), slots)
-        self.slots = self.templates[None][1]
         if overflow not in OVERFLOW:
             raise ValueError(f"prompt overflow must be one of {list(OVERFLOW)}, got {overflow!r}")
         self.tokenizer = tokenizer
-        self.template = template
         self.media_tokens = {m: int(n) for m, n in media_tokens.items()}
         self.class_token = class_token
         self.max_length = int(max_length)

@@ -29,8 +29,8 @@ from mmtrain.core.fileio import (RunWriteError, atomic_write_bytes, fsync_dir, r
                                  replace_path, temporary_beside)
 from mmtrain.core.integrity import SIGNATURE_KEY, signature, signing_key
 from mmtrain.engine.callbacks.checkpoint_manifest import (MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION,
-                                                          CheckpointCorrupt, _open, _sha256_handle, _verify_handle,
-                                                          read_manifest)
+                                                          CheckpointCorrupt, open_checkpoint, read_manifest,
+                                                          sha256_handle, verify_handle)
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class AtomicCheckpointIO(CheckpointIO):
             manifest = self._load_for_update(path.parent)
             manifest["seq"] = int(manifest.get("seq", 0)) + 1
             manifest["checkpoints"][path.name] = {
-                "sha256": _sha256_handle(handle), "bytes": os.fstat(handle.fileno()).st_size,
+                "sha256": sha256_handle(handle), "bytes": os.fstat(handle.fileno()).st_size,
                 "global_step": _int(state.get("global_step")), "epoch": _int(state.get("epoch")),
                 "written_at": os.fstat(handle.fileno()).st_mtime, "seq": manifest["seq"]}
             self._write(path.parent, manifest)
@@ -228,11 +228,11 @@ class AtomicCheckpointIO(CheckpointIO):
 
     @staticmethod
     def _load_file(path: Path, entry: dict[str, Any] | None, map_location: Any) -> tuple[Any, dict[str, Any]]:
-        handle = _open(path)
+        handle = open_checkpoint(path)
         with handle or contextlib.nullcontext():
             if handle is None and entry is None:
                 raise FileNotFoundError(f"Checkpoint file not found: {path}")
-            record = _verify_handle(path, entry, handle)
+            record = verify_handle(path, entry, handle)
             assert handle is not None
             handle.seek(0)
             state = _weights_only_load(handle, f"{path} holds objects that torch.load(weights_only=True) refuses; "

@@ -29,7 +29,8 @@ class CheckpointCorrupt(ValueError):
         super().__init__(f"checkpoint {path} is damaged ({reason}); it was not loaded.")
 
 
-def _sha256_handle(handle: BinaryIO) -> str:
+def sha256_handle(handle: BinaryIO) -> str:
+    """sha256 of the rest of an open file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     for chunk in iter(lambda: handle.read(1 << 20), b""):
         digest.update(chunk)
@@ -64,7 +65,7 @@ def _records(entry: dict[str, Any]) -> list[dict[str, Any]]:  # committed + pend
 _CHOSEN: dict[tuple[int, int, int, int], str] = {}
 
 
-def _verify_handle(path: Path, entry: dict[str, Any] | None, handle: BinaryIO | None,
+def verify_handle(path: Path, entry: dict[str, Any] | None, handle: BinaryIO | None,
                    remember: bool = False) -> dict[str, Any]:
     """The manifest record ``handle``'s content matches, else :class:`CheckpointCorrupt`. ``remember``: the next
     verification of this same file takes its hash from this one (see ``_CHOSEN``)."""
@@ -82,7 +83,7 @@ def _verify_handle(path: Path, entry: dict[str, Any] | None, handle: BinaryIO | 
         raise CheckpointCorrupt(path, f"{'truncated' if size < expected else 'wrong size'}: "
                                       f"expected {expected} bytes got {size}")
     identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    digest = _CHOSEN.pop(identity, None) or _sha256_handle(handle)
+    digest = _CHOSEN.pop(identity, None) or sha256_handle(handle)
     if remember:
         _CHOSEN.clear()
         _CHOSEN[identity] = digest
@@ -92,7 +93,8 @@ def _verify_handle(path: Path, entry: dict[str, Any] | None, handle: BinaryIO | 
     raise CheckpointCorrupt(path, f"checksum mismatch: sha256 {digest[:12]}..., manifest {sized[0]['sha256'][:12]}...")
 
 
-def _open(path: Path) -> BinaryIO | None:  # one open file (one inode) for verify + load
+def open_checkpoint(path: Path) -> BinaryIO | None:
+    """``path`` opened for reading (``None`` when missing): one open file, one inode, for verify and load."""
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -110,9 +112,9 @@ def verify_checkpoint(path: str | Path, *, remember: bool = False) -> None:
 
         verify_folder(path, entry)
         return
-    handle = _open(path)
+    handle = open_checkpoint(path)
     with handle or contextlib.nullcontext():
-        _verify_handle(path, entry, handle, remember)
+        verify_handle(path, entry, handle, remember)
 
 
 def find_resume_checkpoint(checkpoint_dir: str | Path, accept: Callable[[str], bool] | None = None) -> Path:
