@@ -42,7 +42,8 @@ from mmtrain.data.feature_entries import TENSORS, Entry, entry_checksum, entry_n
 log = logging.getLogger(__name__)
 
 FORMAT = "mmtrain-features"
-SHARD = re.compile(r"^part(\d{3})of(\d{3})-(\d{5})\.json$")
+#: A shard's files: ``partKKKofNNN-nnnnn.json`` (its sidecar) and ``.safetensors``.
+SHARD = re.compile(r"^part(\d{3})of(\d{3})-(\d{5})\.(json|safetensors)$")
 
 
 def shard_stem(part: int, parts: int, number: int) -> str:
@@ -86,7 +87,7 @@ class FeatureShardWriter:
             numbers: dict[int, dict[str, Any]] = {}
             for path in folder.glob(f"part{self.part:03d}of*-*.json"):
                 match = SHARD.match(path.name)
-                if match is None:
+                if match is None or match[4] != "json":
                     continue
                 sidecar = json.loads(path.read_text())
                 shard = folder / sidecar["file"]
@@ -102,7 +103,8 @@ class FeatureShardWriter:
             done += 1
         for folder in self.folders.values():  # unfinished or partly finished shards: written again
             for path in folder.glob(f"part{self.part:03d}of{self.parts:03d}-*"):
-                if int(path.name.split("-")[1].split(".")[0]) >= done:
+                match = SHARD.match(path.name)
+                if match is not None and int(match[3]) >= done:
                     path.unlink()
         self.number = done
         return int(finished[0][done - 1]["end"]) if done else None

@@ -36,6 +36,11 @@ def add_shard_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--splits", default=None, help="comma-separated splits (default: all of the config's)")
 
 
+def comma_list(text: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; ``None`` (all) when not given."""
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
 def pack_config(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str] | None = None,
                 progress: Any = None, share_media: bool = False) -> dict[str, dict[str, Any]]:
     """Pack the composed config's splits under ``out``; returns each split's counts and seconds."""
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     shard_bytes = parse_size(args.shard_size)
     cfg = compose_config(args.overrides, config_dir=args.config_dir)
     out = Path(args.out)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    splits = comma_list(args.splits)
     with split_bars(console, lambda split: f"packing {split}") as progress:
         results = pack_config(cfg, out=out, shard_bytes=shard_bytes, splits=splits, progress=progress,
                               share_media=args.share_media)

@@ -62,12 +62,12 @@ def compute_features(cfg: Any, *, out: Path, shard_bytes: int, splits: list[str]
     check_strategy(cfg.trainer)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_data(cfg, prefixes)
-    model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
-    wire_processor(datamodule.processor, model)
     chosen = splits or list(datamodule.splits)
     unknown = [s for s in chosen if s not in datamodule.splits]
-    if unknown:
+    if unknown:  # before the model is built
         raise ValueError(f"--splits {unknown}: the config has splits {list(datamodule.splits)}")
+    model = build_model(cfg, datamodule.label_names, prefixes, facts=datamodule.processor.model_facts())
+    wire_processor(datamodule.processor, model)
     cache = FeatureCache(out, model, datamodule.processor, data_specs(cfg, datamodule.splits))
     unknown = [s for s in slots or () if s not in model.encoders]
     if unknown:
@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mmtrain.config.compose import compose_config
+    from mmtrain.app.commands.data_pack import comma_list
     from mmtrain.core.progress import split_bars
     from mmtrain.data.shards.pack import parse_size
 
@@ -174,13 +175,9 @@ def run(args: argparse.Namespace) -> int:
     part, parts = parse_part(args.part)
     cfg = compose_config(args.overrides, config_dir=args.config_dir)
     out = Path(args.out)
-
-    def names(text: str | None) -> list[str] | None:
-        return [s.strip() for s in text.split(",") if s.strip()] if text else None
-
     with split_bars(console, lambda split: f"encoding {split}") as progress:
-        results = compute_features(cfg, out=out, shard_bytes=shard_bytes, splits=names(args.splits),
-                                   slots=names(args.slots), part=part, parts=parts, progress=progress)
+        results = compute_features(cfg, out=out, shard_bytes=shard_bytes, splits=comma_list(args.splits),
+                                   slots=comma_list(args.slots), part=part, parts=parts, progress=progress)
     table = Table(title=f"features in {out} ({results['device']}, precision {results['precision']})")
     for column in ("split", "slots", "samples", "skipped", "shards", "MB"):
         table.add_column(column, justify="left" if column in ("split", "slots") else "right")
