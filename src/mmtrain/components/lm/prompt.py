@@ -149,6 +149,11 @@ class PromptBuilder:
             self.answer_token_ids  # refuses names whose answers start with the same token
 
     @property
+    def slots(self) -> dict[str, int]:
+        """Media modality -> numbered fields of the default template (what a single-sample predict must match)."""
+        return self.templates[None][1]
+
+    @property
     def answer_token_ids(self) -> list[int] | None:
         """First token of each ``label_answers`` name written as an answer (``None`` without them).
 
